@@ -1,0 +1,1 @@
+"""The S3 model store: bucket layout, version manifests, publishing and promotion."""

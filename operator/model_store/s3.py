@@ -1,0 +1,75 @@
+"""The S3 client and the few reads every part of the system shares."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from model_store.layout import MANIFEST_NAME
+from model_store.manifest import Manifest
+
+# Throttling and 5xx are retried by botocore itself with exponential backoff.
+_CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=5,
+    read_timeout=30,
+    signature_version="s3v4",
+    s3={"addressing_style": "path"},
+)
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, bucket: str | None = None) -> S3Settings:
+        bucket = bucket or os.environ.get("S3_BUCKET", "")
+        if not bucket:
+            raise ValueError("no bucket given: pass --bucket or set S3_BUCKET")
+        return cls(
+            bucket=bucket,
+            endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client; credentials come from the usual AWS chain (env, IRSA, profile)."""
+    return boto3.client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=_CLIENT_CONFIG
+    )
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES
+
+
+def get_bytes(client: Any, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when it does not exist."""
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def read_manifest(client: Any, bucket: str, prefix: str) -> Manifest | None:
+    """The manifest of a version folder or stage prefix, or None when there is none.
+
+    Raises ManifestError when one exists but is unreadable or inconsistent.
+    """
+    raw = get_bytes(client, bucket, prefix + MANIFEST_NAME)
+    if raw is None:
+        return None
+    return Manifest.from_json(raw, where=f"s3://{bucket}/{prefix}{MANIFEST_NAME}")
