@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import joblib
 import numpy as np
@@ -31,10 +31,30 @@ STRATEGIES = [
 ]
 
 _BASE_FEATURES = [
-    "iv_rank", "iv_percentile", "iv_30d", "hv_20d", "hv_60d", "iv_hv_spread", "put_call_skew",
-    "term_structure_slope", "rsi_14", "macd", "macd_signal", "adx_14", "trend_strength",
-    "return_5d", "return_20d", "return_60d", "atr_14", "bollinger_width", "volume_ratio",
-    "put_call_volume_ratio", "open_interest_change", "vix", "vix_term_ratio", "days_to_earnings",
+    "iv_rank",
+    "iv_percentile",
+    "iv_30d",
+    "hv_20d",
+    "hv_60d",
+    "iv_hv_spread",
+    "put_call_skew",
+    "term_structure_slope",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "adx_14",
+    "trend_strength",
+    "return_5d",
+    "return_20d",
+    "return_60d",
+    "atr_14",
+    "bollinger_width",
+    "volume_ratio",
+    "put_call_volume_ratio",
+    "open_interest_change",
+    "vix",
+    "vix_term_ratio",
+    "days_to_earnings",
 ]
 
 
@@ -125,7 +145,7 @@ def train_demo_model(
         "strategies": len(STRATEGIES),
         "classes": list(encoder.classes_),
         "num_boost_round": rounds,
-        "trained_date": datetime.now(timezone.utc).date().isoformat(),
+        "trained_date": datetime.now(UTC).date().isoformat(),
         "seed": seed,
     }
     files[METADATA] = json.dumps(metadata, indent=2).encode()

@@ -1,15 +1,15 @@
 """Where things live in the bucket (the seeds' layout, kept).
 
-    etfs/<TICKER>/{archive/<version>,staging,production}/   one model per ETF
-    stocks/universal/{archive/<version>,staging,production}/ one model for all stocks
-    metadata/{asset_registry,model_registry,deployment_history}.json
+etfs/<TICKER>/{archive/<version>,staging,production}/   one model per ETF
+stocks/universal/{archive/<version>,staging,production}/ one model for all stocks
+metadata/{asset_registry,model_registry,deployment_history}.json
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 TICKER_PATTERN = r"^[A-Z][A-Z0-9.]{0,9}$"
 VERSION_PATTERN = r"^v\d+(\.\d+){0,2}(-[a-z0-9]+(\.[a-z0-9]+)*)?$"
@@ -28,12 +28,12 @@ MODEL_REGISTRY_KEY = "metadata/model_registry.json"
 DEPLOYMENT_HISTORY_KEY = "metadata/deployment_history.json"
 
 
-class AssetClass(str, Enum):
+class AssetClass(StrEnum):
     ETF = "etf"
     STOCK = "stock"
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     STAGING = "staging"
     PRODUCTION = "production"
 

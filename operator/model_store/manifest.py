@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 FORMAT = "tradingmodel-manifest/v1"
 
@@ -79,8 +80,7 @@ class Manifest:
             raise ManifestError(f"{where} is not a {FORMAT} manifest")
         try:
             files = {
-                str(name): FileEntry(str(entry["sha256"]), int(entry["size"]))
-                for name, entry in doc["files"].items()
+                str(name): FileEntry(str(entry["sha256"]), int(entry["size"])) for name, entry in doc["files"].items()
             }
             manifest = cls(
                 model=str(doc["model"]),
@@ -109,6 +109,5 @@ class Manifest:
         actual = sha256_hex(data)
         if actual != entry.sha256:
             raise ManifestError(
-                f"{name} of {self.model} {self.version} has sha256 {actual[:12]}…, "
-                f"manifest says {entry.sha256[:12]}…"
+                f"{name} of {self.model} {self.version} has sha256 {actual[:12]}…, manifest says {entry.sha256[:12]}…"
             )

@@ -45,9 +45,7 @@ class S3Settings:
 
 def make_client(settings: S3Settings) -> Any:
     """A boto3 S3 client; credentials come from the usual AWS chain (env, IRSA, profile)."""
-    return boto3.client(
-        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=_CLIENT_CONFIG
-    )
+    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=_CLIENT_CONFIG)
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -1,0 +1,76 @@
+"""Checks that a set of files makes a servable model version, without unpickling anything."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from model_store.errors import InvalidArtifacts
+from model_store.layout import FEATURE_NAMES, LABEL_ENCODER, METADATA, MODEL_NATIVE, MODEL_PICKLE
+
+KNOWN_FILES = (MODEL_NATIVE, MODEL_PICKLE, LABEL_ENCODER, FEATURE_NAMES, METADATA)
+# Optional extras the seeds mention (e.g. stock_embeddings.pkl) are allowed if listed here.
+OPTIONAL_FILES = ("stock_embeddings.pkl",)
+
+
+def native_header(model_text: bytes) -> dict[str, str]:
+    """The key=value header of a LightGBM text model (before the first tree)."""
+    head = model_text[: 1 << 16].split(b"\nTree=", 1)[0].decode("utf-8", "replace")
+    return dict(m.groups() for m in re.finditer(r"^([a-z_]+)=(.*)$", head, re.MULTILINE))
+
+
+def check_artifacts(files: dict[str, bytes], version: str) -> dict[str, Any]:
+    """Raise InvalidArtifacts naming what to fix; return the parsed metadata."""
+    unknown = sorted(set(files) - set(KNOWN_FILES) - set(OPTIONAL_FILES))
+    if unknown:
+        raise InvalidArtifacts(
+            f"unexpected files {unknown}: a version holds {', '.join(KNOWN_FILES)} "
+            f"(and optionally {', '.join(OPTIONAL_FILES)})"
+        )
+    if MODEL_NATIVE not in files and MODEL_PICKLE not in files:
+        raise InvalidArtifacts(f"no model: add {MODEL_NATIVE} (LightGBM text, preferred) or {MODEL_PICKLE}")
+    for required in (FEATURE_NAMES, METADATA):
+        if required not in files:
+            raise InvalidArtifacts(f"{required} is missing")
+
+    try:
+        names = json.loads(files[FEATURE_NAMES])
+    except ValueError as exc:
+        raise InvalidArtifacts(f"{FEATURE_NAMES} is not valid JSON: {exc}") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise InvalidArtifacts(f"{FEATURE_NAMES} must be a non-empty JSON list of feature names")
+    if len(set(names)) != len(names):
+        raise InvalidArtifacts(f"{FEATURE_NAMES} lists a feature twice")
+
+    try:
+        metadata = json.loads(files[METADATA])
+    except ValueError as exc:
+        raise InvalidArtifacts(f"{METADATA} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise InvalidArtifacts(f"{METADATA} must be a JSON object")
+    if str(metadata.get("version", version)) != version:
+        raise InvalidArtifacts(
+            f"{METADATA} says version {metadata.get('version')!r} but you are publishing {version!r}"
+        )
+    classes = metadata.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise InvalidArtifacts(f"{METADATA} 'classes' must be a list of strategy names")
+    if classes is None and LABEL_ENCODER not in files:
+        raise InvalidArtifacts(f"add {LABEL_ENCODER} or a 'classes' list in {METADATA} to name the strategies")
+
+    if MODEL_NATIVE in files:
+        header = native_header(files[MODEL_NATIVE])
+        if "tree" not in files[MODEL_NATIVE][:64].decode("utf-8", "replace"):
+            raise InvalidArtifacts(f"{MODEL_NATIVE} is not a LightGBM text model")
+        model_features = header.get("feature_names", "").split()
+        if model_features and model_features != names:
+            raise InvalidArtifacts(
+                f"{FEATURE_NAMES} does not match the features the model was trained on "
+                f"({len(names)} vs {len(model_features)} names, first difference at "
+                f"{next((i for i, (a, b) in enumerate(zip(names, model_features, strict=False)) if a != b), 0)})"
+            )
+        num_class = int(header.get("num_class", "1"))
+        if classes is not None and num_class > 1 and len(classes) != num_class:
+            raise InvalidArtifacts(f"{METADATA} lists {len(classes)} classes, the model has {num_class}")
+    return metadata

@@ -1,0 +1,27 @@
+"""What can go wrong in the model store, in words an on-call person understands."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class; `retryable` says whether waiting may fix it."""
+
+    retryable = False
+
+
+class VersionNotFound(StoreError):
+    """No complete version at archive/<version>/ (maybe not uploaded yet)."""
+
+    retryable = True
+
+
+class CorruptVersion(StoreError):
+    """A version whose files do not match its manifest: never served."""
+
+
+class PublishConflict(StoreError):
+    """A version that exists already with other content."""
+
+
+class InvalidArtifacts(StoreError):
+    """Files that do not make a servable model version."""

@@ -1,0 +1,92 @@
+"""Publishing a trained model version to archive/<version>/ (the seeds' upload script, done right)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from model_store.artifacts import KNOWN_FILES, OPTIONAL_FILES, check_artifacts
+from model_store.errors import CorruptVersion, PublishConflict
+from model_store.layout import MANIFEST_NAME, ModelLocation, check_version
+from model_store.manifest import Manifest, ManifestError
+from model_store.s3 import read_manifest
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {".json": "application/json", ".txt": "text/plain", ".pkl": "application/octet-stream"}
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    location: ModelLocation
+    version: str
+    digest: str
+    created: bool  # False when the identical version was there already
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def read_model_dir(path: Path) -> dict[str, bytes]:
+    """The version files found in a local folder (the seeds' models/ layout)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder with model files")
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.name in KNOWN_FILES + OPTIONAL_FILES}
+
+
+def publish_version(
+    client: Any, bucket: str, location: ModelLocation, version: str, files: dict[str, bytes]
+) -> PublishResult:
+    """Upload the files, then the manifest. Publishing the same content again is a no-op;
+    different content under an existing version is refused (archive versions are immutable)."""
+    check_version(version)
+    check_artifacts(files, version)
+    prefix = location.archive_prefix(version)
+    manifest = Manifest.build(location.model_key, version, files, created=utc_now())
+
+    try:
+        existing = read_manifest(client, bucket, prefix)
+    except ManifestError as exc:
+        raise CorruptVersion(f"{exc}; remove s3://{bucket}/{prefix} by hand before publishing again") from None
+    if existing is not None:
+        if existing.digest == manifest.digest:
+            log.info("already published", extra={"model": location.model_key, "version": version})
+            return PublishResult(location, version, existing.digest, created=False)
+        raise PublishConflict(
+            f"{location.model_key} {version} is already published with different content "
+            f"({existing.digest[:19]}…, yours {manifest.digest[:19]}…); archived versions are "
+            "immutable: publish under a new version"
+        )
+
+    for i, (name, data) in enumerate(sorted(files.items()), 1):
+        log.info(
+            "uploading",
+            extra={"file": name, "bytes": len(data), "step": f"{i}/{len(files)}", "to": f"s3://{bucket}/{prefix}"},
+        )
+        client.put_object(
+            Bucket=bucket,
+            Key=prefix + name,
+            Body=data,
+            ContentType=CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"),
+            Metadata={"sha256": manifest.files[name].sha256},
+        )
+    try:
+        # Written last, and only if nobody else finished publishing this version meanwhile.
+        client.put_object(
+            Bucket=bucket,
+            Key=prefix + MANIFEST_NAME,
+            Body=manifest.to_json(),
+            ContentType="application/json",
+            IfNoneMatch="*",
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise PublishConflict(f"{location.model_key} {version} was published by someone else meanwhile") from None
+        raise
+    return PublishResult(location, version, manifest.digest, created=True)
