@@ -1,0 +1,205 @@
+"""`tmctl`: publish and inspect model versions, run the operator, the server or the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from model_store.errors import StoreError
+from model_store.layout import InvalidName, ModelLocation, Stage
+from model_store.s3 import S3Settings, make_client
+
+
+def _store_args(p: argparse.ArgumentParser, version: bool = True) -> None:
+    p.add_argument("--ticker", required=True, help="e.g. SPY; for --asset-class stock any stock ticker")
+    p.add_argument("--asset-class", choices=["etf", "stock"], default="etf")
+    if version:
+        p.add_argument("--version", required=True, help="e.g. v1.2")
+    _bucket_args(p)
+
+
+def _bucket_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bucket", default=os.environ.get("S3_BUCKET"), help="default: $S3_BUCKET")
+    p.add_argument("--endpoint", default=os.environ.get("S3_ENDPOINT_URL"), help="default: $S3_ENDPOINT_URL")
+
+
+def _client(args: argparse.Namespace) -> tuple[Any, str]:
+    settings = S3Settings.from_env(args.bucket)
+    settings = S3Settings(settings.bucket, args.endpoint or settings.endpoint_url, settings.region)
+    return make_client(settings), settings.bucket
+
+
+def _location(args: argparse.Namespace) -> ModelLocation:
+    return ModelLocation.of(args.ticker, args.asset_class)
+
+
+def cmd_train_demo(args: argparse.Namespace) -> None:
+    from model_store.demo_model import train_demo_model
+
+    print(f"training a demo model ({args.rounds} rounds, 10 strategies, 84 features)…", file=sys.stderr)
+    model = train_demo_model(version=args.version, seed=args.seed, rounds=args.rounds, formats=tuple(args.format))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in model.files.items():
+        (out / name).write_bytes(data)
+    print(f"wrote {len(model.files)} files to {out} (accuracy {model.accuracy:.3f}, {model.training_samples} samples)")
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from model_store.publish import publish_version, read_model_dir
+
+    s3, bucket = _client(args)
+    files = read_model_dir(Path(args.folder))
+    result = publish_version(s3, bucket, _location(args), args.version, files)
+    verb = "published" if result.created else "already published (identical)"
+    print(f"{verb}: s3://{bucket}/{_location(args).archive_prefix(args.version)} {result.digest}")
+
+
+def cmd_versions(args: argparse.Namespace) -> None:
+    from model_store.promotion import list_versions, stage_manifest
+
+    s3, bucket = _client(args)
+    location = _location(args)
+    staged = {}
+    for stage in Stage:
+        manifest = stage_manifest(s3, bucket, location, stage)
+        if manifest:
+            staged.setdefault(manifest.digest, []).append(stage.value)
+    rows = list_versions(s3, bucket, location)
+    if not rows:
+        print(f"no versions under s3://{bucket}/{location.archive_root()}")
+    for info in rows:
+        state = ",".join(staged.get(info.digest or "", [])) if info.complete else "INCOMPLETE (no manifest)"
+        print(f"{info.version:<12} {(info.digest or '-')[:19]:<20} {state}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from model_store.promotion import verify_version
+
+    s3, bucket = _client(args)
+    manifest = verify_version(s3, bucket, _location(args), args.version)
+    print(f"ok: {len(manifest.files)} files match {manifest.digest}")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from model_store.promotion import promote
+
+    s3, bucket = _client(args)
+    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+    result = promote(s3, bucket, _location(args), args.version, Stage.parse(args.stage), actor, args.reason)
+    print(f"{result.action}: {args.version} in {args.stage} (was {result.previous_version})")
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    from model_store.registry import deployment_history
+
+    s3, bucket = _client(args)
+    for entry in deployment_history(s3, bucket):
+        if args.ticker and entry.get("ticker") != args.ticker:
+            continue
+        print(json.dumps(entry) if args.json else _history_line(entry))
+
+
+def _history_line(e: dict[str, Any]) -> str:
+    return (
+        f"{e.get('at', ''):<21} {e.get('action', ''):<9} {e.get('model', ''):<18} {e.get('stage', ''):<11} "
+        f"{e.get('from_version') or '-':>7} -> {e.get('to_version') or '-':<7} {e.get('actor', '')}"
+    )
+
+
+def cmd_operator(args: argparse.Namespace) -> None:
+    import kopf
+
+    kopf.configure(verbose=args.verbose, quiet=not args.verbose, log_format=kopf.LogFormat.JSON)
+    import trading_operator.handlers  # noqa: F401  (registers the handlers)
+
+    namespace = args.namespace or os.environ.get("WATCH_NAMESPACE", "")
+    kopf.run(
+        clusterwide=not namespace,
+        namespaces=[namespace] if namespace else (),
+        liveness_endpoint=args.liveness,
+        standalone=True,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from model_serving.__main__ import main as serve
+
+    serve()
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from local_stack.stack import main as up
+
+    up(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tmctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("train-demo", cmd_train_demo, "train a small real LightGBM strategy model into a folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--version", default="v1.0")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=100)
+    p.add_argument("--format", action="append", choices=["native", "pickle"], default=None)
+
+    p = add("publish", cmd_publish, "upload a model folder to archive/<version>/, manifest last")
+    p.add_argument("folder")
+    _store_args(p)
+    _store_args(p := add("verify", cmd_verify, "check a published version against its manifest"))
+    _store_args(add("versions", cmd_versions, "list published versions and where they are staged"), version=False)
+    p = add("promote", cmd_promote, "copy a version into staging/ or production/ (the operator does this for you)")
+    _store_args(p)
+    p.add_argument("--stage", required=True, choices=["staging", "production", "Staging", "Production"])
+    p.add_argument("--reason", default="")
+    p = add("history", cmd_history, "the deployment audit log (metadata/deployment_history.json)")
+    p.add_argument("--ticker")
+    p.add_argument("--json", action="store_true")
+    _bucket_args(p)
+
+    p = add("operator", cmd_operator, "run the operator against the current cluster")
+    p.add_argument("--namespace", help="watch one namespace (default: $WATCH_NAMESPACE or all)")
+    p.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("--verbose", action="store_true")
+    add("serve", cmd_serve, "run the model server (configured from the environment)")
+    p = add("up", cmd_up, "start the embedded local stack: S3, Kubernetes API, operator, serving")
+    p.add_argument("--dir", default=".stack", help="where the stack keeps its kubeconfig, logs and caches")
+    p.add_argument("--demo", action="store_true", help="run the walkthrough (promote, roll back) and exit")
+    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus even if installed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "train-demo" and args.format is None:
+        args.format = ["native"]
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        args.fn(args)
+    except (StoreError, InvalidName, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (ClientError, BotoCoreError) as exc:
+        print(f"error: S3: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

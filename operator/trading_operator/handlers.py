@@ -1,0 +1,74 @@
+"""The kopf handlers: thin, each one calls `reconcile` and turns its outcome into kopf's terms."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION
+from trading_operator.config import OperatorConfig
+from trading_operator.kube import KubeApi
+from trading_operator.reconcile import Deps, Outcome, reconcile
+from trading_operator.storage import s3_factory
+
+CONFIG = OperatorConfig.from_env()
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.peering.standalone = True
+    # Handler progress in annotations keeps `status` for what users read.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+    kube = KubeApi.connect(CONFIG.kube_api_url)
+    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube), config=CONFIG, emit=post_event)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    if CONFIG.kube_api_url:  # the local stack's API server: plain HTTP, no credentials
+        return kopf.ConnectionInfo(server=CONFIG.kube_api_url, default_namespace="default")
+    return kopf.login_via_client(**kwargs)
+
+
+def _raise_for(outcome: Outcome | None, retry: int) -> None:
+    if outcome is None:
+        return
+    if outcome.retryable:
+        delay = min(CONFIG.retry_base_seconds * 2**retry, CONFIG.retry_max_seconds)
+        raise kopf.TemporaryError(outcome.message, delay=delay)
+    if outcome.permanent:
+        raise kopf.PermanentError(outcome.message)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    _raise_for(reconcile(namespace, name, memo.deps), retry)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
+def drift_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Someone edited the stage prefix by hand, a conflict cleared, a retry is due: converge."""
+    reconcile(namespace, name, memo.deps)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
+def on_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Rollout progress of an owned Deployment moves the owner's Ready condition."""
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            reconcile(body.metadata.namespace or "default", ref["name"], memo.deps)

@@ -1,0 +1,352 @@
+"""One level-based pass over a TradingModel: compute the desired state from the spec and converge.
+
+Every trigger (create, update, resume, the drift timer, a Deployment status change) runs this
+same function; running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from model_store.errors import CorruptVersion, StoreError, VersionNotFound
+from model_store.layout import InvalidName
+from model_store.promotion import PromotionResult, promote
+from model_store.publish import utc_now
+from model_store.registry import record_event
+from trading_operator import GROUP, KIND, VERSION
+from trading_operator.builders import SPEC_HASH_ANNOTATION, build_deployment, build_service, rollout_state
+from trading_operator.config import OperatorConfig
+from trading_operator.kube import KubeApi
+from trading_operator.spec import InvalidSpec, ModelSpec, parse_spec
+from trading_operator.status import (
+    ARCHIVED,
+    CONFLICT,
+    FAILED,
+    READY,
+    ROLLING_OUT,
+    append_history,
+    condition,
+    set_condition,
+)
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, Normal|Warning, reason, message)
+S3Factory = Callable[[ModelSpec, str], Any]  # (spec, namespace) -> boto3 client
+
+
+class SecretNotFound(StoreError):
+    retryable = True
+
+
+@dataclass
+class Deps:
+    kube: KubeApi
+    s3_for: S3Factory
+    config: OperatorConfig
+    emit: EventSink
+    now: Callable[[], str] = utc_now
+
+
+@dataclass
+class Outcome:
+    phase: str
+    message: str = ""
+    retryable: bool = False  # a failure that waiting may heal
+    permanent: bool = False  # a failure only a spec change fixes
+    changed: list[str] = field(default_factory=list)
+
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def reconcile(namespace: str, name: str, deps: Deps) -> Outcome | None:
+    """Converge one TradingModel; None when it no longer exists."""
+    with _lock_for(namespace, name):
+        body = deps.kube.get_tradingmodel(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        return _reconcile(body, deps)
+
+
+def _reconcile(body: dict[str, Any], deps: Deps) -> Outcome:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    generation = int(meta.get("generation") or 1)
+    old = dict(body.get("status") or {})
+    status = _Status(old, generation, deps.now(), deps.config.history_limit)
+
+    try:
+        model = parse_spec(body.get("spec") or {})
+    except InvalidSpec as exc:
+        status.fail("Ready", "InvalidSpec", f"{exc}; fix the TradingModel spec")
+        return _finish(body, status, Outcome(FAILED, str(exc), permanent=True), deps)
+
+    owner = _claim_owner(body, model, deps.kube.list_tradingmodels())
+    if owner is not None:
+        message = (
+            f"{model.location.stage_prefix(model.s3_stage) if not model.archived else model.location.root} "
+            f"is already managed by TradingModel {owner}; this one changes nothing until that one "
+            "is archived or deleted"
+        )
+        status.set("Promoted", False, "Conflict", message)
+        status.set("Ready", False, "Conflict", message)
+        return _finish(body, status, Outcome(CONFLICT, message), deps)
+
+    if model.archived:
+        return _archive(body, model, status, deps)
+
+    try:
+        s3 = deps.s3_for(model, namespace)
+        result = promote(
+            s3,
+            model.bucket,
+            model.location,
+            model.version,
+            model.s3_stage,
+            actor=f"operator:{namespace}/{name}",
+        )
+    except (StoreError, InvalidName, ClientError, BotoCoreError) as exc:
+        return _finish(body, status, _storage_failure(exc, model, status), deps)
+
+    status.set("VersionVerified", True, "Verified", f"{model.version} matches its manifest ({result.digest[:19]}…)")
+    prefix = model.location.stage_prefix(model.s3_stage)
+    status.set("Promoted", True, "Promoted", f"s3://{model.bucket}/{prefix} holds {model.version}")
+    outcome = Outcome(ROLLING_OUT)
+    _record_version(body, model, result, status, deps, outcome)
+
+    deployment = _apply_owned(
+        body,
+        build_deployment(name, namespace, model, result.digest, deps.config.serving_image, deps.config.serving_port),
+        deps,
+        outcome,
+    )
+    _apply_owned(body, build_service(name, namespace, model, deps.config.serving_port), deps, outcome)
+
+    desired, ready, complete = rollout_state(deployment)
+    status.values.update(replicas=desired, readyReplicas=ready)
+    if complete:
+        outcome.phase = READY
+        message = f"{ready}/{desired} pods serve {model.version}"
+        if condition(old.get("conditions") or [], "Ready") is None or old.get("phase") != READY:
+            deps.emit(body, "Normal", "Ready", message)
+        status.set("Ready", True, "RolloutComplete", message)
+    else:
+        status.set("Ready", False, "RollingOut", f"{ready}/{desired} pods ready with {model.version}")
+    return _finish(body, status, outcome, deps)
+
+
+def _record_version(
+    body: dict[str, Any],
+    model: ModelSpec,
+    result: PromotionResult,
+    status: _Status,
+    deps: Deps,
+    outcome: Outcome,
+) -> None:
+    old_active = status.old.get("activeVersion")
+    if result.changed:
+        verb = {"promote": "Promoted", "rollback": "RolledBack", "repair": "Repaired"}[result.action]
+        was = f" (was {result.previous_version})" if result.previous_version else ""
+        deps.emit(body, "Normal", verb, f"{verb} {model.version} into {model.s3_stage.value}{was}")
+        outcome.changed.append(result.action)
+    if old_active != model.version or result.changed:
+        status.history(
+            {
+                "at": status.now,
+                "action": result.action if result.changed else "adopt",
+                "from": old_active or result.previous_version,
+                "to": model.version,
+                "stage": model.stage,
+                "digest": result.digest,
+            }
+        )
+    if old_active != model.version:
+        status.values.update(previousVersion=old_active, activeVersion=model.version)
+    status.values["digest"] = result.digest
+
+
+def _archive(body: dict[str, Any], model: ModelSpec, status: _Status, deps: Deps) -> Outcome:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    outcome = Outcome(ARCHIVED)
+    live = deps.kube.get("apps/v1", "Deployment", namespace, name)
+    if live is not None and (live.get("spec") or {}).get("replicas") != 0:
+        deps.kube.merge_patch(live, {"spec": {"replicas": 0}})
+        outcome.changed.append("scaled-to-zero")
+    if status.old.get("phase") != ARCHIVED:
+        try:
+            s3 = deps.s3_for(model, namespace)
+            record_event(
+                s3,
+                model.bucket,
+                {
+                    "at": status.now,
+                    "action": "archive",
+                    "model": model.location.model_key,
+                    "ticker": model.ticker,
+                    "stage": "archived",
+                    "from_version": status.old.get("activeVersion"),
+                    "to_version": None,
+                    "actor": f"operator:{namespace}/{name}",
+                },
+            )
+        except (StoreError, ClientError, BotoCoreError) as exc:
+            return _finish(body, status, _storage_failure(exc, model, status), deps)
+        status.history({"at": status.now, "action": "archive", "from": status.old.get("activeVersion"), "to": None})
+        deps.emit(body, "Normal", "Archived", "Serving scaled to zero; archived versions are kept")
+    status.values.update(replicas=0, readyReplicas=0)
+    status.set("Ready", False, "Archived", "Archived: serving scaled to zero, archive/ kept")
+    return _finish(body, status, outcome, deps)
+
+
+def _storage_failure(exc: Exception, model: ModelSpec, status: _Status) -> Outcome:
+    if isinstance(exc, VersionNotFound):
+        reason, retryable = "VersionNotFound", True
+        message = f"{exc}. Publish it (tmctl publish) or set spec.version to a published one; retrying"
+    elif isinstance(exc, CorruptVersion):
+        reason, retryable = "DigestMismatch", False
+        message = f"refused: {exc}. The stage prefix was not touched; publish a new version"
+    elif isinstance(exc, SecretNotFound):
+        reason, retryable, message = "SecretNotFound", True, str(exc)
+    elif isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        reason, retryable = "StorageError", True
+        message = f"S3 said {code or 'an error'} for bucket {model.bucket}: {exc}; retrying"
+    else:
+        reason, retryable, message = "StorageError", True, f"S3 is unreachable: {exc}; retrying"
+    status.set("VersionVerified", False, reason, message)
+    if status.old.get("activeVersion"):
+        message += f". Still serving {status.old['activeVersion']}"
+    status.set("Ready", False, reason, message)
+    return Outcome(FAILED, message, retryable=retryable, permanent=not retryable)
+
+
+def _finish(body: dict[str, Any], status: _Status, outcome: Outcome, deps: Deps) -> Outcome:
+    meta = body["metadata"]
+    new = status.render(outcome.phase)
+    news = status.old.get("phase") != outcome.phase or _reason(status.old) != _reason(new)
+    if outcome.phase in (FAILED, CONFLICT) and news:
+        deps.emit(body, "Warning", outcome.phase, outcome.message)
+    if _changed(status.old, new):
+        deps.kube.patch_tradingmodel_status(meta["namespace"], meta["name"], new)
+    return outcome
+
+
+def _reason(status: dict[str, Any]) -> str | None:
+    ready = condition(status.get("conditions") or [], "Ready")
+    return ready.get("reason") if ready else None
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+class _Status:
+    """The status being built in one pass, starting from what the object shows."""
+
+    def __init__(self, old: dict[str, Any], generation: int, now: str, history_limit: int) -> None:
+        self.old = old
+        self.generation = generation
+        self.now = now
+        self._limit = history_limit
+        self._conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+        self._history: list[dict[str, Any]] = list(old.get("history") or [])
+        self.values: dict[str, Any] = {}
+
+    def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
+        self._conditions = set_condition(self._conditions, type_, ok, reason, message, self.generation, self.now)
+
+    def fail(self, type_: str, reason: str, message: str) -> None:
+        self.set(type_, False, reason, message)
+
+    def history(self, entry: dict[str, Any]) -> None:
+        self._history = append_history(self._history, entry, self._limit)
+
+    def render(self, phase: str) -> dict[str, Any]:
+        return {
+            "observedGeneration": self.generation,
+            "phase": phase,
+            **self.values,
+            "conditions": self._conditions,
+            "history": self._history,
+        }
+
+
+def _claim_owner(body: dict[str, Any], model: ModelSpec, others: list[dict[str, Any]]) -> str | None:
+    """The namespace/name of an older TradingModel that owns the same stage prefix, if any."""
+    if model.archived:
+        return None
+
+    def rank(obj: dict[str, Any]) -> tuple[str, str, str]:
+        m = obj["metadata"]
+        return (m.get("creationTimestamp") or "", m.get("namespace") or "", m["name"])
+
+    mine = rank(body)
+    for other in others:
+        if other["metadata"].get("uid") == body["metadata"].get("uid") and rank(other) == mine:
+            continue
+        if other["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            theirs = parse_spec(other.get("spec") or {})
+        except InvalidSpec:
+            continue
+        if not theirs.archived and theirs.claim() == model.claim() and rank(other) < mine:
+            return f"{other['metadata'].get('namespace')}/{other['metadata']['name']}"
+    return None
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"].get("uid", ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _apply_owned(
+    body: dict[str, Any], desired: dict[str, Any], deps: Deps, outcome: Outcome
+) -> dict[str, Any] | None:
+    """Create the object, or replace its spec when ours changed; return the live object."""
+    desired["metadata"]["ownerReferences"] = [owner_reference(body)]
+    meta = desired["metadata"]
+    live = deps.kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+    if live is None:
+        created = deps.kube.create(desired)
+        outcome.changed.append(f"created {desired['kind']}")
+        if desired["kind"] == "Deployment":
+            deps.emit(body, "Normal", "RollingOut", f"Created Deployment {meta['name']}")
+        return created
+    live_hash = (live["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if live_hash == meta["annotations"][SPEC_HASH_ANNOTATION]:
+        return live
+    patched = deps.kube.merge_patch(
+        live,
+        {
+            "metadata": {
+                "labels": meta["labels"],
+                "annotations": meta["annotations"],
+                "ownerReferences": meta["ownerReferences"],
+            },
+            "spec": desired["spec"],
+        },
+    )
+    outcome.changed.append(f"updated {desired['kind']}")
+    if desired["kind"] == "Deployment":
+        deps.emit(body, "Normal", "RollingOut", f"Rolling out Deployment {meta['name']}")
+    return patched

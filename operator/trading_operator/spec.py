@@ -1,0 +1,93 @@
+"""The TradingModel spec as a typed value, checked again here because not every API server
+(e.g. a local emulator) enforces the CRD schema."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_store.layout import InvalidName, ModelLocation, Stage, check_ticker, check_version
+
+ARCHIVED = "Archived"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENDPOINT_RE = re.compile(r"^https?://[^\s/]+(/.*)?$")
+
+
+class InvalidSpec(ValueError):
+    """A spec the operator cannot act on; the message says which field to fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    ticker: str
+    asset_class: str
+    version: str
+    stage: str  # Staging | Production | Archived
+    bucket: str
+    endpoint: str | None
+    region: str
+    secret_name: str | None
+    replicas: int
+    image: str | None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def location(self) -> ModelLocation:
+        return ModelLocation.of(self.ticker, self.asset_class)
+
+    @property
+    def archived(self) -> bool:
+        return self.stage == ARCHIVED
+
+    @property
+    def s3_stage(self) -> Stage:
+        return Stage.parse(self.stage)
+
+    def claim(self) -> tuple[str, str, str]:
+        """What two TradingModels must not both own: one stage prefix of one model family."""
+        return (self.bucket, self.location.root, self.stage)
+
+
+def parse_spec(spec: dict[str, Any]) -> ModelSpec:
+    def need(mapping: dict[str, Any], key: str, where: str) -> Any:
+        if mapping.get(key) in (None, ""):
+            raise InvalidSpec(f"{where}.{key} is required")
+        return mapping[key]
+
+    storage = spec.get("storage") or {}
+    serving = spec.get("serving") or {}
+    try:
+        ticker = check_ticker(str(need(spec, "ticker", "spec")))
+        version = check_version(str(need(spec, "version", "spec")))
+    except InvalidName as exc:
+        raise InvalidSpec(str(exc)) from None
+    asset_class = spec.get("assetClass") or "etf"
+    if asset_class not in ("etf", "stock"):
+        raise InvalidSpec(f"spec.assetClass must be etf or stock, got {asset_class!r}")
+    stage = need(spec, "stage", "spec")
+    if stage not in ("Staging", "Production", ARCHIVED):
+        raise InvalidSpec(f"spec.stage must be Staging, Production or Archived, got {stage!r}")
+    bucket = str(need(storage, "bucket", "spec.storage"))
+    if not _BUCKET_RE.match(bucket):
+        raise InvalidSpec(f"spec.storage.bucket {bucket!r} is not a valid S3 bucket name")
+    endpoint = storage.get("endpoint") or None
+    if endpoint is not None and not _ENDPOINT_RE.match(endpoint):
+        raise InvalidSpec(f"spec.storage.endpoint must be an http(s) URL, got {endpoint!r}")
+    replicas = serving.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 100:
+        raise InvalidSpec(f"spec.serving.replicas must be a whole number from 0 to 100, got {replicas!r}")
+    secret = (storage.get("secretRef") or {}).get("name") or None
+    return ModelSpec(
+        ticker=ticker,
+        asset_class=asset_class,
+        version=version,
+        stage=stage,
+        bucket=bucket,
+        endpoint=endpoint,
+        region=storage.get("region") or "us-east-1",
+        secret_name=secret,
+        replicas=replicas,
+        image=serving.get("image") or None,
+        resources=dict(serving.get("resources") or {}),
+    )

@@ -1,0 +1,40 @@
+"""S3 clients for TradingModels: the bucket and endpoint of the spec, keys from its Secret."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from model_store.s3 import S3Settings, make_client
+from trading_operator.kube import KubeApi
+from trading_operator.reconcile import S3Factory, SecretNotFound
+from trading_operator.spec import ModelSpec
+
+KEY_ID, SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
+
+
+def s3_factory(kube: KubeApi) -> S3Factory:
+    clients: dict[tuple[Any, ...], Any] = {}
+    guard = threading.Lock()
+
+    def s3_for(model: ModelSpec, namespace: str) -> Any:
+        keys: tuple[str | None, str | None] = (None, None)
+        if model.secret_name:
+            data = kube.secret_data(namespace, model.secret_name)
+            if data is None:
+                raise SecretNotFound(
+                    f"Secret {namespace}/{model.secret_name} (spec.storage.secretRef) does not exist: "
+                    f"create it with {KEY_ID} and {SECRET_KEY}"
+                )
+            missing = [k for k in (KEY_ID, SECRET_KEY) if not data.get(k)]
+            if missing:
+                raise SecretNotFound(f"Secret {namespace}/{model.secret_name} has no {' or '.join(missing)}")
+            keys = (data[KEY_ID], data[SECRET_KEY])
+        cache_key = (model.endpoint, model.region, *keys)
+        with guard:
+            if cache_key not in clients:
+                settings = S3Settings(bucket=model.bucket, endpoint_url=model.endpoint, region=model.region)
+                clients[cache_key] = make_client(settings, *keys)
+            return clients[cache_key]
+
+    return s3_for
