@@ -1,8 +1,10 @@
 """The TradingModel CRD, checked with its own openAPIV3Schema.
 
-The local Kubernetes API validates nothing, so this is where "invalid specs are refused by the
-schema" is proven: the samples pass, each broken spec fails naming the broken field, defaults
-land where the API server would put them, and the CRD has what `kubectl get/explain` needs.
+The schema is applied as an API server applies it (pruning, defaults, validation naming each
+field), with local_stack.schemas, the code the local stack's API uses too. This is where
+"invalid specs are refused by the schema" is proven: the samples pass and lose nothing, each
+broken spec fails naming the broken field, defaults land where the API server would put them,
+and the CRD has what `kubectl get/explain` needs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
+from local_stack.schemas import apply_defaults, prune, to_json_schema, validate, validator_for
 from model_store import layout
 from trading_operator.spec import InvalidSpec, parse_spec
 
@@ -27,9 +30,7 @@ SAMPLES_DIR = ROOT / "manifests" / "samples"
 CRD: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
 VERSION: dict[str, Any] = next(v for v in CRD["spec"]["versions"] if v["name"] == "v1alpha1")
 SCHEMA: dict[str, Any] = VERSION["schema"]["openAPIV3Schema"]
-# OpenAPI v3.0 schemas are close to draft 4; the x-kubernetes-* keywords are unknown to
-# jsonschema and ignored, which is what they mean for validation (they steer pruning, below).
-VALIDATOR = jsonschema.Draft4Validator(SCHEMA)
+VALIDATOR = validator_for(SCHEMA)
 
 
 def sample_models() -> dict[str, dict[str, Any]]:
@@ -44,53 +45,18 @@ def sample_models() -> dict[str, dict[str, Any]]:
 SAMPLES = sample_models()
 
 
-# --- what the API server does with a schema, done here ----------------------------------------
-
-
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting: fill absent properties that have a `default`, outside in, so a
-    defaulted object ({}) gets its own properties' defaults too."""
-    value = copy.deepcopy(value)
-    if isinstance(value, dict):
-        for key, sub in (schema.get("properties") or {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                value[key] = apply_defaults(sub, value[key])
-    elif isinstance(value, list) and "items" in schema:
-        value = [apply_defaults(schema["items"], item) for item in value]
-    return value
-
-
-def pruned_fields(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[str]:
-    """Fields the API server would silently drop (unknown and not preserved): a typo in a
-    sample would otherwise pass validation and quietly lose its setting."""
-    if isinstance(value, dict):
-        properties = schema.get("properties") or {}
-        preserve = schema.get("x-kubernetes-preserve-unknown-fields", False)
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            if key in properties:
-                if where != "metadata":  # ObjectMeta is the server's own, not this schema's
-                    yield from pruned_fields(properties[key], item, where)
-            elif not preserve:
-                yield where
-    elif isinstance(value, list) and "items" in schema:
-        for index, item in enumerate(value):
-            yield from pruned_fields(schema["items"], item, f"{path}[{index}]")
+# --- the API server's handling of a schema, as the local stack's API applies it ----------------
 
 
 def error_fields(obj: dict[str, Any]) -> set[str]:
     """The dotted paths of the fields the schema refuses (a missing field is named itself)."""
-    fields = set()
-    for error in VALIDATOR.iter_errors(obj):
-        base = ".".join(str(part) for part in error.absolute_path)
-        if error.validator == "required":
-            missing = [name for name in error.validator_value if name not in error.instance]
-            fields.update(f"{base}.{name}" if base else name for name in missing)
-        else:
-            fields.add(base)
-    return fields
+    return {error.field for error in validate(VALIDATOR, obj)}
+
+
+def pruned_fields(obj: dict[str, Any]) -> list[str]:
+    """Fields the API server would silently drop: a typo in a sample would otherwise pass
+    validation and quietly lose its setting."""
+    return prune(SCHEMA, obj)[1]
 
 
 def schema_nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -131,7 +97,7 @@ def test_sample_is_valid_and_loses_nothing_to_pruning(name: str) -> None:
     assert model["apiVersion"] == f"{CRD['spec']['group']}/{VERSION['name']}"
     assert error_fields(model) == set()
     assert error_fields(apply_defaults(SCHEMA, model)) == set()
-    assert list(pruned_fields(SCHEMA, model)) == []
+    assert pruned_fields(model) == []
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -249,15 +215,15 @@ def test_every_default_validates_against_its_own_schema() -> None:
     defaults = [(path, node) for path, node in schema_nodes(SCHEMA) if "default" in node]
     assert defaults
     for path, node in defaults:
-        errors = list(jsonschema.Draft4Validator(node).iter_errors(apply_defaults(node, node["default"])))
-        assert not errors, f"{path}: default {node['default']!r} is invalid: {errors[0].message}"
+        errors = [e.message for e in validator_for(node).iter_errors(apply_defaults(node, node["default"]))]
+        assert errors == [], f"{path}: default {node['default']!r} is invalid"
 
 
 # --- the CRD as Kubernetes needs it -------------------------------------------------------------
 
 
 def test_schema_is_a_valid_json_schema() -> None:
-    jsonschema.Draft4Validator.check_schema(SCHEMA)
+    jsonschema.Draft4Validator.check_schema(to_json_schema(SCHEMA))
 
 
 def test_schema_is_structural() -> None:
