@@ -1,0 +1,77 @@
+"""`python -m model_serving`: the serving process of one pod, configured from the environment.
+
+uvicorn (httptools + uvloop when installed) runs the plain ASGI app; there is
+no access log (requests are counted in /metrics). SIGTERM stops accepting
+connections, lets in-flight requests finish (SERVING_GRACEFUL_TIMEOUT_SECONDS)
+and exits; SIGHUP reloads the loaded models.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from model_serving.config import ConfigError, Settings
+from model_serving.logs import setup_logging
+
+log = logging.getLogger("model_serving")
+
+
+def build_app(settings: Settings) -> object:
+    from model_serving.app import ServingApp
+    from model_serving.disk_cache import DiskCache
+    from model_serving.loader import ModelLoader
+    from model_serving.metrics import Metrics
+    from model_serving.s3_source import S3Source
+    from model_serving.service import ModelService
+
+    metrics = Metrics()
+    cache = DiskCache(settings.cache_dir, on_corrupt=lambda _path: metrics.cache_corrupt.inc())
+    s3 = S3Source(settings.bucket, settings.endpoint_url, settings.region, metrics, settings.manifest_wait_seconds)
+    service = ModelService(settings, ModelLoader(s3, cache, metrics), s3, metrics)
+    return ServingApp(service, metrics)
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        setup_logging("INFO")
+        log.error("configuration error", extra={"error": str(exc)})
+        return 2
+    setup_logging(settings.log_level)
+    app = build_app(settings)
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_seconds) or None,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    log.info(
+        "starting",
+        extra={
+            "port": settings.port,
+            "ticker": settings.ticker or "any registered",
+            "stage": settings.stage.value,
+            "version": settings.version,
+            "digest": settings.digest,
+        },
+    )
+    server.run()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

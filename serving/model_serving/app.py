@@ -1,0 +1,292 @@
+"""The HTTP API as a plain ASGI application (no framework: per-request overhead is the budget).
+
+    POST /v1/predict, /predict                     the seeds' call: {"ticker", "features"} or {"ticker", "instances"}
+    GET  /v2                                       server metadata
+    GET  /v2/health/live, /v2/health/ready         probes (ready: 200 only with the model loaded and verified)
+    GET  /v2/models/{name}[/versions/{v}]          model metadata (features, classes, digest, engine)
+    GET  /v2/models/{name}[/versions/{v}]/ready    model readiness
+    POST /v2/models/{name}[/versions/{v}]/infer    Open Inference Protocol inference
+    POST /v2/repository/index                      models loaded here
+    POST /v2/repository/models/{name}/load         reload: re-resolve, verify, swap (the old one serves on failure)
+    GET  /metrics                                  Prometheus text format
+
+Errors are JSON {"error": "..."} with a 4xx status for anything the client can
+fix; a 5xx means the server cannot answer now (e.g. 503 while the model loads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import orjson
+
+from model_serving import payloads
+from model_serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge
+from model_serving.metrics import Metrics
+from model_serving.served_model import ServedModel
+from model_serving.service import ModelService
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "tradingmodel-serving"
+SERVER_VERSION = "0.1.0"
+# Batches larger than this are predicted in a worker thread (the C call releases the GIL),
+# so one big request does not stall the single-row traffic behind it.
+INLINE_ROWS = 64
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Reply = tuple[int, bytes, bytes]  # status, body, content type
+Handler = Callable[[Scope, Receive, list[str]], Awaitable[Reply]]
+
+_JSON = b"application/json"
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+def _json(status: int, doc: Any) -> Reply:
+    return status, orjson.dumps(doc), _JSON
+
+
+class ServingApp:
+    def __init__(self, service: ModelService, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.settings = service.settings
+        self.batch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
+        # path -> (endpoint label for metrics, {method: handler})
+        self._fixed: dict[str, tuple[str, dict[str, Handler]]] = {
+            "/v1/predict": ("predict", {"POST": self._predict}),
+            "/predict": ("predict", {"POST": self._predict}),
+            "/v2": ("server_metadata", {"GET": self._server_metadata}),
+            "/v2/health/live": ("health_live", {"GET": self._live}),
+            "/v2/health/ready": ("health_ready", {"GET": self._ready}),
+            "/v2/repository/index": ("repository_index", {"POST": self._index, "GET": self._index}),
+            "/metrics": ("metrics", {"GET": self._metrics}),
+        }
+        self._model_routes: dict[str, tuple[str, dict[str, Handler]]] = {
+            "": ("model_metadata", {"GET": self._model_metadata}),
+            "ready": ("model_ready", {"GET": self._model_ready}),
+            "infer": ("infer", {"POST": self._infer}),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str) -> tuple[str, Handler, list[str]]:
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/")
+        found = self._fixed.get(path)
+        args: list[str] = []
+        if found is None:
+            found, args = self._match_model_path(path)
+        if found is None:
+            raise NotFound(
+                f"no such endpoint {path!r}: see POST /v1/predict, /v2/models/{{ticker}}/infer, /v2, /metrics"
+            )
+        endpoint, methods = found
+        handler = methods.get(method)
+        if handler is None:
+            allowed = tuple(methods)
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {' or '.join(allowed)}", allowed)
+        return endpoint, handler, args
+
+    def _match_model_path(self, path: str) -> tuple[tuple[str, dict[str, Handler]] | None, list[str]]:
+        parts = path.split("/")
+        # ['', 'v2', 'models', name, ...] and ['', 'v2', 'repository', 'models', name, 'load']
+        if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] == "load":
+            return ("repository_load", {"POST": self._load}), [parts[4], ""]
+        if len(parts) < 4 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
+            return None, []
+        name, rest, version = parts[3], parts[4:], ""
+        if len(rest) >= 2 and rest[0] == "versions":
+            version, rest = rest[1], rest[2:]
+        if len(rest) > 1:
+            return None, []
+        return self._model_routes.get(rest[0] if rest else ""), [name, version]
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        endpoint = "unknown"
+        headers: list[tuple[bytes, bytes]] = []
+        try:
+            endpoint, handler, args = self._route(scope["method"], scope["path"])
+            status, body, content_type = await handler(scope, receive, args)
+        except HttpError as exc:
+            status, body, content_type = _json(exc.status, {"error": exc.message})
+            if isinstance(exc, MethodNotAllowed):
+                headers.append((b"allow", ", ".join(exc.allow).encode()))
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("unexpected error", extra={"path": scope["path"], "method": scope["method"]})
+            status, body, content_type = _json(500, {"error": "internal error; the server log has the details"})
+        headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = PayloadTooLarge(f"the body is larger than {limit} bytes; send fewer rows per request")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                raise too_large if value.isdigit() else BadRequest("the Content-Length header is not a number")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _json_body(self, scope: Scope, receive: Receive) -> Any:
+        body = await self._body(scope, receive)
+        if not body:
+            raise BadRequest("the body is empty: send a JSON object")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON (NaN and Infinity are not JSON either): {exc}") from None
+
+    async def _predict_rows(self, model: ServedModel, rows: np.ndarray) -> np.ndarray:
+        if rows.shape[0] <= INLINE_ROWS:
+            probabilities = model.predict_proba(rows)
+        else:
+            loop = asyncio.get_running_loop()
+            probabilities = await loop.run_in_executor(self.batch_pool, model.predict_proba, rows)
+        counters = model.prediction_counters
+        if rows.shape[0] == 1:
+            counters[int(probabilities[0].argmax())].inc()
+        else:
+            for index, count in enumerate(np.bincount(payloads.best_classes(probabilities), minlength=model.n_classes)):
+                if count:
+                    counters[index].inc(int(count))
+        return probabilities
+
+    async def _model(self, name: str, version: str) -> tuple[ServedModel, str]:
+        ticker = self.service.ticker_for_name(name)
+        model = self.service.cached(ticker) or await self.service.model_for(ticker)
+        if version and version != model.version:
+            raise NotFound(f"version {version} of {name} is not loaded here; this server serves {model.version}")
+        return model, ticker
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    async def _predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        doc = await self._json_body(scope, receive)
+        ticker, payload, batch = payloads.predict_envelope(doc, self.settings.ticker)
+        model = self.service.cached(ticker) or await self.service.model_for(ticker)
+        null_ok = self.settings.null_as_missing
+        if batch:
+            rows = payloads.named_rows(model, payload, null_ok, self.settings.max_batch_rows)
+        else:
+            rows = np.array([payloads.named_row(model, payload, '"features"', null_ok)], dtype=np.float64)
+        probabilities = await self._predict_rows(model, rows)
+        return _json(200, payloads.predict_response(model, ticker, probabilities, batch))
+
+    async def _infer(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        name, version = args
+        model, _ = await self._model(name, version)
+        doc = await self._json_body(scope, receive)
+        rows, outputs = payloads.infer_rows(model, doc, self.settings.null_as_missing, self.settings.max_batch_rows)
+        probabilities = await self._predict_rows(model, rows)
+        request_id = doc.get("id")
+        if type(request_id) is not str:
+            request_id = str(uuid.uuid4())
+        return _json(200, payloads.infer_response(model, name, probabilities, outputs, request_id))
+
+    async def _model_metadata(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        model, _ = await self._model(*args)
+        return _json(200, payloads.model_metadata(model, args[0]))
+
+    async def _model_ready(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        name, version = args
+        ticker = self.service.ticker_for_name(name)
+        model = self.service.cached(ticker)
+        if model is None:
+            await self.service.route(ticker)  # 404 for a ticker this server will never serve
+            return _json(503, {"name": name, "ready": False})
+        ready = not version or version == model.version
+        return _json(200 if ready else 404, {"name": name, "ready": ready, "version": model.version})
+
+    async def _live(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        return _json(200, {"live": True})
+
+    async def _ready(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        if self.service.ready:
+            return _json(200, {"ready": True})
+        return _json(503, {"ready": False, "reason": self.service.not_ready_reason})
+
+    async def _server_metadata(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        return _json(200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["model_repository"]})
+
+    async def _index(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        models = [
+            {"name": ticker, "version": m.version, "state": "READY", "reason": "", "model": m.key, "digest": m.digest}
+            for ticker, m in self.service.loaded()
+        ]
+        own = self.settings.ticker
+        if own is not None and not any(m["name"] == own for m in models):
+            models.append(
+                {
+                    "name": own,
+                    "version": self.settings.version or "",
+                    "state": "UNAVAILABLE",
+                    "reason": self.service.not_ready_reason,
+                }
+            )
+        return _json(200, models)
+
+    async def _load(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        name = args[0]
+        model = await self.service.reload(self.service.ticker_for_name(name))
+        return _json(
+            200,
+            {
+                "name": name,
+                "version": model.version,
+                "digest": model.digest,
+                "source": model.source,
+                "engine": model.engine,
+                "model_path": model.model_path,
+            },
+        )
+
+    async def _metrics(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        return 200, self.metrics.render(), self.metrics.content_type.encode()
+
+    # -- lifespan -------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.service.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.service.stop()
+                self.batch_pool.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,137 @@
+"""What a verified version folder says: model text, feature order, strategy names.
+
+`read_content` asks `fetch(name)` for each file it needs; fetch returns bytes
+that were already checked against the manifest, so the pickles unpickled here
+(only when there is no native text model, or no `classes` list) are exactly
+the published ones. joblib, scikit-learn and lightgbm are imported only then.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_store.artifacts import native_header
+from model_store.layout import FEATURE_NAMES, LABEL_ENCODER, METADATA, MODEL_NATIVE, MODEL_PICKLE
+from model_store.manifest import Manifest
+
+_GENERIC_NAME = re.compile(r"^Column_\d+$")
+
+
+class InvalidModel(ValueError):
+    """Verified files that still do not make a servable model (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class ModelContent:
+    model_text: str
+    feature_names: list[str]  # in the column order the trees expect
+    classes: list[str]  # strategy name of each probability column
+    model_file: str  # which file the trees came from
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_content(manifest: Manifest, fetch: Callable[[str], bytes]) -> ModelContent:
+    listed = manifest.files
+    where = f"{manifest.model} {manifest.version}"
+    classifier: Any = None
+    if MODEL_NATIVE in listed:
+        model_file = MODEL_NATIVE
+        try:
+            text = fetch(MODEL_NATIVE).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidModel(f"{MODEL_NATIVE} of {where} is not UTF-8 text") from None
+    elif MODEL_PICKLE in listed:
+        model_file = MODEL_PICKLE
+        classifier = _unpickle(fetch(MODEL_PICKLE), MODEL_PICKLE, where)
+        text = _booster_text(classifier, where)
+    else:
+        raise InvalidModel(f"{where} has neither {MODEL_NATIVE} nor {MODEL_PICKLE} in its manifest")
+
+    metadata = _json(fetch(METADATA), METADATA, where) if METADATA in listed else {}
+    if not isinstance(metadata, dict):
+        raise InvalidModel(f"{METADATA} of {where} is not a JSON object")
+    header = native_header(text.encode())
+    names = feature_order(
+        _json(fetch(FEATURE_NAMES), FEATURE_NAMES, where) if FEATURE_NAMES in listed else None,
+        header.get("feature_names", "").split(),
+        where,
+    )
+    classes = _classes(metadata, listed, fetch, classifier, where)
+    return ModelContent(text, names, classes, model_file, metadata)
+
+
+def feature_order(listed: Any, in_model: list[str], where: str) -> list[str]:
+    """The column order to feed the trees.
+
+    feature_names.json is the published order. When the model text carries
+    real names too, they must be the same set; LightGBM reads columns by
+    position, so the model's own order wins if the two orders differ.
+    """
+    model_has_names = bool(in_model) and not all(_GENERIC_NAME.match(n) for n in in_model)
+    if listed is None:
+        if not model_has_names:
+            raise InvalidModel(f"{where}: no {FEATURE_NAMES} and the model names no features")
+        return list(in_model)
+    if not isinstance(listed, list) or not listed or not all(isinstance(n, str) and n for n in listed):
+        raise InvalidModel(f"{FEATURE_NAMES} of {where} must be a non-empty list of names")
+    if len(set(listed)) != len(listed):
+        raise InvalidModel(f"{FEATURE_NAMES} of {where} lists a feature twice")
+    if in_model and len(in_model) != len(listed):
+        raise InvalidModel(f"{FEATURE_NAMES} of {where} lists {len(listed)} features, the model has {len(in_model)}")
+    if not model_has_names or in_model == listed:
+        return list(listed)
+    if set(in_model) != set(listed):
+        only_file = sorted(set(listed) - set(in_model))[:5]
+        only_model = sorted(set(in_model) - set(listed))[:5]
+        raise InvalidModel(
+            f"{FEATURE_NAMES} of {where} does not name the model's features "
+            f"(only in the file: {only_file}, only in the model: {only_model})"
+        )
+    return list(in_model)
+
+
+def _classes(
+    metadata: dict[str, Any], listed: dict[str, Any], fetch: Callable[[str], bytes], classifier: Any, where: str
+) -> list[str]:
+    classes = metadata.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise InvalidModel(f"'classes' in {METADATA} of {where} must be a list of strategy names")
+        return list(classes)
+    if LABEL_ENCODER in listed:
+        encoder = _unpickle(fetch(LABEL_ENCODER), LABEL_ENCODER, where)
+        if not hasattr(encoder, "classes_"):
+            raise InvalidModel(f"{LABEL_ENCODER} of {where} holds a {type(encoder).__name__}, not a LabelEncoder")
+        return [str(c) for c in encoder.classes_]
+    own = getattr(classifier, "classes_", None)
+    if own is not None and all(isinstance(c, str) for c in own):
+        return [str(c) for c in own]
+    raise InvalidModel(f"{where} names no strategies: add 'classes' to {METADATA} or publish {LABEL_ENCODER}")
+
+
+def _json(raw: bytes, name: str, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidModel(f"{name} of {where} is not valid JSON: {exc}") from None
+
+
+def _unpickle(raw: bytes, name: str, where: str) -> Any:
+    import joblib  # only here: a pickle that already matched the manifest
+
+    try:
+        return joblib.load(io.BytesIO(raw))
+    except Exception as exc:
+        raise InvalidModel(f"{name} of {where} cannot be unpickled here: {exc!r}") from None
+
+
+def _booster_text(obj: Any, where: str) -> str:
+    booster = getattr(obj, "booster_", obj)
+    if not hasattr(booster, "model_to_string"):
+        raise InvalidModel(f"{MODEL_PICKLE} of {where} holds a {type(obj).__name__}, not a LightGBM model")
+    return str(booster.model_to_string())
