@@ -161,7 +161,8 @@ def test_binding_reaches_the_operator_service_account(folder: str) -> None:
         "name": the(folder, "ClusterRole")["metadata"]["name"],
     }
     assert {"kind": "ServiceAccount", "name": account, "namespace": namespace} in binding["subjects"]
-    assert any(sa["metadata"] == {**sa["metadata"], "name": account} for sa in objects(folder, "ServiceAccount"))
+    accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in objects(folder, "ServiceAccount")}
+    assert (namespace, account) in accounts
     assert namespace in {ns["metadata"]["name"] for ns in objects(folder, "Namespace")}
     crd = the(folder, "CustomResourceDefinition")
     assert crd["metadata"]["name"] == "tradingmodels.trading.io"
