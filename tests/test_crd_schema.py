@@ -139,17 +139,8 @@ def test_invalid_spec_is_refused_naming_the_field(field: str, value: Any, expect
 
 
 # The operator checks specs again because a local emulator enforces no schema: it must refuse
-# what the API server would. xfail(strict) marks a known gap, and fails once the gap is closed.
-OPERATOR_INVALID = [
-    pytest.param(
-        *case.values,
-        marks=pytest.mark.xfail(strict=True, reason="parse_spec does not check secretRef.name yet"),
-        id=case.id,
-    )
-    if case.id == "bad-secret-name"
-    else case
-    for case in INVALID
-]
+# what the API server would.
+OPERATOR_INVALID = INVALID
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), OPERATOR_INVALID)

@@ -97,7 +97,12 @@ def build_deployment(
             },
             "spec": {
                 "containers": [container],
-                "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "fsGroup": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
                 "terminationGracePeriodSeconds": 30,
                 "volumes": [
                     {"name": "model-cache", "emptyDir": {"sizeLimit": "2Gi"}},

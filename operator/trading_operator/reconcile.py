@@ -23,7 +23,7 @@ from trading_operator import GROUP, KIND, VERSION
 from trading_operator.builders import SPEC_HASH_ANNOTATION, build_deployment, build_service, rollout_state
 from trading_operator.config import OperatorConfig
 from trading_operator.kube import KubeApi
-from trading_operator.spec import InvalidSpec, ModelSpec, parse_spec
+from trading_operator.spec import InvalidSpec, ModelSpec, check_name, parse_spec
 from trading_operator.status import (
     ARCHIVED,
     CONFLICT,
@@ -89,6 +89,7 @@ def _reconcile(body: dict[str, Any], deps: Deps) -> Outcome:
     status = _Status(old, generation, deps.now(), deps.config.history_limit)
 
     try:
+        check_name(name)
         model = parse_spec(body.get("spec") or {})
     except InvalidSpec as exc:
         status.fail("Ready", "InvalidSpec", f"{exc}; fix the TradingModel spec")

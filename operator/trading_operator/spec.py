@@ -12,6 +12,7 @@ from model_store.layout import InvalidName, ModelLocation, Stage, check_ticker, 
 ARCHIVED = "Archived"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ENDPOINT_RE = re.compile(r"^https?://[^\s/]+(/.*)?$")
+_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 class InvalidSpec(ValueError):
@@ -49,6 +50,18 @@ class ModelSpec:
         return (self.bucket, self.location.root, self.stage)
 
 
+_DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def check_name(name: str) -> None:
+    """The TradingModel's name also names its Deployment and Service, so it must be a DNS label."""
+    if not _DNS_LABEL_RE.match(name) or len(name) > 63:
+        raise InvalidSpec(
+            f"metadata.name {name!r} must be a DNS label (lower-case letters, digits and '-', starting "
+            "with a letter, at most 63 characters): it names the serving Deployment and Service"
+        )
+
+
 def parse_spec(spec: dict[str, Any]) -> ModelSpec:
     def need(mapping: dict[str, Any], key: str, where: str) -> Any:
         if mapping.get(key) in (None, ""):
@@ -78,6 +91,8 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 100:
         raise InvalidSpec(f"spec.serving.replicas must be a whole number from 0 to 100, got {replicas!r}")
     secret = (storage.get("secretRef") or {}).get("name") or None
+    if secret is not None and not _DNS_NAME_RE.match(secret):
+        raise InvalidSpec(f"spec.storage.secretRef.name {secret!r} is not a valid Secret name")
     return ModelSpec(
         ticker=ticker,
         asset_class=asset_class,

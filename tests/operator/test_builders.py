@@ -98,3 +98,12 @@ def test_conditions_keep_their_transition_time_until_the_status_flips() -> None:
     assert again[0]["lastTransitionTime"] == "t1" and again[0]["message"] == "1/2"
     assert flipped[0]["lastTransitionTime"] == "t3" and len(flipped) == 1
     assert append_history([{"n": i} for i in range(10)], {"n": 10}, 10)[0] == {"n": 1}
+
+
+@pytest.mark.parametrize("name", ["Spy", "1spy", "spy.prod", "a" * 64, "spy-"])
+def test_names_that_cannot_name_a_service_are_refused(name: str) -> None:
+    from trading_operator.spec import check_name
+
+    with pytest.raises(InvalidSpec, match="DNS label"):
+        check_name(name)
+    check_name("spy-production")
