@@ -320,10 +320,11 @@ def check_rows(forest: Forest, count: int = CHECK_ROWS, seed: int = 20240601) ->
 
     rng = np.random.default_rng(seed)
     nf = forest.num_features
-    per_feature: list[np.ndarray] = [np.empty(0)] * nf
+    collected: list[list[float]] = [[] for _ in range(nf)]
     for tree in forest.trees:
         for split in tree.splits:
-            per_feature[split.feature] = np.append(per_feature[split.feature], split.threshold)
+            collected[split.feature].append(split.threshold)
+    per_feature = [np.array(values, dtype=np.float64) for values in collected]
     kzero = float(K_ZERO_THRESHOLD)
     specials = np.array(
         [

@@ -1,0 +1,394 @@
+"""Our serving process side by side with MLServer 1.7.1, on the same model, load and machine.
+
+    python serving/benchmarks/serve_vs_mlserver.py [--seconds 10] [--json results.json]
+    ./dev bench [same options]
+
+What it does, printing each step:
+  1. trains the demo model (100 rounds, 10 classes, 84 features), starts a local S3
+     (moto server on 127.0.0.1), publishes the version (archive/v1.0 + manifest) and
+     promotes it to production/ (metadata/asset_registry.json included);
+  2. starts ours (`python -m model_serving`, the pod env contract, OMP_NUM_THREADS=1)
+     cold (empty MODEL_CACHE_DIR: from S3) and warm (same cache dir: from disk), timing
+     start-to-ready and start-to-compiled-engine; the warm one stays up for the load;
+  3. installs MLServer 1.7.1 + mlserver-lightgbm into its own venv when missing
+     (--mlserver-venv), serves the same native model file with `parallel_workers: 0`
+     (its fastest setting) and OMP_NUM_THREADS=1, timing start-to-ready twice;
+  4. checks both servers return the same probabilities for one row;
+  5. drives both with the same closed-loop load (wrk when installed, else an asyncio
+     client: see loadgen.py) at each concurrency: a single-row V2 infer request
+     (inputs [{name, shape [1,84], datatype FP64, data}]) rotating over --rows
+     different rows, after a warm-up; our seeds' /v1/predict call is an extra row;
+  6. reads each server's RSS (process tree) after the load, stops the servers, then
+     times single-row compute of each engine in-process (single_row.py);
+  7. prints the table and writes the same figures as JSON (--json).
+
+Everything binds to 127.0.0.1, and every process it starts is stopped on the way
+out, also on Ctrl-C, SIGTERM or failure. The machine may be shared: run the full
+benchmark once, with short --seconds while developing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen
+import servers
+import single_row
+
+TICKER = "SPY"
+VERSION = "v1.0"
+BUCKET = "tradingmodel-bench"
+V2_PATH = f"/v2/models/{TICKER}/infer"
+V1_PATH = "/v1/predict"
+
+
+class Stop(Exception):
+    """SIGTERM: unwind like Ctrl-C so every started process is stopped."""
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------- payloads
+
+
+def request_rows(count: int, n_features: int, seed: int = 2024) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(count, n_features))
+
+
+def v2_body(row: np.ndarray) -> bytes:
+    doc = {"inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row.tolist()}]}
+    return json.dumps(doc).encode()
+
+
+def v1_body(row: np.ndarray, names: list[str]) -> bytes:
+    return json.dumps({"ticker": TICKER, "features": dict(zip(names, row.tolist(), strict=True))}).encode()
+
+
+def first_probabilities(body: bytes) -> list[float]:
+    """The 10 class probabilities of a V2 answer (ours names the tensor, MLServer calls it predict)."""
+    for tensor in json.loads(body)["outputs"]:
+        if tensor.get("datatype") == "FP64":
+            return [float(v) for v in tensor["data"]]
+    raise ValueError("no FP64 output in the answer")
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def publish(s3_endpoint: str, files: dict[str, bytes]) -> str:
+    """archive/v1.0 with its manifest, promoted to production/; returns the version digest."""
+    from model_store.layout import ModelLocation, Stage
+    from model_store.promotion import promote
+    from model_store.publish import publish_version
+    from model_store.s3 import S3Settings, make_client
+
+    client = make_client(S3Settings(bucket=BUCKET, endpoint_url=s3_endpoint))
+    client.create_bucket(Bucket=BUCKET)
+    location = ModelLocation.of(TICKER, "etf")
+    published = publish_version(client, BUCKET, location, VERSION, files)
+    promote(client, BUCKET, location, VERSION, Stage.PRODUCTION, actor="benchmark", reason="serve_vs_mlserver")
+    return published.digest
+
+
+def download_production(s3_endpoint: str, name: str) -> tuple[bytes, float]:
+    from model_store.layout import ModelLocation, Stage
+    from model_store.s3 import S3Settings, get_bytes, make_client
+
+    started = time.monotonic()
+    client = make_client(S3Settings(bucket=BUCKET, endpoint_url=s3_endpoint))
+    data = get_bytes(client, BUCKET, ModelLocation.of(TICKER, "etf").stage_prefix(Stage.PRODUCTION) + name)
+    return data, time.monotonic() - started
+
+
+def start_ours(procs: servers.ProcessSet, work: Path, env_args: dict[str, Any], label: str) -> servers.Server:
+    port = servers.free_port()
+    env = servers.ours_env(port=port, **env_args)
+    return procs.start(label, [sys.executable, "-m", "model_serving"], env, port, work / f"{label}.log")
+
+
+def time_ours_start(
+    procs: servers.ProcessSet, work: Path, env_args: dict[str, Any], label: str, engine_timeout: float
+) -> tuple[servers.Server, dict[str, Any]]:
+    server = start_ours(procs, work, env_args, label)
+    ready = server.wait_ready(("/v2/health/ready",), timeout=180)
+    engine, compiled_at = servers.wait_engine(server, TICKER, "compiled", engine_timeout)
+    facts = {"ready_seconds": round(ready, 2), "engine": engine}
+    facts["compiled_engine_seconds"] = round(compiled_at, 2) if compiled_at is not None else None
+    return server, facts
+
+
+def time_mlserver_start(
+    procs: servers.ProcessSet, work: Path, exe: Path, model_file: bytes, label: str
+) -> tuple[servers.Server, dict[str, Any]]:
+    port = servers.free_port()
+    repo = work / label
+    servers.write_mlserver_repo(repo, TICKER, VERSION, model_file, port)
+    server = procs.start(label, [str(exe), "start", str(repo)], servers.mlserver_env(), port, work / f"{label}.log")
+    ready = server.wait_ready(("/v2/health/ready", f"/v2/models/{TICKER}/ready"), timeout=300)
+    return server, {"ready_seconds": round(ready, 2), "engine": "lightgbm.Booster.predict"}
+
+
+def describe_start(facts: dict[str, Any]) -> str:
+    compiled = facts.get("compiled_engine_seconds")
+    engine = f"engine {facts['engine']}" + (f" from {compiled} s" if compiled is not None else "")
+    return f"ready in {facts['ready_seconds']} s, {engine}"
+
+
+def load_matrix(
+    targets: list[tuple[str, str, servers.Server, list[bytes]]],
+    concurrencies: list[int],
+    tool: str,
+    seconds: float,
+    warmup: float,
+) -> list[dict[str, Any]]:
+    """Each concurrency in turn, every target at it (interleaved, so drift on a shared machine
+    hits both servers alike)."""
+    rows = []
+    total = len(targets) * len(concurrencies)
+    step = 0
+    for concurrency in concurrencies:
+        for server_name, path, server, bodies in targets:
+            step += 1
+            if not server.alive():
+                raise RuntimeError(f"{server.label} died; log:\n{server.log_tail()}")
+            say(
+                f"load {step}/{total}: {server_name} POST {path} concurrency {concurrency} "
+                f"({warmup:g} s warm-up + {seconds:g} s)"
+            )
+            if warmup > 0:
+                loadgen.run_load(tool, server.port, path, bodies, concurrency, warmup)
+            result = loadgen.run_load(tool, server.port, path, bodies, concurrency, seconds)
+            say(
+                f"  {result.requests_per_second:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
+                f"errors {result.errors}"
+            )
+            rows.append({"server": server_name, "endpoint": path, **asdict(result)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratios(load: list[dict[str, Any]]) -> dict[str, float]:
+    by = {(r["server"], r["endpoint"], r["concurrency"]): r["requests_per_second"] for r in load}
+    out = {}
+    for (server, endpoint, concurrency), rps in by.items():
+        theirs = by.get(("mlserver", V2_PATH, concurrency))
+        if server == "ours" and endpoint == V2_PATH and theirs:
+            out[str(concurrency)] = round(rps / theirs, 2)
+    return out
+
+
+def format_report(results: dict[str, Any]) -> str:
+    lines = [
+        "",
+        "== closed-loop load, single-row requests " + f"({results['loadgen']}, {results['seconds']:g} s each) ==",
+    ]
+    lines.append(f"{'server':9} {'endpoint':24} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for r in results["load"]:
+        lines.append(
+            f"{r['server']:9} {r['endpoint']:24} {r['concurrency']:4d} {r['requests_per_second']:9,.0f} "
+            f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:6d}"
+        )
+    if results["ratio_ours_to_mlserver"]:
+        pairs = ", ".join(f"c={c}: {v:.2f}x" for c, v in results["ratio_ours_to_mlserver"].items())
+        lines.append(f"requests/s ours / MLServer (V2 infer): {pairs}")
+    lines.append("")
+    lines.append("== start to ready (s), RSS after load (MB) ==")
+    for name, facts in results["servers"].items():
+        starts = "; ".join(f"{k}: {describe_start(v)}" for k, v in facts["starts"].items())
+        lines.append(
+            f"{name:9} {starts}; engine under load: {facts.get('engine')}; RSS {facts.get('rss_mb', 0):.0f} MB"
+        )
+    if results.get("mlserver_model_download_seconds") is not None:
+        lines.append(
+            f"          (MLServer reads a local file: the script fetched it from S3 in "
+            f"{results['mlserver_model_download_seconds']:.2f} s before starting it)"
+        )
+    if results.get("outputs_max_abs_difference") is not None:
+        lines.append(f"same row, both servers: max |p_ours - p_mlserver| = {results['outputs_max_abs_difference']:.3g}")
+    if results.get("single_row"):
+        lines.append("")
+        lines.append("== single-row compute in-process (us per call, best of repeats) ==")
+        lines.append(single_row.format_table(results["single_row"]))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load run (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each run (default 2)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated connection counts (default 1,8,32)")
+    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds of the demo model (default 100)")
+    parser.add_argument("--rows", type=int, default=200, help="distinct request rows to rotate over (default 200)")
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "asyncio"), default="auto", help="default: wrk if installed"
+    )
+    parser.add_argument("--mlserver-venv", type=Path, default=servers.DEFAULT_MLSERVER_VENV)
+    parser.add_argument("--skip-mlserver", action="store_true", help="benchmark our server only")
+    parser.add_argument("--skip-ours", action="store_true", help="benchmark MLServer only")
+    parser.add_argument("--skip-single-row", action="store_true", help="skip the in-process engine timings")
+    parser.add_argument("--engine-timeout", type=float, default=120.0, help="wait this long for compiled trees")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs) afterwards")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    tool = loadgen.available_tool(args.loadgen)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Stop()))
+
+    work = Path(tempfile.mkdtemp(prefix="tradingmodel-bench-"))
+    procs = servers.ProcessSet()
+    s3_server = None
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "loadgen": tool,
+        "seconds": args.seconds,
+        "warmup_seconds": args.warmup,
+        "concurrency": concurrencies,
+        "servers": {},
+        "load": [],
+    }
+    say(
+        f"work folder {work}; load generator: {tool}"
+        + ("" if tool == "wrk" else " (wrk not found: apt-get install -y wrk)")
+    )
+    try:
+        from moto.server import ThreadedMotoServer
+
+        from model_store.demo_model import train_demo_model
+
+        say(f"step 1/7: training the demo model ({args.rounds} rounds, 10 classes, 84 features)")
+        model = train_demo_model(version=VERSION, rounds=args.rounds)
+        model_text = model.files["lightgbm_model.txt"].decode()
+        names = json.loads(model.files["feature_names.json"])
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+        s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        s3_server.start()
+        host, port = s3_server.get_host_and_port()
+        s3_endpoint = f"http://{host}:{port}"
+        digest = publish(s3_endpoint, model.files)
+        say(f"  published s3://{BUCKET}/etfs/{TICKER}/archive/{VERSION}/ and production/ ({digest[:19]}…)")
+
+        rows = request_rows(args.rows, len(names))
+        v2_bodies = [v2_body(r) for r in rows]
+        targets: list[tuple[str, str, servers.Server, list[bytes]]] = []
+        ours = mlserver = None
+
+        if not args.skip_ours:
+            env_args = dict(
+                s3_endpoint=s3_endpoint, bucket=BUCKET, ticker=TICKER, version=VERSION, digest=digest,
+                cache_dir=work / "ours-cache",
+            )  # fmt: skip
+            say("step 2/7: our server, cold start (empty cache: model from S3, trees compiled by gcc)")
+            cold, cold_facts = time_ours_start(procs, work, env_args, "ours-cold", args.engine_timeout)
+            say(f"  {describe_start(cold_facts)}")
+            procs.stop(cold)
+            say("step 2/7: our server, warm start (model and compiled trees from the disk cache)")
+            ours, warm_facts = time_ours_start(procs, work, env_args, "ours-warm", args.engine_timeout)
+            say(f"  {describe_start(warm_facts)}")
+            results["servers"]["ours"] = {"starts": {"cold_from_s3": cold_facts, "warm_disk_cache": warm_facts}}
+            targets.append(("ours", V2_PATH, ours, v2_bodies))
+
+        if not args.skip_mlserver:
+            say("step 3/7: MLServer 1.7.1 (parallel_workers 0, OMP_NUM_THREADS=1)")
+            exe = servers.ensure_mlserver_venv(args.mlserver_venv, say)
+            model_file, fetched = download_production(s3_endpoint, "lightgbm_model.txt")
+            results["mlserver_model_download_seconds"] = round(fetched, 3)
+            first, first_facts = time_mlserver_start(procs, work, exe, model_file, "mlserver-first")
+            say(f"  first start ready in {first_facts['ready_seconds']} s")
+            procs.stop(first)
+            mlserver, second_facts = time_mlserver_start(procs, work, exe, model_file, "mlserver")
+            say(f"  second start ready in {second_facts['ready_seconds']} s")
+            results["servers"]["mlserver"] = {"starts": {"first": first_facts, "second": second_facts}}
+            targets.append(("mlserver", V2_PATH, mlserver, v2_bodies))
+
+        say("step 4/7: the same row through each server")
+        answers = {}
+        for name, path, server, bodies in targets:
+            status, body = servers.http_post(server.port, path, bodies[0])
+            if status != 200:
+                raise RuntimeError(f"{name} answered {status} to a V2 infer request: {body[:300]!r}")
+            answers[name] = np.array(first_probabilities(body))
+        if len(answers) == 2:
+            results["outputs_max_abs_difference"] = float(np.abs(answers["ours"] - answers["mlserver"]).max())
+        if ours is not None:
+            status, body = servers.http_post(ours.port, V1_PATH, v1_body(rows[0], names))
+            if status != 200:
+                raise RuntimeError(f"ours answered {status} to /v1/predict: {body[:300]!r}")
+            targets.append(("ours", V1_PATH, ours, [v1_body(r, names) for r in rows]))
+
+        say(f"step 5/7: load, concurrency {concurrencies}")
+        results["load"] = load_matrix(targets, concurrencies, tool, args.seconds, args.warmup)
+        results["ratio_ours_to_mlserver"] = ratios(results["load"])
+
+        say("step 6/7: memory after load, stopping the servers")
+        for name, server in (("ours", ours), ("mlserver", mlserver)):
+            if server is not None:
+                results["servers"][name]["rss_mb"] = round(server.rss_mb(), 1)
+                results["servers"][name]["engine"] = (
+                    servers.engine_of(server.port, TICKER) if name == "ours" else "lightgbm.Booster.predict"
+                )
+        procs.stop_all()
+
+        if not args.skip_single_row:
+            say("step 7/7: single-row compute per engine, in-process")
+            results["single_row"] = single_row.measure(model_text, calls=2000, repeats=7, progress=say)
+
+        print(format_report(results), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+            say(f"figures written to {args.json}")
+        return 0
+    except (KeyboardInterrupt, Stop):
+        say("interrupted: stopping everything this run started")
+        return 130
+    except Exception as exc:
+        say(f"failed: {exc}")
+        for server in procs.servers:
+            say(f"--- last lines of {server.label} ({server.log_path}) ---\n{server.log_tail()}")
+        raise
+    finally:
+        procs.stop_all()
+        if s3_server is not None:
+            s3_server.stop()
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            _remove(work)
+
+
+def _remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
