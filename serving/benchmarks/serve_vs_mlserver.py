@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ["OMP_NUM_THREADS"] = "1"
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Stop()))
+    # Also when started from a shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     work = Path(tempfile.mkdtemp(prefix="tradingmodel-bench-"))
     procs = servers.ProcessSet()

@@ -165,23 +165,31 @@ class CompiledPredictor:
             raise ValueError(f"expected rows of {self.num_features} features, got shape {np.shape(rows)}")
         out = np.empty((data.shape[0], self.num_outputs), dtype=np.float64)
         if data.shape[0]:
-            self._batch_fn(data.ctypes.data, data.shape[0], out.ctypes.data)
+            self._batch_fn(_address(data), data.shape[0], _address(out))
         return out
 
     def predict_row_into(self, row: np.ndarray, out: np.ndarray) -> None:
         """Write one row's probabilities into `out`: both C-contiguous float64, no allocation.
 
-        Costs ~3 us more than RowSession.run() (numpy's .ctypes.data lookups).
+        Costs ~1-2 us more than RowSession.run() (argument checks and address lookups).
         """
         for name, array, size in (("row", row, self.num_features), ("out", out, self.num_outputs)):
             if array.dtype != np.float64 or array.shape != (size,) or not array.flags.c_contiguous:
                 raise ValueError(f"{name} must be a C-contiguous float64 array of shape ({size},)")
         if not out.flags.writeable:
             raise ValueError("out must be writeable")
-        self._row_fn(row.ctypes.data, out.ctypes.data)
+        self._row_fn(_address(row), _address(out))
 
     def row_session(self) -> RowSession:
         return RowSession(self)
+
+
+def _address(array: np.ndarray) -> int:
+    """Address of a C-contiguous array's data; ~3x cheaper than `array.ctypes.data` when writable."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError, BufferError):  # read-only or empty: the slower, general way
+        return int(array.ctypes.data)
 
 
 class RowSession:

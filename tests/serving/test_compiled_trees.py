@@ -218,3 +218,9 @@ def test_row_entries_refuse_buffers_that_would_be_misread(demo_v1, tmp_path: Pat
     with pytest.raises(ValueError, match="features"):
         predictor.predict_proba(np.zeros((2, 3)))
     assert predictor.predict_proba(np.zeros((0, predictor.num_features))).shape == (0, predictor.num_outputs)
+    rows = np.random.default_rng(2).normal(size=(3, predictor.num_features))
+    read_only = np.frombuffer(rows.tobytes(), dtype=np.float64).reshape(rows.shape)
+    assert not read_only.flags.writeable
+    np.testing.assert_array_equal(predictor.predict_proba(read_only), predictor.predict_proba(rows))
+    np.testing.assert_array_equal(predictor.predict_proba(rows[1]), predictor.predict_proba(rows)[1:2])
+    np.testing.assert_array_equal(predictor.predict_proba(rows[:, ::-1][:, ::-1]), predictor.predict_proba(rows))
