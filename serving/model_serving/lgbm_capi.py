@@ -85,7 +85,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             ctypes.c_char_p,
             ctypes.POINTER(vp),
         ],
-        "LGBM_BoosterPredictForMatSingleRowFast": [vp, vp, i64p, _c_double_p],
+        "LGBM_BoosterPredictForMatSingleRowFast": [vp, vp, i64p, vp],
         "LGBM_BoosterPredictForMat": [
             vp,
             vp,
@@ -157,43 +157,57 @@ class CApiPredictor:
                 ctypes.byref(self._fast),
             ),
         )
-        # A FastConfig holds per-call scratch space: one caller at a time.
+        # A FastConfig holds per-call scratch space: one caller at a time. The single-row
+        # buffers live as long as the predictor, so their addresses are looked up once
+        # (numpy's .ctypes.data costs more than copying 84 doubles).
         self._fast_lock = threading.Lock()
+        self._fast_fn = lib.LGBM_BoosterPredictForMatSingleRowFast
+        self._row = np.zeros(self.n_features, dtype=np.float64)
+        self._out = np.zeros(self._raw_outputs, dtype=np.float64)
+        self._row_addr, self._out_addr = self._row.ctypes.data, self._out.ctypes.data
+        self._out_len = ctypes.c_int64()
+        self._out_len_ref = ctypes.byref(self._out_len)
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.n_features:
             raise ValueError(f"rows must have shape (n, {self.n_features}), got {rows.shape}")
         n = rows.shape[0]
-        raw = np.empty(n * self._raw_outputs, dtype=np.float64)
-        out_len = ctypes.c_int64()
-        out_ptr = raw.ctypes.data_as(_c_double_p)
         if n == 1:
             with self._fast_lock:
-                status = self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                    self._fast, rows.ctypes.data, ctypes.byref(out_len), out_ptr
-                )
+                self._row[:] = rows[0]
+                status = self._fast_fn(self._fast, self._row_addr, self._out_len_ref, self._out_addr)
+                raw, produced = self._out.copy(), self._out_len.value
         else:
-            status = self._lib.LGBM_BoosterPredictForMat(
-                self._handle,
-                rows.ctypes.data,
-                _C_API_DTYPE_FLOAT64,
-                n,
-                self.n_features,
-                _ROW_MAJOR,
-                _C_API_PREDICT_NORMAL,
-                0,
-                -1,
-                _PARAMETERS,
-                ctypes.byref(out_len),
-                out_ptr,
-            )
+            raw, produced = self._predict_batch(rows)
+            status = 0
         _check(self._lib, status)
-        if out_len.value != raw.size:
-            raise LightGBMError(f"LightGBM returned {out_len.value} values, expected {raw.size}")
+        if produced != raw.size:
+            raise LightGBMError(f"LightGBM returned {produced} values, expected {raw.size}")
         if self._raw_outputs == 1:
             return np.column_stack((1.0 - raw, raw))
         return raw.reshape(n, self._raw_outputs)
+
+    def _predict_batch(self, rows: np.ndarray) -> tuple[np.ndarray, int]:
+        n = rows.shape[0]
+        raw = np.empty(n * self._raw_outputs, dtype=np.float64)
+        out_len = ctypes.c_int64()
+        status = self._lib.LGBM_BoosterPredictForMat(
+            self._handle,
+            rows.ctypes.data,
+            _C_API_DTYPE_FLOAT64,
+            n,
+            self.n_features,
+            _ROW_MAJOR,
+            _C_API_PREDICT_NORMAL,
+            0,
+            -1,
+            _PARAMETERS,
+            ctypes.byref(out_len),
+            raw.ctypes.data_as(_c_double_p),
+        )
+        _check(self._lib, status)
+        return raw, out_len.value
 
     def close(self) -> None:
         """Free the native objects (also done when the predictor is garbage collected)."""

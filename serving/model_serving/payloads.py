@@ -126,7 +126,7 @@ def predict_response(model: ServedModel, ticker: str, probabilities: np.ndarray,
 
 
 def _prediction(model: ServedModel, row: list[float]) -> dict[str, Any]:
-    best = max(range(len(row)), key=row.__getitem__)
+    best = row.index(max(row))  # the first of equal maxima, like numpy's argmax
     return {
         "strategy": model.classes[best],
         "confidence": row[best],

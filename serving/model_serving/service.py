@@ -28,6 +28,7 @@ from model_serving.config import Settings
 from model_serving.errors import BadRequest, LoadError, NotFound, Unavailable
 from model_serving.loader import ModelLoader
 from model_serving.metrics import Metrics
+from model_serving.process_age import process_age_seconds
 from model_serving.s3_source import ModelSpec, S3Source
 from model_serving.served_model import ServedModel
 from model_store.layout import AssetClass, InvalidName, ModelLocation, check_ticker
@@ -286,7 +287,13 @@ class ModelService:
             self.ready = True
             self.not_ready_reason = ""
             self.metrics.ready.set(1)
-            log.info("ready", extra={"models": [m.key for _, m in self.loaded()] or "loaded on first request"})
+            log.info(
+                "ready",
+                extra={
+                    "models": [m.key for _, m in self.loaded()] or "loaded on first request",
+                    "seconds_since_process_start": process_age_seconds(),
+                },
+            )
             return
 
     async def stop(self) -> None:

@@ -1,0 +1,180 @@
+"""Helpers for the serving tests: publish demo models, run and talk to real server processes.
+
+Models are published with the store's own commands (model_store.publish and
+model_store.promotion), so the serving side reads exactly what the operator
+writes: archive/<v>/ with its manifest, a stage copy with the stage manifest
+written last, and metadata/asset_registry.json.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_store.demo_model import DemoModel
+from model_store.layout import ASSET_REGISTRY_KEY, ModelLocation, Stage
+from model_store.promotion import promote
+from model_store.publish import publish_version
+from model_store.registry import update_document
+
+
+@dataclass(frozen=True)
+class Published:
+    location: ModelLocation
+    version: str
+    digest: str
+
+
+def publish(
+    s3: Any, bucket: str, ticker: str, asset_class: str, demo: DemoModel, stage: str | None = "production"
+) -> Published:
+    """Publish `demo` under archive/<its version>/ and, unless stage is None, promote it there."""
+    location = ModelLocation.of(ticker, asset_class)
+    version = json.loads(demo.files["metadata.json"])["version"]
+    result = publish_version(s3, bucket, location, version, demo.files)
+    if stage is not None:
+        promote(s3, bucket, location, version, Stage.parse(stage), actor="tests")
+    return Published(location, version, result.digest)
+
+
+def register_stocks(s3: Any, bucket: str, *tickers: str) -> None:
+    def add(doc: dict[str, Any]) -> None:
+        supported = doc.setdefault("stocks", {}).setdefault("supported_tickers", {})
+        for ticker in tickers:
+            supported.setdefault(ticker, {"uses_model": "stocks/universal"})
+
+    update_document(s3, bucket, ASSET_REGISTRY_KEY, add)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Server:
+    """`python -m model_serving` as a child process, spoken to over real HTTP."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = int(env["PORT"])
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "model_serving"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            conn.request(method, path, body=data, headers=headers or {})
+            reply = conn.getresponse()
+            return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> Response:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any) -> Response:
+        return self.request("POST", path, body)
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Seconds from process start to the first 200 from /v2/health/ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/v2/health/ready").status == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        self._log.flush()
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                lines.append({"unparsed": line})
+        return lines
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def feature_rows(demo: DemoModel, count: int, seed: int = 1) -> list[dict[str, float]]:
+    """Rows as the seeds' callers send them: {feature name: value}."""
+    from model_store.demo_model import synthetic_market
+
+    names = json.loads(demo.files["feature_names.json"])
+    x, _ = synthetic_market(count, seed, len(names))
+    return [dict(zip(names, map(float, row), strict=True)) for row in x]
+
+
+def served_model(demo: DemoModel, ticker: str = "SPY", asset_class: str = "etf") -> Any:
+    """A ServedModel built in-process from the demo files (for tests of pure request handling)."""
+    from model_serving.lgbm_capi import CApiPredictor
+    from model_serving.model_files import read_content
+    from model_serving.served_model import ServedModel
+    from model_store.manifest import Manifest
+
+    manifest = Manifest.build(f"etfs/{ticker}", "v1.0", demo.files, created="2024-12-06T00:00:00Z")
+    content = read_content(manifest, demo.files.__getitem__)
+    return ServedModel(
+        ModelLocation.of(ticker, asset_class), manifest.version, manifest.digest, f"etfs/{ticker}/production/",
+        "production", "s3", content, CApiPredictor(content.model_text),
+    )  # fmt: skip
+
+
+def booster_predict(demo: DemoModel, rows: list[dict[str, float]]) -> Any:
+    """LightGBM's own predictions for the same rows: the reference every test compares with."""
+    import lightgbm as lgb
+    import numpy as np
+
+    booster = lgb.Booster(model_str=demo.files["lightgbm_model.txt"].decode())
+    names = booster.feature_name()
+    return booster.predict(np.array([[row[n] for n in names] for row in rows], dtype=np.float64))

@@ -1,0 +1,277 @@
+"""The loader against a real S3 (moto over HTTP): which version it picks, what it refuses, its caches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from serving_helpers import booster_predict, feature_rows, publish
+
+from model_serving.disk_cache import DiskCache
+from model_serving.errors import LoadError
+from model_serving.loader import ModelLoader
+from model_serving.metrics import Metrics
+from model_serving.s3_source import ModelSpec, S3Source
+from model_serving.served_model import ServedModel
+from model_store.demo_model import STRATEGIES, DemoModel, train_demo_model
+from model_store.layout import MODEL_NATIVE, MODEL_PICKLE, ModelLocation, Stage
+
+SPY = ModelLocation.of("SPY", "etf")
+PROD = Stage.PRODUCTION
+
+
+class S3Log(logging.Handler):
+    """The request lines moto's server logs (it runs in this process): proof of what was downloaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def gets(self, key_suffix: str) -> int:
+        return sum(1 for line in self.lines if '"GET ' in line and key_suffix + " HTTP" in line)
+
+
+@pytest.fixture
+def s3_log() -> Iterator[S3Log]:
+    handler = S3Log()
+    logger = logging.getLogger("werkzeug")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def make_loader(endpoint: str, bucket: str, cache_dir: Path, wait: float = 0.3) -> tuple[ModelLoader, Metrics]:
+    metrics = Metrics()
+    cache = DiskCache(cache_dir, on_corrupt=lambda _path: metrics.cache_corrupt.inc())
+    return ModelLoader(S3Source(bucket, endpoint, "us-east-1", metrics, wait), cache, metrics), metrics
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def assert_predicts_like(model: ServedModel, demo: DemoModel) -> None:
+    rows = feature_rows(demo, 20)
+    matrix = np.array([[row[n] for n in model.feature_names] for row in rows])
+    np.testing.assert_allclose(model.predict_proba(matrix), booster_predict(demo, rows), rtol=0, atol=1e-9)
+
+
+def put(s3: Any, bucket: str, key: str, data: bytes) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def test_pinned_digest_on_the_stage_loads_from_the_stage(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel
+) -> None:
+    v1 = publish(s3, bucket, "SPY", "etf", demo_v1)
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    model = loader.load(ModelSpec(SPY, PROD, v1.version, v1.digest))
+    assert (model.version, model.digest, model.model_path, model.stage) == (
+        "v1.0",
+        v1.digest,
+        "etfs/SPY/production/",
+        "production",
+    )
+    assert model.source == "s3" and model.classes == STRATEGIES and model.model_type == "etf_specific"
+    assert_predicts_like(model, demo_v1)
+    assert value(metrics, "tradingmodel_model_load_seconds_count", source="s3") == 1
+
+
+def test_pinned_digest_not_on_the_stage_loads_the_archived_version(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    v1 = publish(s3, bucket, "SPY", "etf", demo_v1)
+    publish(s3, bucket, "SPY", "etf", demo_v2)  # production moves on to v1.1
+    loader, _ = make_loader(s3_endpoint, bucket, tmp_path)
+    model = loader.load(ModelSpec(SPY, PROD, v1.version, v1.digest))
+    assert (model.version, model.model_path, model.stage) == ("v1.0", "etfs/SPY/archive/v1.0/", "archive")
+    assert_predicts_like(model, demo_v1)
+
+
+def test_a_pin_that_does_not_match_the_archive_is_refused(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    v2 = publish(s3, bucket, "SPY", "etf", demo_v2, stage=None)
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    with pytest.raises(LoadError, match=r"MODEL_DIGEST pins .*refusing it") as err:
+        loader.load(ModelSpec(SPY, PROD, "v1.0", v2.digest))
+    assert err.value.reason == "verification"
+    with pytest.raises(LoadError, match=r"v9\.9 is not published") as err:
+        loader.load(ModelSpec(SPY, PROD, "v9.9", v2.digest))
+    assert err.value.reason == "not_found"
+    assert value(metrics, "tradingmodel_model_load_failures_total", model="etfs/SPY", reason="verification") == 1
+
+
+def test_unpinned_waits_for_a_promotion_in_progress(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel
+) -> None:
+    loader, _ = make_loader(s3_endpoint, bucket, tmp_path, wait=0.3)
+    with pytest.raises(LoadError, match=r"manifest\.json is missing .*promote a version"):
+        loader.load(ModelSpec(SPY, PROD))
+
+    loader, _ = make_loader(s3_endpoint, bucket, tmp_path, wait=20)
+    promoter = threading.Timer(0.5, publish, (s3, bucket, "SPY", "etf", demo_v1))
+    promoter.start()
+    try:
+        model = loader.load(ModelSpec(SPY, PROD))
+    finally:
+        promoter.join()
+    assert model.version == "v1.0" and model.model_path == "etfs/SPY/production/"
+
+
+def test_a_stage_file_that_changed_is_taken_from_the_archive(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    put(s3, bucket, "etfs/SPY/production/lightgbm_model.txt", demo_v2.files[MODEL_NATIVE])  # half a promotion
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    model = loader.load(ModelSpec(SPY, PROD))
+    assert model.version == "v1.0"
+    assert_predicts_like(model, demo_v1)
+    assert value(metrics, "tradingmodel_s3_requests_total", kind="artifact", outcome="mismatch") == 1
+
+
+def test_files_that_match_no_manifest_are_refused(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    for prefix in ("etfs/SPY/production/", "etfs/SPY/archive/v1.0/"):
+        put(s3, bucket, prefix + "lightgbm_model.txt", demo_v2.files[MODEL_NATIVE])
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    refused = r"refusing etfs/SPY v1.0 .*manifest says .*archived copy: .*manifest says"
+    with pytest.raises(LoadError, match=refused) as err:
+        loader.load(ModelSpec(SPY, PROD))
+    assert err.value.reason == "verification"
+    assert value(metrics, "tradingmodel_model_load_failures_total", model="etfs/SPY", reason="verification") == 1
+    assert not list(tmp_path.rglob("lightgbm_model.txt")), "a refused file must not reach the disk cache"
+
+
+def test_a_tampered_pickle_is_never_unpickled(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_pickle: DemoModel
+) -> None:
+    publish(s3, bucket, "SPY", "etf", demo_pickle)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    evil = pickle.dumps(Exploit())
+    for prefix in ("etfs/SPY/production/", "etfs/SPY/archive/v1.0/"):
+        put(s3, bucket, prefix + MODEL_PICKLE, evil)
+    loader, _ = make_loader(s3_endpoint, bucket, tmp_path / "cache")
+    with pytest.raises(LoadError, match=r"lightgbm_model\.pkl .* has \d+ bytes, manifest says"):
+        loader.load(ModelSpec(SPY, PROD))
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def demo_pickle() -> DemoModel:
+    """The seeds' format: a joblib LGBMClassifier and a LabelEncoder, no native text, no classes list."""
+    demo = train_demo_model(version="v1.0", seed=3, rounds=10, rows=800, formats=("pickle",))
+    metadata = json.loads(demo.files["metadata.json"])
+    del metadata["classes"]
+    return DemoModel(dict(demo.files, **{"metadata.json": json.dumps(metadata).encode()}), demo.accuracy, 0)
+
+
+def test_pickle_versions_load_with_the_label_encoders_names(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_pickle: DemoModel
+) -> None:
+    import joblib
+
+    publish(s3, bucket, "SPY", "etf", demo_pickle)
+    loader, _ = make_loader(s3_endpoint, bucket, tmp_path)
+    model = loader.load(ModelSpec(SPY, PROD))
+    assert model.content.model_file == MODEL_PICKLE and model.classes == STRATEGIES
+    classifier = joblib.load(__import__("io").BytesIO(demo_pickle.files[MODEL_PICKLE]))
+    rows = np.random.default_rng(2).normal(size=(30, 84))
+    np.testing.assert_allclose(model.predict_proba(rows), classifier.booster_.predict(rows), rtol=0, atol=1e-9)
+
+
+def test_a_warm_disk_cache_loads_a_pinned_digest_without_s3(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel
+) -> None:
+    v1 = publish(s3, bucket, "SPY", "etf", demo_v1)
+    spec = ModelSpec(SPY, PROD, v1.version, v1.digest)
+    make_loader(s3_endpoint, bucket, tmp_path)[0].load(spec)
+    offline, metrics = make_loader("http://127.0.0.1:9", bucket, tmp_path)  # nothing listens on port 9
+    model = offline.load(spec)
+    assert model.source == "disk" and model.model_path == "etfs/SPY/production/"
+    assert_predicts_like(model, demo_v1)
+    assert value(metrics, "tradingmodel_model_cache_hits_total", tier="disk") == 1
+    assert value(metrics, "tradingmodel_s3_downloaded_bytes_total") == 0
+    assert {p.name for p in (tmp_path / v1.digest.removeprefix("sha256:")).iterdir()} == {
+        "manifest.json", "origin.json", "lightgbm_model.txt", "feature_names.json", "metadata.json"
+    }, "only finished files (no temporary ones), and no pickle that was not needed"  # fmt: skip
+
+
+def test_a_corrupt_cache_file_is_dropped_and_downloaded_again(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, s3_log: S3Log
+) -> None:
+    v1 = publish(s3, bucket, "SPY", "etf", demo_v1)
+    spec = ModelSpec(SPY, PROD, v1.version, v1.digest)
+    make_loader(s3_endpoint, bucket, tmp_path)[0].load(spec)
+    cached = tmp_path / v1.digest.removeprefix("sha256:") / "lightgbm_model.txt"
+    data = bytearray(cached.read_bytes())
+    data[100] ^= 1
+    cached.write_bytes(bytes(data))
+    model_gets, names_gets = s3_log.gets("production/lightgbm_model.txt"), s3_log.gets("production/feature_names.json")
+
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    model = loader.load(spec)
+    assert model.source == "s3"
+    assert_predicts_like(model, demo_v1)
+    assert value(metrics, "tradingmodel_model_cache_corrupt_files_total") == 1
+    assert s3_log.gets("production/lightgbm_model.txt") == model_gets + 1
+    assert s3_log.gets("production/feature_names.json") == names_gets, "intact cached files are not downloaded again"
+    assert cached.read_bytes() == demo_v1.files[MODEL_NATIVE]
+
+
+def test_concurrent_loads_of_one_model_download_once(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, s3_log: S3Log
+) -> None:
+    publish(s3, bucket, "AAPL", "stock", demo_v1)
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    specs = [ModelSpec(ModelLocation.of(t, "stock"), PROD) for t in ("AAPL", "TSLA", "NVDA", "MSFT")] * 5
+    barrier = threading.Barrier(len(specs))
+    results: list[ServedModel] = []
+
+    def load(spec: ModelSpec) -> None:
+        barrier.wait()
+        results.append(loader.load(spec))
+
+    threads = [threading.Thread(target=load, args=(spec,)) for spec in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == len(specs) and all(r is results[0] for r in results)
+    assert results[0].model_type == "stock_universal" and results[0].key == "stocks/universal"
+    assert s3_log.gets("/stocks/universal/production/lightgbm_model.txt") == 1
+    assert value(metrics, "tradingmodel_model_load_seconds_count", source="s3") == 1
+
+
+def test_an_unchanged_stage_reloads_from_memory(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel, s3_log: S3Log
+) -> None:
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    loader, metrics = make_loader(s3_endpoint, bucket, tmp_path)
+    first = loader.load(ModelSpec(SPY, PROD))
+    again = loader.load(ModelSpec(SPY, PROD))
+    assert again is first
+    assert s3_log.gets("/etfs/SPY/production/lightgbm_model.txt") == 1
+    assert value(metrics, "tradingmodel_model_cache_hits_total", tier="memory") == 1
