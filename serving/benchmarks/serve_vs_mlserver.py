@@ -9,7 +9,9 @@ What it does, printing each step:
      promotes it to production/ (metadata/asset_registry.json included);
   2. starts ours (`python -m model_serving`, the pod env contract, OMP_NUM_THREADS=1)
      cold (empty MODEL_CACHE_DIR: from S3) and warm (same cache dir: from disk), timing
-     start-to-ready and start-to-compiled-engine; the warm one stays up for the load;
+     start-to-ready and start-to-compiled-engine; the warm one stays up for the load, and
+     so does a second one with SERVING_COMPILE_TREES=0 ("ours-capi": LightGBM's C API
+     engine), to show what compiled trees add end to end (--no-capi-row skips it);
   3. installs MLServer 1.7.1 + mlserver-lightgbm into its own venv when missing
      (--mlserver-venv), serves the same native model file with `parallel_workers: 0`
      (its fastest setting) and OMP_NUM_THREADS=1, timing start-to-ready twice;
@@ -119,16 +121,23 @@ def download_production(s3_endpoint: str, name: str) -> tuple[bytes, float]:
     return data, time.monotonic() - started
 
 
-def start_ours(procs: servers.ProcessSet, work: Path, env_args: dict[str, Any], label: str) -> servers.Server:
+def start_ours(
+    procs: servers.ProcessSet, work: Path, env_args: dict[str, Any], label: str, extra: dict[str, str] | None
+) -> servers.Server:
     port = servers.free_port()
-    env = servers.ours_env(port=port, **env_args)
+    env = servers.ours_env(port=port, extra=extra, **env_args)
     return procs.start(label, [sys.executable, "-m", "model_serving"], env, port, work / f"{label}.log")
 
 
 def time_ours_start(
-    procs: servers.ProcessSet, work: Path, env_args: dict[str, Any], label: str, engine_timeout: float
+    procs: servers.ProcessSet,
+    work: Path,
+    env_args: dict[str, Any],
+    label: str,
+    engine_timeout: float,
+    extra: dict[str, str] | None = None,
 ) -> tuple[servers.Server, dict[str, Any]]:
-    server = start_ours(procs, work, env_args, label)
+    server = start_ours(procs, work, env_args, label, extra)
     ready = server.wait_ready(("/v2/health/ready",), timeout=180)
     engine, compiled_at = servers.wait_engine(server, TICKER, "compiled", engine_timeout)
     facts = {"ready_seconds": round(ready, 2), "engine": engine}
@@ -188,13 +197,15 @@ def load_matrix(
 # ----------------------------------------------------------------------------- report
 
 
-def ratios(load: list[dict[str, Any]]) -> dict[str, float]:
-    by = {(r["server"], r["endpoint"], r["concurrency"]): r["requests_per_second"] for r in load}
-    out = {}
-    for (server, endpoint, concurrency), rps in by.items():
-        theirs = by.get(("mlserver", V2_PATH, concurrency))
-        if server == "ours" and endpoint == V2_PATH and theirs:
-            out[str(concurrency)] = round(rps / theirs, 2)
+def ratios(load: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """requests/s of each of our V2 rows divided by MLServer's at the same concurrency."""
+    theirs = {r["concurrency"]: r["requests_per_second"] for r in load if r["server"] == "mlserver"}
+    out: dict[str, dict[str, float]] = {}
+    for r in load:
+        if r["server"] != "mlserver" and r["endpoint"] == V2_PATH and theirs.get(r["concurrency"]):
+            out.setdefault(r["server"], {})[str(r["concurrency"])] = round(
+                r["requests_per_second"] / theirs[r["concurrency"]], 2
+            )
     return out
 
 
@@ -209,9 +220,9 @@ def format_report(results: dict[str, Any]) -> str:
             f"{r['server']:9} {r['endpoint']:24} {r['concurrency']:4d} {r['requests_per_second']:9,.0f} "
             f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:6d}"
         )
-    if results["ratio_ours_to_mlserver"]:
-        pairs = ", ".join(f"c={c}: {v:.2f}x" for c, v in results["ratio_ours_to_mlserver"].items())
-        lines.append(f"requests/s ours / MLServer (V2 infer): {pairs}")
+    for server, by_concurrency in results["ratio_to_mlserver"].items():
+        pairs = ", ".join(f"c={c}: {v:.2f}x" for c, v in by_concurrency.items())
+        lines.append(f"requests/s {server} / MLServer (V2 infer): {pairs}")
     lines.append("")
     lines.append("== start to ready (s), RSS after load (MB) ==")
     for name, facts in results["servers"].items():
@@ -225,7 +236,9 @@ def format_report(results: dict[str, Any]) -> str:
             f"{results['mlserver_model_download_seconds']:.2f} s before starting it)"
         )
     if results.get("outputs_max_abs_difference") is not None:
-        lines.append(f"same row, both servers: max |p_ours - p_mlserver| = {results['outputs_max_abs_difference']:.3g}")
+        lines.append(
+            f"same row through every server: max |p - p_mlserver| = {results['outputs_max_abs_difference']:.3g}"
+        )
     if results.get("single_row"):
         lines.append("")
         lines.append("== single-row compute in-process (us per call, best of repeats) ==")
@@ -250,6 +263,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-mlserver", action="store_true", help="benchmark our server only")
     parser.add_argument("--skip-ours", action="store_true", help="benchmark MLServer only")
     parser.add_argument("--skip-single-row", action="store_true", help="skip the in-process engine timings")
+    parser.add_argument(
+        "--no-capi-row", action="store_true", help="skip our server with SERVING_COMPILE_TREES=0 (C API engine)"
+    )
     parser.add_argument("--engine-timeout", type=float, default=120.0, help="wait this long for compiled trees")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs) afterwards")
@@ -303,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = request_rows(args.rows, len(names))
         v2_bodies = [v2_body(r) for r in rows]
         targets: list[tuple[str, str, servers.Server, list[bytes]]] = []
-        ours = mlserver = None
+        running: dict[str, servers.Server] = {}
 
         if not args.skip_ours:
             env_args = dict(
@@ -318,7 +334,17 @@ def main(argv: list[str] | None = None) -> int:
             ours, warm_facts = time_ours_start(procs, work, env_args, "ours-warm", args.engine_timeout)
             say(f"  {describe_start(warm_facts)}")
             results["servers"]["ours"] = {"starts": {"cold_from_s3": cold_facts, "warm_disk_cache": warm_facts}}
+            running["ours"] = ours
             targets.append(("ours", V2_PATH, ours, v2_bodies))
+            if not args.no_capi_row:
+                say("step 2/7: our server with SERVING_COMPILE_TREES=0 (LightGBM's C API), for comparison")
+                capi, capi_facts = time_ours_start(
+                    procs, work, env_args, "ours-capi", 0.0, extra={"SERVING_COMPILE_TREES": "0"}
+                )
+                say(f"  {describe_start(capi_facts)}")
+                results["servers"]["ours-capi"] = {"starts": {"warm_disk_cache": capi_facts}}
+                running["ours-capi"] = capi
+                targets.append(("ours-capi", V2_PATH, capi, v2_bodies))
 
         if not args.skip_mlserver:
             say("step 3/7: MLServer 1.7.1 (parallel_workers 0, OMP_NUM_THREADS=1)")
@@ -331,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             mlserver, second_facts = time_mlserver_start(procs, work, exe, model_file, "mlserver")
             say(f"  second start ready in {second_facts['ready_seconds']} s")
             results["servers"]["mlserver"] = {"starts": {"first": first_facts, "second": second_facts}}
+            running["mlserver"] = mlserver
             targets.append(("mlserver", V2_PATH, mlserver, v2_bodies))
 
         say("step 4/7: the same row through each server")
@@ -340,25 +367,26 @@ def main(argv: list[str] | None = None) -> int:
             if status != 200:
                 raise RuntimeError(f"{name} answered {status} to a V2 infer request: {body[:300]!r}")
             answers[name] = np.array(first_probabilities(body))
-        if len(answers) == 2:
-            results["outputs_max_abs_difference"] = float(np.abs(answers["ours"] - answers["mlserver"]).max())
-        if ours is not None:
-            status, body = servers.http_post(ours.port, V1_PATH, v1_body(rows[0], names))
+        if "mlserver" in answers and len(answers) > 1:
+            results["outputs_max_abs_difference"] = max(
+                float(np.abs(answers[name] - answers["mlserver"]).max()) for name in answers
+            )
+        if "ours" in running:
+            status, body = servers.http_post(running["ours"].port, V1_PATH, v1_body(rows[0], names))
             if status != 200:
                 raise RuntimeError(f"ours answered {status} to /v1/predict: {body[:300]!r}")
-            targets.append(("ours", V1_PATH, ours, [v1_body(r, names) for r in rows]))
+            targets.append(("ours", V1_PATH, running["ours"], [v1_body(r, names) for r in rows]))
 
         say(f"step 5/7: load, concurrency {concurrencies}")
         results["load"] = load_matrix(targets, concurrencies, tool, args.seconds, args.warmup)
-        results["ratio_ours_to_mlserver"] = ratios(results["load"])
+        results["ratio_to_mlserver"] = ratios(results["load"])
 
         say("step 6/7: memory after load, stopping the servers")
-        for name, server in (("ours", ours), ("mlserver", mlserver)):
-            if server is not None:
-                results["servers"][name]["rss_mb"] = round(server.rss_mb(), 1)
-                results["servers"][name]["engine"] = (
-                    servers.engine_of(server.port, TICKER) if name == "ours" else "lightgbm.Booster.predict"
-                )
+        for name, server in running.items():
+            results["servers"][name]["rss_mb"] = round(server.rss_mb(), 1)
+            results["servers"][name]["engine"] = (
+                "lightgbm.Booster.predict" if name == "mlserver" else servers.engine_of(server.port, TICKER)
+            )
         procs.stop_all()
 
         if not args.skip_single_row:

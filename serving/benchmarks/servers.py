@@ -168,9 +168,17 @@ def _rss_kb(pid: int) -> int:
 
 
 def ours_env(
-    *, s3_endpoint: str, bucket: str, ticker: str, version: str, digest: str, cache_dir: Path, port: int
+    *,
+    s3_endpoint: str,
+    bucket: str,
+    ticker: str,
+    version: str,
+    digest: str,
+    cache_dir: Path,
+    port: int,
+    extra: dict[str, str] | None = None,
 ) -> dict:
-    """The serving pod contract (COMMON.md), pointed at the local S3."""
+    """The serving pod contract (COMMON.md), pointed at the local S3; `extra` adds SERVING_* knobs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "S3_", "SERVING_"))}
     env.update(
         MODEL_TICKER=ticker,
@@ -190,6 +198,7 @@ def ours_env(
         LOG_LEVEL="INFO",
         OMP_NUM_THREADS="1",
     )
+    env.update(extra or {})
     return env
 
 
