@@ -19,6 +19,10 @@ _CATEGORICAL_MASK = 1
 _DEFAULT_LEFT_MASK = 2
 
 
+# The generated code copies a row onto the stack (twice for the nested layout).
+MAX_FEATURES = 16384
+
+
 class Unsupported(ValueError):
     """A model feature the compiler does not handle (the caller falls back to LightGBM)."""
 
@@ -75,6 +79,8 @@ def parse_model_text(text: str) -> Forest:
     if (objective == "binary") != (num_class == 1):
         raise Unsupported(f"objective {objective} with num_class={num_class}")
     num_features = int(header["max_feature_idx"]) + 1
+    if num_features > MAX_FEATURES:
+        raise Unsupported(f"{num_features} features: the compiled row copies are kept to {MAX_FEATURES}")
 
     body = rest.split("\nend of trees", 1)[0]
     blocks = ("Tree=" + body).split("\nTree=")

@@ -56,13 +56,26 @@ class Tables:
     leaves: list[float] = field(default_factory=list)  # max_leaves per tree, left-to-right order
 
 
+# The per-row leaf masks live on the caller's stack; beyond this the nested layout is used.
+MAX_MASK_BYTES = 256 * 1024
+
+
+def _widest(forest: Forest) -> int:
+    return max(len(t.leaf_values) for t in forest.trees)
+
+
+def _mask_bits(widest: int) -> int:
+    return 16 if widest <= 16 else 32 if widest <= 32 else 64
+
+
 def supports(forest: Forest) -> bool:
-    return all(len(t.leaf_values) <= MAX_LEAVES for t in forest.trees)
+    widest = _widest(forest)
+    return widest <= MAX_LEAVES and len(forest.trees) * _mask_bits(widest) // 8 <= MAX_MASK_BYTES
 
 
 def build_tables(forest: Forest) -> Tables:
-    max_leaves = max(len(t.leaf_values) for t in forest.trees)
-    bits = next(b for b in (16, 32, 64) if max_leaves <= b)
+    max_leaves = _widest(forest)
+    bits = _mask_bits(max_leaves)
     full = (1 << bits) - 1
     lists: dict[tuple[int, str], list[_Entry]] = {}
     tables = Tables(mask_bits=bits, max_leaves=max_leaves)

@@ -128,6 +128,15 @@ def test_binary_models_match_lightgbm(params: dict, nan: float, zero: float, rul
     assert assert_same_as_lightgbm(text, tmp_path) == "quickscorer"
 
 
+@pytest.mark.parametrize("leaves", [31, 60], ids=["32-bit-masks", "64-bit-masks"])
+def test_wider_quickscorer_masks_match(leaves: int, tmp_path: Path) -> None:
+    x, y = binary_data(0.1, 0.1, n=3000)
+    text = train({"objective": "binary", "num_leaves": leaves, "min_data_in_leaf": 3}, x, y, rounds=6)
+    widest = max(len(t.leaf_values) for t in parse_model_text(text).trees)
+    assert widest > (16 if leaves == 31 else 32), "the trees should need the wider mask"
+    assert assert_same_as_lightgbm(text, tmp_path) == "quickscorer"
+
+
 @pytest.mark.parametrize("params", [{"zero_as_missing": True}, {}], ids=["zero-missing", "nan-missing"])
 def test_trees_wider_than_the_masks_use_nested_code_and_match(params: dict, tmp_path: Path) -> None:
     text = train({"objective": "binary", "num_leaves": 90, "min_data_in_leaf": 3, **params}, *binary_data(0.1, 0.2), 4)
@@ -161,6 +170,12 @@ def test_unsupported_models_return_none(kind: str, tmp_path: Path) -> None:
         text = train({"objective": "binary", "linear_tree": True}, x, y, rounds=3)
     assert try_compile(text, tmp_path) is None
     assert not list(tmp_path.glob("*.so")), "nothing is built for an unsupported model"
+
+
+def test_too_many_features_for_the_stack_returns_none(tmp_path: Path) -> None:
+    text = train({"objective": "binary"}, *binary_data(), rounds=2)
+    assert "\nmax_feature_idx=9\n" in text
+    assert try_compile(text.replace("\nmax_feature_idx=9\n", "\nmax_feature_idx=20000\n"), tmp_path) is None
 
 
 def test_second_call_loads_the_cached_library_without_a_compiler(tmp_path: Path) -> None:
