@@ -1,0 +1,554 @@
+"""A local kubelet and Deployment/ReplicaSet controller: Deployments become processes on a laptop.
+
+It talks to a Kubernetes API over HTTP (the local API, or any other), like the real
+components do:
+
+- Deployment controller: one ReplicaSet per pod template, surge rollouts that retire old
+  ReplicaSets only when every new pod is ready; Deployment status (observedGeneration,
+  replicas, updated/ready/available, Available and Progressing conditions).
+- ReplicaSet controller: Pods owned by their ReplicaSet (so garbage collection of a deleted
+  Deployment removes them), status counts.
+- Kubelet: for each Pod, the first container runs as a local process (the image is ignored):
+  ``sys.executable -m model_serving`` unless a ``command_factory`` or the
+  ``LOCAL_KUBELET_COMMAND`` variable says otherwise; env resolved from the pod spec and
+  Secrets/ConfigMaps in the API, plus ``PORT`` (a free local port) and ``MODEL_CACHE_DIR``;
+  readiness and liveness probes; restarts with back-off; output in one log file per pod
+  (``kubectl logs`` reads it through the local API); SIGTERM then SIGKILL on stop.
+- Services: a stable local proxy URL per Service (annotation ``local-stack.trading.io/url``)
+  and ``endpoints(namespace, name)`` for the ready pod URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import pathlib
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from local_stack import annotations, deployments
+from local_stack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
+from local_stack.pod_env import POD_IP, EnvError, resolve_env
+from local_stack.pod_runtime import ContainerProcess, Probe, free_port
+from local_stack.service_proxy import ServiceProxy
+
+log = logging.getLogger(__name__)
+
+CommandFactory = Callable[[Mapping[str, Any], Mapping[str, Any]], Sequence[str]]
+COMMAND_ENV = "LOCAL_KUBELET_COMMAND"
+# Host variables a process needs to run at all; everything else comes from the pod spec, as in a container.
+_INHERITED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "PYTHONPATH",
+                  "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "SYSTEMROOT")
+_DEPLOYMENTS = "/apis/apps/v1/deployments"
+_REPLICA_SETS = "/apis/apps/v1/replicasets"
+_PODS = "/api/v1/pods"
+_SERVICES = "/api/v1/services"
+
+
+def default_command(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
+    """``$LOCAL_KUBELET_COMMAND`` (shell words) if set, else ``sys.executable -m model_serving``."""
+    override = os.environ.get(COMMAND_ENV)
+    if override:
+        return shlex.split(override)
+    return [sys.executable, "-m", "model_serving"]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _timestamp(moment: datetime.datetime | None = None) -> str:
+    return (moment or _now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+@dataclass
+class _Snapshot:
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+    replica_sets: list[dict[str, Any]] = field(default_factory=list)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PodWorker:
+    """Runs, probes and restarts the first container of one pod; reports pod status to the API."""
+
+    def __init__(self, kubelet: LocalKubelet, pod: Mapping[str, Any]) -> None:
+        self.kubelet = kubelet
+        self.pod = pod
+        meta = _meta(pod)
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta.get("namespace") or "default"
+        self.name: str = meta["name"]
+        self.container: Mapping[str, Any] = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+        self.port: int | None = None
+        self.ready = False
+        self.restart_count = 0
+        self.process: ContainerProcess | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._ready_since: str | None = None
+        self._last_state: dict[str, Any] = {}
+        self._started_at = _timestamp()
+        self._status_path = resource_path("v1", "pods", self.namespace, self.name, "status")
+        self._pod_path = resource_path("v1", "pods", self.namespace, self.name)
+
+    @property
+    def log_file(self) -> pathlib.Path:
+        return self.kubelet.log_dir / f"{self.namespace}_{self.name}.log"
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"pod:{self.namespace}/{self.name}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    env = await self.kubelet.container_env(self.pod, self.container)
+                except EnvError as exc:
+                    log.warning("event=container_config_error pod=%s/%s error=%s", self.namespace, self.name, exc)
+                    await self._report(waiting=("CreateContainerConfigError", str(exc)), phase="Pending")
+                    await asyncio.sleep(self.kubelet.config_retry_seconds)
+                    continue
+                exit_code = await self._run_once(env)
+                self.restart_count += 1
+                delay = min(self.kubelet.max_backoff_seconds, 2.0 ** (self.restart_count - 1))
+                log.warning("event=container_exited pod=%s/%s exit_code=%s restart_in=%.0fs log=%s",
+                            self.namespace, self.name, exit_code, delay, self.log_file)
+                await self._report(waiting=("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed "
+                                                                f"container={self.container.get('name')} "
+                                                                f"pod={self.name}"))
+                await asyncio.sleep(delay)
+        finally:
+            if self.process is not None:
+                await self.process.stop(self.kubelet.grace_seconds)
+                log.info("event=container_stopped pod=%s/%s", self.namespace, self.name)
+
+    async def _run_once(self, env: dict[str, str]) -> int:
+        self.port = self.port or free_port()
+        cache_dir = self.kubelet.cache_dir_for(self.namespace, self.name)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+        full_env.update(self.kubelet.extra_env)
+        full_env.update({"HOSTNAME": self.name, "MODEL_CACHE_DIR": str(cache_dir)})
+        full_env.update(env)
+        full_env["PORT"] = str(self.port)  # the port we chose wins: pods share 127.0.0.1
+        command = list(self.kubelet.command_factory(self.pod, self.container))
+        workdir = self.kubelet.state_dir / "pods" / f"{self.namespace}_{self.name}"
+        self.process = await ContainerProcess.start(command, env=full_env, log_file=self.log_file, cwd=workdir)
+        self._started_at = _timestamp()
+        log.info("event=container_started pod=%s/%s pid=%s port=%s", self.namespace, self.name,
+                 self.process.pid, self.port)
+        await self.kubelet.client.patch(self._pod_path, {"metadata": {"annotations": {
+            annotations.PORT: str(self.port), annotations.LOG_FILE: str(self.log_file)}}})
+        await self._report()
+        try:
+            exit_code = await self._supervise(self.process)
+        finally:
+            self._set_ready(False)
+        self._last_state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                           "startedAt": self._started_at, "finishedAt": _timestamp()}}
+        self.process = None
+        return exit_code
+
+    async def _supervise(self, process: ContainerProcess) -> int:
+        """Probe until the process exits (or fails its liveness probe and is stopped); its exit code."""
+        cap = self.kubelet.max_probe_period
+        readiness = Probe.from_spec(self.container.get("readinessProbe"), max_period=cap)
+        liveness = Probe.from_spec(self.container.get("livenessProbe"), max_period=cap)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        exited = asyncio.ensure_future(process.wait())
+        readiness_failures = liveness_failures = 0
+        next_liveness = started + (liveness.initial_delay if liveness else 0)
+        if readiness is None:
+            await self._set_ready_and_report(True)
+        try:
+            while True:
+                interval = cap if self.ready else self.kubelet.fast_probe_seconds
+                if self.ready and readiness is not None:
+                    interval = readiness.period
+                done, _ = await asyncio.wait({exited}, timeout=interval)
+                if done:
+                    return exited.result()
+                now = loop.time()
+                assert self.port is not None
+                if readiness is not None and now - started >= readiness.initial_delay:
+                    if await readiness.check(self.kubelet.http, self.port):
+                        readiness_failures = 0
+                        if not self.ready:
+                            await self._set_ready_and_report(True)
+                    else:
+                        readiness_failures += 1
+                        if self.ready and readiness_failures >= readiness.failure_threshold:
+                            await self._set_ready_and_report(False)
+                if liveness is not None and now >= next_liveness:
+                    next_liveness = now + liveness.period
+                    alive = await liveness.check(self.kubelet.http, self.port)
+                    liveness_failures = 0 if alive else liveness_failures + 1
+                    if liveness_failures >= liveness.failure_threshold:
+                        log.warning("event=liveness_failed pod=%s/%s", self.namespace, self.name)
+                        return await process.stop(self.kubelet.grace_seconds)
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            self._ready_since = _timestamp()
+
+    async def _set_ready_and_report(self, ready: bool) -> None:
+        self._set_ready(ready)
+        log.info("event=pod_readiness pod=%s/%s ready=%s", self.namespace, self.name, ready)
+        await self._report()
+        self.kubelet.wake()
+
+    async def _report(self, *, waiting: tuple[str, str] | None = None, phase: str = "Running") -> None:
+        ready = "True" if self.ready else "False"
+        since = self._ready_since or self._started_at
+        if waiting is not None:
+            state: dict[str, Any] = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+        else:
+            state = {"running": {"startedAt": self._started_at}}
+        container_status = {
+            "name": self.container.get("name", "main"),
+            "image": self.container.get("image", ""),
+            "imageID": "",
+            "containerID": f"local://{self.process.pid}" if self.process is not None else "",
+            "ready": self.ready,
+            "started": waiting is None,
+            "restartCount": self.restart_count,
+            "state": state,
+            "lastState": self._last_state,
+        }
+        status = {
+            "phase": phase,
+            "podIP": POD_IP,
+            "podIPs": [{"ip": POD_IP}],
+            "hostIP": POD_IP,
+            "startTime": _meta(self.pod).get("creationTimestamp") or self._started_at,
+            "qosClass": "BestEffort",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": self._started_at},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": self._started_at},
+                {"type": "ContainersReady", "status": ready, "lastTransitionTime": since},
+                {"type": "Ready", "status": ready, "lastTransitionTime": since},
+            ],
+            "containerStatuses": [container_status],
+        }
+        try:
+            await self.kubelet.client.patch(self._status_path, {"status": status})
+        except (KubeApiError, aiohttp.ClientError) as exc:
+            log.debug("event=pod_status_failed pod=%s/%s error=%s", self.namespace, self.name, exc)
+
+
+class LocalKubelet:
+    """Runs the Deployments of a Kubernetes API as local processes (``async with`` or start/stop)."""
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        node_name: str = "local",
+        state_dir: str | pathlib.Path | None = None,
+        log_dir: str | pathlib.Path | None = None,
+        cache_dir: str | pathlib.Path | None = None,
+        command_factory: CommandFactory = default_command,
+        extra_env: Mapping[str, str] | None = None,
+        grace_seconds: float = 5.0,
+        resync_seconds: float = 2.0,
+        max_probe_period: float = 2.0,
+        fast_probe_seconds: float = 0.25,
+        max_backoff_seconds: float = 30.0,
+        config_retry_seconds: float = 2.0,
+        service_proxies: bool = True,
+    ) -> None:
+        self.api_url = api_url
+        self.node_name = node_name
+        self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="local-kubelet-"))
+        self.log_dir = pathlib.Path(log_dir) if log_dir else self.state_dir / "logs"
+        self.shared_cache_dir = pathlib.Path(cache_dir) if cache_dir else None
+        self.command_factory = command_factory
+        self.extra_env = dict(extra_env or {})
+        self.grace_seconds = grace_seconds
+        self.resync_seconds = resync_seconds
+        self.max_probe_period = max_probe_period
+        self.fast_probe_seconds = fast_probe_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.config_retry_seconds = config_retry_seconds
+        self.service_proxies = service_proxies
+        self._client: KubeClient | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._workers: dict[str, PodWorker] = {}
+        self._proxies: dict[str, ServiceProxy] = {}
+        self._rollouts: dict[str, tuple[str, datetime.datetime]] = {}
+        self._snapshot = _Snapshot()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> KubeClient:
+        if self._client is None:
+            raise RuntimeError("the kubelet is not started")
+        return self._client
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise RuntimeError("the kubelet is not started")
+        return self._http
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._wake = asyncio.Event()
+        self._client = await KubeClient(self.api_url).__aenter__()
+        self._http = aiohttp.ClientSession()
+        self._tasks = [asyncio.create_task(self._control_loop(), name="kubelet-control")]
+        for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES):
+            self._tasks.append(asyncio.create_task(retry_forever(path, lambda p=path: self._watch(p)),
+                                                   name=f"kubelet-watch:{path}"))
+        log.info("event=kubelet_started api=%s state_dir=%s", self.api_url, self.state_dir)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await asyncio.gather(*(worker.stop() for worker in self._workers.values()), return_exceptions=True)
+        self._workers.clear()
+        await asyncio.gather(*(proxy.stop() for proxy in self._proxies.values()), return_exceptions=True)
+        self._proxies.clear()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+        log.info("event=kubelet_stopped")
+
+    async def __aenter__(self) -> LocalKubelet:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- queries --------------------------------------------------------------------------
+
+    def endpoints(self, namespace: str, name: str) -> list[str]:
+        """URLs of the ready pods behind a Service or, when no Service has that name, a Deployment."""
+        selector = self._selector_of(namespace, name)
+        if selector is None:
+            return []
+        urls = []
+        for pod in self._snapshot.pods:
+            meta = _meta(pod)
+            if meta.get("namespace") != namespace or not deployments.selector_matches(selector, meta.get("labels")):
+                continue
+            worker = self._workers.get(meta.get("uid", ""))
+            if worker is not None and worker.ready and worker.port:
+                urls.append(f"http://127.0.0.1:{worker.port}")
+        return sorted(urls)
+
+    def service_url(self, namespace: str, name: str) -> str | None:
+        """The stable proxy URL of a Service (it answers 503 while no pod is ready)."""
+        for service in self._snapshot.services:
+            meta = _meta(service)
+            if meta.get("namespace") == namespace and meta.get("name") == name:
+                proxy = self._proxies.get(meta.get("uid", ""))
+                return proxy.url if proxy is not None else None
+        return None
+
+    async def wait_ready(self, namespace: str, name: str, *, count: int = 1, timeout: float = 60.0) -> list[str]:
+        """Wait until a Service or Deployment has at least ``count`` ready endpoints; return them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(urls := self.endpoints(namespace, name)) < count:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{namespace}/{name} has {len(urls)} ready endpoints, wanted {count}; "
+                                   f"logs are in {self.log_dir}")
+            await asyncio.sleep(0.1)
+        return urls
+
+    def cache_dir_for(self, namespace: str, name: str) -> pathlib.Path:
+        if self.shared_cache_dir is not None:
+            return self.shared_cache_dir
+        return self.state_dir / "cache" / f"{namespace}_{name}"
+
+    def _selector_of(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        for service in self._snapshot.services:
+            meta = _meta(service)
+            if meta.get("namespace") == namespace and meta.get("name") == name:
+                labels = (service.get("spec") or {}).get("selector")
+                return {"matchLabels": dict(labels)} if labels else None
+        for deployment in self._snapshot.deployments:
+            meta = _meta(deployment)
+            if meta.get("namespace") == namespace and meta.get("name") == name:
+                return (deployment.get("spec") or {}).get("selector")
+        return None
+
+    async def container_env(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+        namespace = _meta(pod).get("namespace") or "default"
+        secrets = await self.client.list(resource_path("v1", "secrets", namespace))
+        config_maps = await self.client.list(resource_path("v1", "configmaps", namespace))
+        return resolve_env(container, pod, secrets={_meta(s)["name"]: s for s in secrets},
+                           config_maps={_meta(c)["name"]: c for c in config_maps}, node_name=self.node_name)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def _watch(self, path: str) -> None:
+        async for _ in self.client.watch(path):
+            self._wake.set()
+
+    async def _control_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep running: the next pass starts from the API state again
+                log.exception("event=kubelet_reconcile_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
+
+    async def _load(self) -> _Snapshot:
+        deploys, replica_sets, pods, services = await asyncio.gather(
+            self.client.list(_DEPLOYMENTS), self.client.list(_REPLICA_SETS),
+            self.client.list(_PODS), self.client.list(_SERVICES))
+        return _Snapshot(deploys, replica_sets, pods, services)
+
+    async def _reconcile(self) -> None:
+        snapshot = await self._load()
+        if await self._reconcile_deployments(snapshot) | await self._reconcile_replica_sets(snapshot):
+            snapshot = await self._load()
+        self._snapshot = snapshot
+        await self._sync_workers(snapshot)
+        await self._report_statuses(snapshot)
+        if self.service_proxies:
+            await self._sync_proxies(snapshot)
+
+    async def _reconcile_deployments(self, snapshot: _Snapshot) -> bool:
+        changed = False
+        for deployment in snapshot.deployments:
+            if deployments.is_deleting(deployment):
+                continue
+            plan = deployments.plan_rollout(deployment, snapshot.replica_sets, snapshot.pods)
+            namespace = _meta(deployment).get("namespace")
+            if plan.create is not None:
+                with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
+                    await self.client.create(resource_path("apps/v1", "replicasets", namespace), plan.create)
+                    log.info("event=replicaset_created name=%s/%s", namespace, plan.create["metadata"]["name"])
+                changed = True
+            for name, replicas in plan.scale.items():
+                await self.client.patch(resource_path("apps/v1", "replicasets", namespace, name),
+                                        {"spec": {"replicas": replicas}})
+                log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
+                changed = True
+        return changed
+
+    async def _reconcile_replica_sets(self, snapshot: _Snapshot) -> bool:
+        changed = False
+        for replica_set in snapshot.replica_sets:
+            if deployments.is_deleting(replica_set):
+                continue
+            namespace = _meta(replica_set).get("namespace")
+            plan = deployments.plan_pods(replica_set, snapshot.pods)
+            for _ in range(plan.create):
+                await self.client.create(resource_path("v1", "pods", namespace),
+                                         deployments.new_pod(replica_set, self.node_name))
+                changed = True
+            for name in plan.delete:
+                await self.client.delete(resource_path("v1", "pods", namespace, name))
+                changed = True
+        return changed
+
+    async def _sync_workers(self, snapshot: _Snapshot) -> None:
+        live = {}
+        for pod in snapshot.pods:
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node in (None, "", self.node_name) and not deployments.is_deleting(pod):
+                live[_meta(pod)["uid"]] = pod
+        gone = [self._workers.pop(uid) for uid in list(self._workers) if uid not in live]
+        for worker in gone:
+            log.info("event=pod_stopping pod=%s/%s", worker.namespace, worker.name)
+        await asyncio.gather(*(worker.stop() for worker in gone), return_exceptions=True)
+        for uid, pod in live.items():
+            if uid not in self._workers:
+                worker = PodWorker(self, pod)
+                self._workers[uid] = worker
+                worker.start()
+
+    async def _report_statuses(self, snapshot: _Snapshot) -> None:
+        for replica_set in snapshot.replica_sets:
+            status = deployments.replica_set_status(replica_set, snapshot.pods)
+            if _differs(replica_set.get("status"), status):
+                path = resource_path("apps/v1", "replicasets", _meta(replica_set).get("namespace"),
+                                     _meta(replica_set)["name"], "status")
+                await self.client.patch(path, {"status": _replacing(replica_set.get("status"), status)})
+        now = _now()
+        for deployment in snapshot.deployments:
+            meta = _meta(deployment)
+            hash_ = deployments.template_hash((deployment.get("spec") or {}).get("template") or {})
+            started = self._rollouts.get(meta["uid"])
+            if started is None or started[0] != hash_:
+                started = self._rollouts[meta["uid"]] = (hash_, now)
+            status = deployments.deployment_status(deployment, snapshot.replica_sets, snapshot.pods,
+                                                   rollout_started=started[1], now=now)
+            if _differs(deployment.get("status"), status):
+                path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
+                await self.client.patch(path, {"status": _replacing(deployment.get("status"), status)})
+        known = {_meta(d)["uid"] for d in snapshot.deployments}
+        for uid in [uid for uid in self._rollouts if uid not in known]:
+            del self._rollouts[uid]
+
+    async def _sync_proxies(self, snapshot: _Snapshot) -> None:
+        live = {_meta(s)["uid"]: s for s in snapshot.services
+                if (s.get("spec") or {}).get("selector") and not deployments.is_deleting(s)}
+        for uid in [uid for uid in self._proxies if uid not in live]:
+            await self._proxies.pop(uid).stop()
+        for uid, service in live.items():
+            meta = _meta(service)
+            namespace, name = meta.get("namespace") or "default", meta["name"]
+            if uid not in self._proxies:
+                proxy = ServiceProxy(lambda ns=namespace, n=name: [int(u.rsplit(":", 1)[1])
+                                                                    for u in self.endpoints(ns, n)])
+                await proxy.start()
+                self._proxies[uid] = proxy
+                log.info("event=service_proxy_started service=%s/%s url=%s", namespace, name, proxy.url)
+            url = self._proxies[uid].url
+            if (meta.get("annotations") or {}).get(annotations.URL) != url:
+                await self.client.patch(resource_path("v1", "services", namespace, name),
+                                        {"metadata": {"annotations": {annotations.URL: url}}})
+
+
+def _differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    return dict(current or {}) != dict(desired)
+
+
+def _replacing(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch body that turns current into desired: keys that went away are set to null."""
+    return {**{key: None for key in (current or {}) if key not in desired}, **desired}

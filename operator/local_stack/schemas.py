@@ -1,0 +1,223 @@
+"""A CRD's structural openAPIV3Schema applied the way the API server applies it (pure).
+
+On every create and update of a custom resource the real API server prunes fields the
+schema does not declare, fills in ``default`` values, and refuses objects that do not
+validate, naming each field (``spec.ticker: Invalid value: "spy": spec.ticker in body
+should match '^[A-Z]...'``). These functions do the same so bad manifests fail at
+``kubectl apply`` time instead of confusing the operator later.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+_ROOT_META_FIELDS = ("apiVersion", "kind", "metadata")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    reason: str  # the StatusCause reason: FieldValueInvalid, FieldValueRequired, ...
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.detail}"
+
+
+def _format_path(parts: Iterable[Any]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _preserves_unknown(schema: Mapping[str, Any]) -> bool:
+    return bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+
+
+def prune(schema: Mapping[str, Any], obj: Any) -> tuple[Any, list[str]]:
+    """Drop fields the schema does not declare; returns the pruned copy and the dropped paths.
+
+    Like the API server: apiVersion, kind and metadata at the root are never pruned,
+    ``x-kubernetes-preserve-unknown-fields`` keeps unknown fields, nulls of
+    non-nullable fields are dropped.
+    """
+    dropped: list[str] = []
+    result = _prune(schema, copy.deepcopy(obj), [], dropped, root=True)
+    return result, dropped
+
+
+def _prune(schema: Mapping[str, Any], value: Any, path: list[Any], dropped: list[str], *, root: bool = False) -> Any:
+    if isinstance(value, dict):
+        properties: Mapping[str, Any] = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        for key in list(value):
+            child = value[key]
+            if root and key in _ROOT_META_FIELDS:
+                continue
+            if key in properties:
+                child_schema = properties[key]
+            elif isinstance(additional, Mapping):
+                child_schema = additional
+            elif _preserves_unknown(schema) or additional is True:
+                continue
+            else:
+                del value[key]
+                dropped.append(_format_path([*path, key]))
+                continue
+            if child is None and not child_schema.get("nullable"):
+                del value[key]
+                continue
+            value[key] = _prune(child_schema, child, [*path, key], dropped)
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_prune(schema["items"], item, [*path, i], dropped) for i, item in enumerate(value)]
+    return value
+
+
+def apply_defaults(schema: Mapping[str, Any], obj: Any) -> Any:
+    """Fill in ``default`` values of absent fields, recursing into defaulted values too.
+
+    A ``default: {}`` on an object therefore lets its own properties' defaults apply, as in Kubernetes.
+    """
+    return _default(schema, copy.deepcopy(obj))
+
+
+def _default(schema: Mapping[str, Any], value: Any) -> Any:
+    if isinstance(value, dict):
+        for key, child_schema in (schema.get("properties") or {}).items():
+            if key not in value and "default" in child_schema:
+                value[key] = copy.deepcopy(child_schema["default"])
+            if key in value:
+                value[key] = _default(child_schema, value[key])
+        additional = schema.get("additionalProperties")
+        if isinstance(additional, Mapping):
+            for key in value:
+                if key not in (schema.get("properties") or {}):
+                    value[key] = _default(additional, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_default(schema["items"], item) for item in value]
+    return value
+
+
+def to_json_schema(schema: Any) -> Any:
+    """Translate the OpenAPI v3 dialect of CRDs into JSON Schema draft 4 for ``jsonschema``."""
+    if not isinstance(schema, Mapping):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key.startswith("x-kubernetes-") or key in ("nullable", "default", "example", "externalDocs"):
+            continue
+        if key == "properties":
+            result[key] = {name: to_json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not"):
+            result[key] = to_json_schema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            result[key] = [to_json_schema(sub) for sub in value]
+        else:
+            result[key] = copy.deepcopy(value)
+    if schema.get("x-kubernetes-int-or-string"):
+        result.pop("type", None)
+        result.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if schema.get("nullable"):
+        if "type" in result:
+            result["type"] = [result["type"], "null"]
+        if "enum" in result:
+            result["enum"] = [*result["enum"], None]
+    return result
+
+
+def validator_for(schema: Mapping[str, Any]) -> jsonschema.Draft4Validator:
+    """A reusable validator for an openAPIV3Schema; metadata is checked elsewhere, as in Kubernetes."""
+    root = dict(schema)
+    root["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k != "metadata"}
+    root["required"] = [r for r in schema.get("required") or [] if r != "metadata"]
+    if not root["required"]:
+        root.pop("required")
+    return jsonschema.Draft4Validator(to_json_schema(root), format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
+
+
+def validate(validator: jsonschema.Draft4Validator, obj: Mapping[str, Any]) -> list[FieldError]:
+    body = {k: v for k, v in obj.items() if k != "metadata"}
+    errors: list[FieldError] = []
+    for error in sorted(validator.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path]):
+        errors.extend(_field_errors(error))
+    unique: dict[str, FieldError] = {}
+    for field_error in errors:
+        unique.setdefault(str(field_error), field_error)
+    return list(unique.values())
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _type_name(value: Any) -> str:
+    match value:
+        case bool():
+            return "boolean"
+        case int():
+            return "integer"
+        case float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case dict():
+            return "object"
+    return "null"
+
+
+def _field_errors(error: jsonschema.ValidationError) -> list[FieldError]:
+    path = _format_path(error.absolute_path)
+    where = path or "<root>"
+    instance = error.instance
+    rule = error.validator_value
+    match error.validator:
+        case "required":
+            missing = [name for name in rule if isinstance(instance, Mapping) and name not in instance]
+            return [FieldError(_format_path([*error.absolute_path, name]), "FieldValueRequired", "Required value")
+                    for name in missing]
+        case "pattern":
+            detail = f"Invalid value: {_json(instance)}: {where} in body should match '{rule}'"
+            return [FieldError(where, "FieldValueInvalid", detail)]
+        case "enum":
+            supported = ", ".join(_json(v) for v in rule)
+            return [FieldError(where, "FieldValueNotSupported",
+                               f"Unsupported value: {_json(instance)}: supported values: {supported}")]
+        case "type":
+            expected = rule if isinstance(rule, str) else " or ".join(rule)
+            given = _type_name(instance)
+            detail = f'Invalid value: "{given}": {where} in body must be of type {expected}: "{given}"'
+            return [FieldError(where, "FieldValueTypeInvalid", detail)]
+        case "minimum" | "maximum":
+            schema = error.schema if isinstance(error.schema, Mapping) else {}
+            exclusive = schema.get("exclusiveMinimum" if error.validator == "minimum" else "exclusiveMaximum")
+            relation = "greater than" if error.validator == "minimum" else "less than"
+            relation += "" if exclusive else " or equal to"
+            detail = f"Invalid value: {_json(instance)}: {where} in body should be {relation} {rule}"
+            return [FieldError(where, "FieldValueInvalid", detail)]
+        case "minLength":
+            detail = f"Invalid value: {_json(instance)}: {where} in body should be at least {rule} chars long"
+            return [FieldError(where, "FieldValueInvalid", detail)]
+        case "maxLength":
+            return [FieldError(where, "FieldValueTooLong", f"Too long: may not be more than {rule} bytes")]
+        case "minItems":
+            detail = f"Invalid value: {len(instance)}: {where} in body should have at least {rule} items"
+            return [FieldError(where, "FieldValueInvalid", detail)]
+        case "maxItems":
+            detail = f"Too many: {len(instance)}: must have at most {rule} items"
+            return [FieldError(where, "FieldValueTooMany", detail)]
+        case "format":
+            detail = f"Invalid value: {_json(instance)}: {where} in body must be of type {rule}: {_json(instance)}"
+            return [FieldError(where, "FieldValueInvalid", detail)]
+    return [FieldError(where, "FieldValueInvalid", f"Invalid value: {_json(instance)}: {error.message}")]
