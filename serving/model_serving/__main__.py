@@ -9,6 +9,7 @@ and exits; SIGHUP reloads the loaded models.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from model_serving.config import ConfigError, Settings
@@ -68,9 +69,23 @@ def main() -> int:
             "digest": settings.digest,
         },
     )
+    _exit_cleanly_after_graceful_stop(server)
     server.run()
     log.info("stopped")
     return 0
+
+
+def _exit_cleanly_after_graceful_stop(server: object) -> None:
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, with whatever handler was
+    there before it started: with this one the process then exits 0 (a stop that finished its
+    requests is not a failure), while a signal that arrives before the server started still ends it."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if not getattr(server, "started", False):
+            raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ written last, and metadata/asset_registry.json.
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_helpers import Server, free_port
+from serving_helpers import S3Log, Server, server_env
 
 from model_store.demo_model import DemoModel, train_demo_model
 
@@ -25,21 +25,7 @@ def start_server(s3_endpoint: str, tmp_path: Path) -> Iterator[Any]:
     servers: list[Server] = []
 
     def start(bucket: str, wait: bool = True, **extra: str) -> Server:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "SERVING_"))},
-            "S3_BUCKET": bucket,
-            "S3_ENDPOINT_URL": s3_endpoint,
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "MODEL_CACHE_DIR": str(tmp_path / "cache"),
-            "PORT": str(free_port()),
-            "HOST": "127.0.0.1",
-            "OMP_NUM_THREADS": "1",
-            "SERVING_COMPILE_TREES": "0",
-            "SERVING_GRACEFUL_TIMEOUT_SECONDS": "10",
-            **extra,
-        }
+        env = server_env(bucket, s3_endpoint, tmp_path / "cache", **extra)
         server = Server(env, tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         if wait:
@@ -55,3 +41,15 @@ def start_server(s3_endpoint: str, tmp_path: Path) -> Iterator[Any]:
 def demo_stock() -> DemoModel:
     """A third, different model for stocks/universal."""
     return train_demo_model(version="v2.0", seed=23, rounds=20, rows=1500)
+
+
+@pytest.fixture
+def s3_log() -> Iterator[S3Log]:
+    handler = S3Log()
+    logger = logging.getLogger("werkzeug")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import os
 import signal
 import socket
 import subprocess
@@ -24,6 +26,20 @@ from model_store.layout import ASSET_REGISTRY_KEY, ModelLocation, Stage
 from model_store.promotion import promote
 from model_store.publish import publish_version
 from model_store.registry import update_document
+
+
+class S3Log(logging.Handler):
+    """The request lines moto's server logs (it runs in this process): proof of what was downloaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def gets(self, key_suffix: str) -> int:
+        return sum(1 for line in self.lines if '"GET ' in line and key_suffix + " HTTP" in line)
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,25 @@ def register_stocks(s3: Any, bucket: str, *tickers: str) -> None:
             supported.setdefault(ticker, {"uses_model": "stocks/universal"})
 
     update_document(s3, bucket, ASSET_REGISTRY_KEY, add)
+
+
+def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dict[str, str]:
+    """The pod contract's environment for a test server (compiled trees off unless asked for)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "SERVING_"))},
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "MODEL_CACHE_DIR": str(cache_dir),
+        "PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+        "OMP_NUM_THREADS": "1",
+        "SERVING_COMPILE_TREES": "0",
+        "SERVING_GRACEFUL_TIMEOUT_SECONDS": "10",
+        **extra,
+    }
 
 
 def free_port() -> int:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from serving_helpers import booster_predict, feature_rows, publish
+from serving_helpers import S3Log, booster_predict, feature_rows, publish
 
 from model_serving.disk_cache import DiskCache
 from model_serving.errors import LoadError
@@ -25,32 +23,6 @@ from model_store.layout import MODEL_NATIVE, MODEL_PICKLE, ModelLocation, Stage
 
 SPY = ModelLocation.of("SPY", "etf")
 PROD = Stage.PRODUCTION
-
-
-class S3Log(logging.Handler):
-    """The request lines moto's server logs (it runs in this process): proof of what was downloaded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-    def gets(self, key_suffix: str) -> int:
-        return sum(1 for line in self.lines if '"GET ' in line and key_suffix + " HTTP" in line)
-
-
-@pytest.fixture
-def s3_log() -> Iterator[S3Log]:
-    handler = S3Log()
-    logger = logging.getLogger("werkzeug")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
 
 
 def make_loader(endpoint: str, bucket: str, cache_dir: Path, wait: float = 0.3) -> tuple[ModelLoader, Metrics]:
