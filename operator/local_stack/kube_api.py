@@ -39,7 +39,7 @@ from local_stack.store import CRD_KEY, ObjectStore, Selection, Watcher, WriteRes
 
 log = logging.getLogger(__name__)
 
-SERVER_VERSION = "v1.33.0+local-stack"
+SERVER_VERSION = "v1.36.0+local-stack"
 _DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _WATCH_IDLE_SECONDS = 5.0
