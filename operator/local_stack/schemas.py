@@ -147,13 +147,8 @@ def validator_for(schema: Mapping[str, Any]) -> jsonschema.Draft4Validator:
 
 def validate(validator: jsonschema.Draft4Validator, obj: Mapping[str, Any]) -> list[FieldError]:
     body = {k: v for k, v in obj.items() if k != "metadata"}
-    errors: list[FieldError] = []
-    for error in sorted(validator.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path]):
-        errors.extend(_field_errors(error))
-    unique: dict[str, FieldError] = {}
-    for field_error in errors:
-        unique.setdefault(str(field_error), field_error)
-    return list(unique.values())
+    unique = {str(e): e for error in validator.iter_errors(body) for e in _field_errors(error)}
+    return sorted(unique.values(), key=lambda e: (e.field, e.detail))
 
 
 def _json(value: Any) -> str:
