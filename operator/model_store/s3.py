@@ -43,9 +43,17 @@ class S3Settings:
         )
 
 
-def make_client(settings: S3Settings) -> Any:
-    """A boto3 S3 client; credentials come from the usual AWS chain (env, IRSA, profile)."""
-    return boto3.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=_CLIENT_CONFIG)
+def make_client(settings: S3Settings, access_key: str | None = None, secret_key: str | None = None) -> Any:
+    """A boto3 S3 client; without explicit keys, credentials come from the usual AWS chain
+    (environment, IRSA / instance role, profile)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=_CLIENT_CONFIG,
+    )
 
 
 def is_not_found(exc: BaseException) -> bool:
