@@ -21,6 +21,7 @@ n_outputs is the number of classes, and 2 for a binary model ([1 - p, p]).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 ENGINE = "compiled"
 COMPILE_TIMEOUT_SECONDS = 900.0
+STALE_BUILD_SECONDS = 2 * COMPILE_TIMEOUT_SECONDS
+_BUILD_PREFIX = ".build-"
 
 # Measured on the demo model: -O2 for the table-driven layout (compiles in <1 s);
 # -O1 for nested if/else, whose 1000 trees compile ~30% faster than -O2 and run no slower.
@@ -238,7 +241,8 @@ def build_library(forest: Forest, so_path: Path, cc: str) -> float:
     sources = generate_sources(forest, parts=_usable_cpus())
     flags = (*_FLAGS[sources.layout], *_COMMON_FLAGS)
     so_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=so_path.parent) as tmp:
+    _remove_stale_builds(so_path.parent)
+    with tempfile.TemporaryDirectory(prefix=_BUILD_PREFIX, dir=so_path.parent) as tmp:
         work = Path(tmp)
         objects = []
         jobs = []
@@ -263,6 +267,15 @@ def build_library(forest: Forest, so_path: Path, cc: str) -> float:
         },
     )
     return seconds
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Build folders left by a process killed mid-build (a live build is far younger)."""
+    cutoff = time.time() - STALE_BUILD_SECONDS
+    for stale in folder.glob(_BUILD_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if stale.stat().st_mtime < cutoff:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _usable_cpus() -> int:

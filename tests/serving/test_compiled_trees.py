@@ -7,9 +7,11 @@ our parser), so both sides of each comparison are independent.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import lightgbm as lgb
@@ -190,6 +192,18 @@ def test_second_call_loads_the_cached_library_without_a_compiler(tmp_path: Path)
     assert second is not None and second.origin == "disk"
     assert second.so_path == first.so_path and first.so_path.stat().st_mtime_ns == mtime
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")], "no build leftovers"
+
+
+def test_a_build_left_by_a_killed_process_is_cleaned_up(tmp_path: Path) -> None:
+    stale, fresh = tmp_path / ".build-killed", tmp_path / ".build-running"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "part.c").write_text("/* half written */")
+    long_ago = time.time() - 7 * 24 * 3600
+    os.utime(stale, (long_ago, long_ago))
+    text = train({"objective": "binary"}, *binary_data(), rounds=2)
+    assert try_compile(text, tmp_path) is not None
+    assert not stale.exists() and fresh.exists(), "only builds far older than any live one are removed"
 
 
 def test_no_compiler_and_no_cache_returns_none(tmp_path: Path) -> None:
