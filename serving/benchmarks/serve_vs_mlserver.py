@@ -64,6 +64,10 @@ class Stop(Exception):
     """SIGTERM: unwind like Ctrl-C so every started process is stopped."""
 
 
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop()
+
+
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ["OMP_NUM_THREADS"] = "1"
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Stop()))
+    signal.signal(signal.SIGTERM, _raise_stop)
     # Also when started from a shell that ignores SIGINT for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def wait_engine(server: Server, name: str, wanted: str, timeout: float) -> tuple
 # ----------------------------------------------------------------------------- MLServer
 
 
-def ensure_mlserver_venv(venv: Path, say) -> Path:
+def ensure_mlserver_venv(venv: Path, say: Callable[[str], None]) -> Path:
     """The `mlserver` executable of a venv holding the pinned MLServer; created when missing."""
     exe = venv / "bin" / "mlserver"
     marker = venv / ".tradingmodel-pins"
