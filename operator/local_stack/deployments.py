@@ -27,9 +27,23 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
+def _essence(value: Any) -> Any:
+    """Nulls and empty objects dropped: what a client's round trip may add (``creationTimestamp: null``)."""
+    if isinstance(value, Mapping):
+        kept = {k: _essence(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_essence(v) for v in value]
+    return value
+
+
 def template_hash(template: Mapping[str, Any]) -> str:
-    """A stable short hash of a pod template, in the alphabet Kubernetes uses for pod-template-hash."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    """A stable short hash of a pod template, in the alphabet Kubernetes uses for pod-template-hash.
+
+    ``kubectl rollout undo`` copies a ReplicaSet's template back after a round trip through Go
+    structs; hashing the essence lets the Deployment find that ReplicaSet again.
+    """
+    digest = hashlib.sha256(json.dumps(_essence(template), sort_keys=True).encode()).digest()
     return "".join(_SAFE_ALPHABET[b % len(_SAFE_ALPHABET)] for b in digest[:10])
 
 

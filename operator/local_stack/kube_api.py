@@ -703,7 +703,7 @@ class LocalKubeAPI:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.emulator.__aenter__()
-        self._server = aiohttp.web.Server(self.emulator, handler_cancellation=True)
+        self._server = aiohttp.web.Server(self.emulator, handler_cancellation=True, access_log=None)
         self._listener = await self._loop.create_server(self._server, self.host, self.port)
         self.port = self._listener.sockets[0].getsockname()[1]
         log.info("event=kube_api_started url=%s", self.url)

@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from local_stack import annotations, deployments
+from local_stack import annotations, deployments, kube_events
 from local_stack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
 from local_stack.pod_env import POD_IP, EnvError, resolve_env
 from local_stack.pod_runtime import ContainerProcess, Probe, free_port
@@ -125,6 +125,7 @@ class PodWorker:
                 except EnvError as exc:
                     log.warning("event=container_config_error pod=%s/%s error=%s", self.namespace, self.name, exc)
                     await self._report(waiting=("CreateContainerConfigError", str(exc)), phase="Pending")
+                    await self.kubelet.record(self.pod, "Failed", f"Error: {exc}", warning=True)
                     await asyncio.sleep(self.kubelet.config_retry_seconds)
                     continue
                 exit_code = await self._run_once(env)
@@ -135,9 +136,13 @@ class PodWorker:
                 await self._report(waiting=("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed "
                                                                 f"container={self.container.get('name')} "
                                                                 f"pod={self.name}"))
+                await self.kubelet.record(self.pod, "BackOff", f"Back-off restarting failed container "
+                                          f"{self.container.get('name')} (exit code {exit_code}); "
+                                          f"output in {self.log_file}", warning=True)
                 await asyncio.sleep(delay)
         finally:
             if self.process is not None:
+                await self.kubelet.record(self.pod, "Killing", f"Stopping container {self.container.get('name')}")
                 await self.process.stop(self.kubelet.grace_seconds)
                 log.info("event=container_stopped pod=%s/%s", self.namespace, self.name)
 
@@ -159,6 +164,8 @@ class PodWorker:
         await self.kubelet.client.patch(self._pod_path, {"metadata": {"annotations": {
             annotations.PORT: str(self.port), annotations.LOG_FILE: str(self.log_file)}}})
         await self._report()
+        await self.kubelet.record(self.pod, "Started", f"Started container {self.container.get('name')} "
+                                                       f"(pid {self.process.pid}, port {self.port})")
         try:
             exit_code = await self._supervise(self.process)
         finally:
@@ -198,6 +205,7 @@ class PodWorker:
                     else:
                         readiness_failures += 1
                         if self.ready and readiness_failures >= readiness.failure_threshold:
+                            await self.kubelet.record(self.pod, "Unhealthy", "Readiness probe failed", warning=True)
                             await self._set_ready_and_report(False)
                 if liveness is not None and now >= next_liveness:
                     next_liveness = now + liveness.period
@@ -205,6 +213,8 @@ class PodWorker:
                     liveness_failures = 0 if alive else liveness_failures + 1
                     if liveness_failures >= liveness.failure_threshold:
                         log.warning("event=liveness_failed pod=%s/%s", self.namespace, self.name)
+                        await self.kubelet.record(self.pod, "Unhealthy", "Liveness probe failed, restarting",
+                                                  warning=True)
                         return await process.stop(self.kubelet.grace_seconds)
         finally:
             if not exited.done():
@@ -356,6 +366,15 @@ class LocalKubelet:
     def wake(self) -> None:
         self._wake.set()
 
+    async def record(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+        """Post an Event about obj (best effort: a lost event must not stop a pod)."""
+        event = kube_events.event_for(obj, reason, message, type_="Warning" if warning else "Normal",
+                                      component="local-kubelet", host=self.node_name)
+        try:
+            await self.client.create(resource_path("v1", "events", _meta(obj).get("namespace") or "default"), event)
+        except (KubeApiError, aiohttp.ClientError, RuntimeError) as exc:
+            log.debug("event=record_failed reason=%s error=%s", reason, exc)
+
     # -- queries --------------------------------------------------------------------------
 
     def endpoints(self, namespace: str, name: str) -> list[str]:
@@ -462,11 +481,14 @@ class LocalKubelet:
                 with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
                     await self.client.create(resource_path("apps/v1", "replicasets", namespace), plan.create)
                     log.info("event=replicaset_created name=%s/%s", namespace, plan.create["metadata"]["name"])
+                    await self.record(deployment, "ScalingReplicaSet", f"Scaled up replica set "
+                                      f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}")
                 changed = True
             for name, replicas in plan.scale.items():
                 await self.client.patch(resource_path("apps/v1", "replicasets", namespace, name),
                                         {"spec": {"replicas": replicas}})
                 log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
+                await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
                 changed = True
         return changed
 
@@ -478,11 +500,13 @@ class LocalKubelet:
             namespace = _meta(replica_set).get("namespace")
             plan = deployments.plan_pods(replica_set, snapshot.pods)
             for _ in range(plan.create):
-                await self.client.create(resource_path("v1", "pods", namespace),
-                                         deployments.new_pod(replica_set, self.node_name))
+                created = await self.client.create(resource_path("v1", "pods", namespace),
+                                                   deployments.new_pod(replica_set, self.node_name))
+                await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
                 changed = True
             for name in plan.delete:
                 await self.client.delete(resource_path("v1", "pods", namespace, name))
+                await self.record(replica_set, "SuccessfulDelete", f"Deleted pod: {name}")
                 changed = True
         return changed
 

@@ -9,15 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import pathlib
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, have the kernel SIGTERM a child when the thread that started it dies (no orphans)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return set_signal
+
+
+_SET_PARENT_DEATH_SIGNAL = _parent_death_signal()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -86,6 +107,7 @@ class ContainerProcess:
                 *command, env=dict(env), cwd=str(cwd), stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopping it stops its children too
+                preexec_fn=_SET_PARENT_DEATH_SIGNAL,
             )
         return cls(process)
 

@@ -14,9 +14,12 @@ from model_store.publish import publish_version, read_model_dir
 log = logging.getLogger(__name__)
 
 # (ticker, asset class, version, seed): two SPY versions to promote and roll back between.
+# The samples in manifests/samples ask for SPY v1.1 (production) and v1.2 (staging), QQQ v1.0
+# and the universal stock model v1.0.
 DEMO_VERSIONS = [
     ("SPY", "etf", "v1.0", 7),
     ("SPY", "etf", "v1.1", 8),
+    ("SPY", "etf", "v1.2", 12),
     ("QQQ", "etf", "v1.0", 9),
     ("AAPL", "stock", "v1.0", 10),
 ]

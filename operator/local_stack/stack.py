@@ -5,7 +5,9 @@ Prometheus when it is installed. `tmctl up` runs it; the journey tests use the s
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -90,6 +92,7 @@ class LocalStack:
         from moto.server import ThreadedMotoServer
 
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
         self._loop.__enter__()
         self.say("starting the local S3 (moto server)…")
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -127,6 +130,7 @@ class LocalStack:
             "KUBE_API_URL": self.api.url,
             "DRIFT_CHECK_SECONDS": str(self.drift_check_seconds),
             "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
+            "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
             "SERVING_IMAGE": "local-process",
         }
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
@@ -233,3 +237,110 @@ class LocalStack:
 
     def tradingmodel_table(self) -> str:
         return self.kubectl("get", PLURAL, "-n", NAMESPACE)
+
+
+# -- `tmctl up` -------------------------------------------------------------------------------
+
+SAMPLES = ROOT / "manifests" / "samples"
+SAMPLE_MODELS = ["spy-production.yaml", "spy-staging.yaml", "qqq-production.yaml", "stocks-production.yaml"]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def apply_samples(stack: LocalStack) -> list[str]:
+    """The sample TradingModels, pointed at the local S3."""
+    names = []
+    for file in SAMPLE_MODELS:
+        doc = yaml.safe_load((SAMPLES / file).read_text())
+        doc["spec"]["storage"]["endpoint"] = stack.s3_endpoint
+        stack.kubectl("apply", "-f", "-", input=doc)
+        names.append(doc["metadata"]["name"])
+    return names
+
+
+def _ready(tm: dict[str, Any]) -> bool:
+    return tm["status"].get("phase") == "Ready" and tm["status"].get("observedGeneration") == tm["metadata"].get(
+        "generation"
+    )
+
+
+def _metrics_excerpt(url: str) -> list[str]:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = ("tradingmodel_requests_total", "tradingmodel_model_info", "tradingmodel_model_load_seconds_count")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
+def _walkthrough(stack: LocalStack) -> None:
+    step = iter(range(1, 10))
+    _say(f"\n[{next(step)}] a prediction from the spy-production pod (the seeds' call):")
+    answer = stack.predict("spy-production", "SPY")
+    _say(f"    SPY -> {answer['strategy']} (confidence {answer['confidence']:.2f}, model {answer['model_version']})")
+
+    _say(f"\n[{next(step)}] a PR sets spec.version v1.2 on spy-production and is merged (kubectl patch here):")
+    stack.kubectl("patch", "tm", "spy-production", "--type", "merge", "-p", '{"spec":{"version":"v1.2"}}')
+    tm = stack.wait_for("spy-production", lambda t: _ready(t) and t["status"].get("activeVersion") == "v1.2")
+    _say(f"    Ready: active {tm['status']['activeVersion']}, previous {tm['status'].get('previousVersion')}")
+    _say(f"    the pod now answers with model {stack.predict('spy-production', 'SPY')['model_version']}")
+
+    _say(f"\n[{next(step)}] rollback: a PR sets spec.version back to v1.1:")
+    stack.kubectl("patch", "tm", "spy-production", "--type", "merge", "-p", '{"spec":{"version":"v1.1"}}')
+    tm = stack.wait_for("spy-production", lambda t: _ready(t) and t["status"].get("activeVersion") == "v1.1")
+    for entry in tm["status"]["history"]:
+        _say(f"    {entry['at']}  {entry['action']:<9} {entry.get('from') or '-':>5} -> {entry.get('to')}")
+
+    _say(f"\n[{next(step)}] a version that was never published (v9.9) is refused and production is untouched:")
+    stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec":{"version":"v9.9"}}')
+    tm = stack.wait_for("qqq-production", lambda t: t["status"].get("phase") == "Failed")
+    ready = next(c for c in tm["status"]["conditions"] if c["type"] == "Ready")
+    _say(f"    {ready['reason']}: {ready['message']}")
+    stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec":{"version":"v1.0"}}')
+    stack.wait_for("qqq-production", _ready)
+
+    _say(f"\n[{next(step)}] the audit log in s3://{stack.bucket}/metadata/deployment_history.json:")
+    from model_store.registry import deployment_history
+
+    for e in deployment_history(stack.s3, stack.bucket):
+        _say(f"    {e['at']}  {e['action']:<9} {e['model']:<18} {e['stage']:<11} "
+             f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}")
+
+    _say(f"\n[{next(step)}] metrics from a serving pod (what Prometheus scrapes):")
+    for line in _metrics_excerpt(stack.endpoints("spy-production")[0]):
+        _say(f"    {line}")
+
+
+def main(args: argparse.Namespace) -> None:
+    from local_stack.seed import seed_demo_models
+
+    started = time.monotonic()
+    workdir = Path(args.dir)
+    with LocalStack(workdir, say=lambda text: _say(f"==> {text}")) as stack:
+        _say("==> publishing the demo model versions (trained once, then kept in the stack folder)…")
+        seed_demo_models(stack.s3, stack.bucket, workdir / "models", rounds=50, say=_say)
+        _say("==> applying manifests/samples (pointed at the local S3)…")
+        names = apply_samples(stack)
+        for name in names:
+            stack.wait_for(name, _ready, timeout=180)
+        _say(f"==> all {len(names)} TradingModels Ready after {time.monotonic() - started:.1f} s\n")
+        _say(stack.tradingmodel_table())
+        if args.demo:
+            _walkthrough(stack)
+            _say(f"\n==> walkthrough done in {time.monotonic() - started:.1f} s; stopping the stack")
+            return
+        urls = {n: stack.endpoints(n) for n in names}
+        _say("The stack is running. In another terminal:")
+        _say(f"    export KUBECONFIG={stack.kubeconfig}")
+        _say("    kubectl get tm -n trading            # printer columns: ticker, version, stage, ready")
+        _say("    kubectl patch tm spy-production -n trading --type merge -p '{\"spec\":{\"version\":\"v1.2\"}}'")
+        _say("    kubectl describe tm spy-production -n trading")
+        for name, endpoints in urls.items():
+            _say(f"    {name}: {', '.join(endpoints)}  (POST /v1/predict, /v2/models/..., GET /metrics)")
+        _say(f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})")
+        _say("Ctrl-C stops everything.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            _say("\n==> stopping")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from local_stack import errors, schemas
+from local_stack import defaults, errors, schemas
 from local_stack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
 from local_stack.selectors import FieldRequirement, Requirement, fields_match, labels_match
 
@@ -394,6 +394,8 @@ class ObjectStore:
 
     def _admit(self, rt: ResourceType, obj: dict[str, Any], field_validation: str) -> list[str]:
         """Kind-specific preparation, then the CRD schema: prune, default, validate."""
+        if not rt.is_custom:
+            defaults.apply(rt.group, rt.kind, obj)
         if rt.key == SECRET_KEY:
             _fold_string_data(obj)
         if rt.key == NAMESPACE_KEY:

@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "train-demo" and args.format is None:
         args.format = ["native"]
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.command not in ("operator", "serve"):  # those two log JSON lines of their own
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         args.fn(args)
     except (StoreError, InvalidName, ValueError, FileNotFoundError) as exc:

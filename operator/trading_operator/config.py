@@ -25,7 +25,7 @@ class OperatorConfig:
     history_limit: int = 10
     serving_port: int = 8080
     retry_base_seconds: int = 5
-    retry_max_seconds: int = 300
+    retry_max_seconds: int = 60  # a spec change made during a backoff waits for it (kopf)
     kube_api_url: str = ""  # set by the local stack; real clusters use the service account or kubeconfig
 
     @classmethod

@@ -53,9 +53,9 @@ def _raise_for(outcome: Outcome | None, retry: int) -> None:
         raise kopf.PermanentError(outcome.message)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
 def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, **_: Any) -> None:
     _raise_for(reconcile(namespace, name, memo.deps), retry)
 
