@@ -150,8 +150,11 @@ def test_built_in_kinds_print_server_side_columns(kubectl: Kubectl) -> None:
     kubectl.run("set", "env", "deploy/web", "MODE=fast")  # a strategic merge patch of the containers list
     deployment = json.loads(kubectl.run("get", "deploy", "web", "-o", "json").stdout)
     assert deployment["spec"]["replicas"] == 3
-    assert deployment["spec"]["template"]["spec"]["containers"] == [
-        {"name": "web", "image": "nginx", "env": [{"name": "MODE", "value": "fast"}]}]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert (container["name"], container["image"], container["env"]) == ("web", "nginx", [
+        {"name": "MODE", "value": "fast"}])
+    assert container["imagePullPolicy"] == "Always"  # server-side defaults, as on a cluster
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert "NAME" in kubectl.run("get", "all").stdout
     assert header(kubectl.run("get", "ns").stdout) == ["NAME", "STATUS", "AGE"]
 

@@ -143,6 +143,9 @@ def test_kubectl_shows_the_pods_and_their_logs(api: HttpApi, kubelet: LocalKubel
     assert listing.splitlines()[1].split()[:3] == [pod, "1/1", "Running"]
     assert f"as {pod}" in kubectl.run("logs", pod).stdout
     assert "successfully rolled out" in kubectl.run("rollout", "status", "deploy/logged", "--timeout=30s").stdout
+    assert "ScalingReplicaSet" in kubectl.run("describe", "deploy", "logged").stdout.split("Events:")[1]
+    pod_events = kubectl.run("describe", "pod", pod).stdout.split("Events:")[1]
+    assert "Started" in pod_events and "local-kubelet" in pod_events
 
 
 def test_a_template_change_rolls_to_new_processes(api: HttpApi, kubelet: LocalKubelet) -> None:
