@@ -10,7 +10,8 @@ components do:
   Deployment removes them), status counts.
 - Kubelet: for each Pod, the first container runs as a local process (the image is ignored):
   ``sys.executable -m model_serving`` unless a ``command_factory`` or the
-  ``LOCAL_KUBELET_COMMAND`` variable says otherwise; env resolved from the pod spec and
+  ``LOCAL_KUBELET_COMMAND`` variable says otherwise (an empty command leaves the pod Pending,
+  e.g. for an operator Deployment that runs elsewhere); env resolved from the pod spec and
   Secrets/ConfigMaps in the API, plus ``PORT`` (a free local port) and ``MODEL_CACHE_DIR``;
   readiness and liveness probes; restarts with back-off; output in one log file per pod
   (``kubectl logs`` reads it through the local API); SIGTERM then SIGKILL on stop.
@@ -119,6 +120,10 @@ class PodWorker:
 
     async def _run(self) -> None:
         try:
+            if not self.kubelet.command_factory(self.pod, self.container):
+                await self._report(waiting=("NotRunLocally", "the local kubelet has no command for this container"),
+                                   phase="Pending")
+                await asyncio.Event().wait()  # until the pod goes away
             while True:
                 try:
                     env = await self.kubelet.container_env(self.pod, self.container)

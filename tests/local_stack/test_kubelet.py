@@ -27,7 +27,8 @@ def kubelet(
     kubelet = LocalKubelet(
         kube_api.url,
         state_dir=tmp_path_factory.mktemp("kubelet"),
-        command_factory=lambda pod, container: [sys.executable, str(STANDIN)],
+        command_factory=lambda pod, container: [] if "elsewhere" in pod["metadata"]["labels"] else [
+            sys.executable, str(STANDIN)],
         grace_seconds=3.0,
         max_backoff_seconds=1.0,
         config_retry_seconds=0.2,
@@ -243,6 +244,21 @@ def test_a_missing_secret_holds_the_pod_until_it_exists(api: HttpApi, kubelet: L
            {"metadata": {"name": "late-secret"}, "stringData": {"AWS_ACCESS_KEY_ID": "LATE"}})
 
     assert envs(kubelet, "patient", 1)[0]["AWS_ACCESS_KEY_ID"] == "LATE"
+
+
+def test_an_empty_command_leaves_the_pod_pending(api: HttpApi, kubelet: LocalKubelet) -> None:
+    manifest = deployment("remote")
+    manifest["spec"]["template"]["metadata"]["labels"]["elsewhere"] = "yes"
+    api.ok("POST", DEPLOYMENTS, manifest)
+
+    def waiting() -> str | None:
+        pods = pods_of(api, "remote")
+        statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
+        return statuses[0]["state"].get("waiting", {}).get("reason") if statuses else None
+
+    assert wait_for(waiting, what="the pod status") == "NotRunLocally"
+    assert pods_of(api, "remote")[0]["status"]["phase"] == "Pending"
+    assert kubelet.endpoints("default", "remote") == []
 
 
 def test_a_service_gets_a_stable_local_url(api: HttpApi, kubelet: LocalKubelet) -> None:
