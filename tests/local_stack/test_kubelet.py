@@ -104,6 +104,13 @@ def envs(kubelet: LocalKubelet, name: str, count: int) -> list[dict[str, str]]:
     return [get_json(f"{url}/env") for url in urls]
 
 
+def container_status(api: HttpApi, app: str) -> dict[str, Any] | None:
+    """The first container status of the (single) pod of an app, once the kubelet reported one."""
+    pods = pods_of(api, app)
+    statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
+    return statuses[0] if statuses else None
+
+
 def status_of(api: HttpApi, name: str) -> dict[str, Any]:
     status: dict[str, Any] = api.get(f"{DEPLOYMENTS}/{name}").get("status") or {}
     return status
@@ -218,10 +225,8 @@ def test_a_crashing_container_is_restarted_with_back_off(api: HttpApi, kubelet: 
     api.ok("POST", DEPLOYMENTS, deployment("crashy", extra_env={"STANDIN_EXIT_CODE": "3"}))
 
     def crash_looping() -> dict[str, Any] | None:
-        pods = pods_of(api, "crashy")
-        statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
-        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 and "waiting" in statuses[0]["state"] \
-            else None
+        status = container_status(api, "crashy")
+        return status if status and status["restartCount"] >= 2 and "waiting" in status["state"] else None
 
     container = wait_for(crash_looping, what="two restarts")
     assert container["state"]["waiting"]["reason"] == "CrashLoopBackOff"
@@ -233,9 +238,8 @@ def test_a_missing_secret_holds_the_pod_until_it_exists(api: HttpApi, kubelet: L
     api.ok("POST", DEPLOYMENTS, deployment("patient", secret="late-secret"))
 
     def waiting_reason() -> str | None:
-        pods = pods_of(api, "patient")
-        statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
-        waiting = statuses[0]["state"].get("waiting") if statuses else None
+        status = container_status(api, "patient")
+        waiting = status["state"].get("waiting") if status else None
         return f"{waiting['reason']}: {waiting['message']}" if waiting else None
 
     assert wait_for(waiting_reason, what="the config error") == (
@@ -252,9 +256,8 @@ def test_an_empty_command_leaves_the_pod_pending(api: HttpApi, kubelet: LocalKub
     api.ok("POST", DEPLOYMENTS, manifest)
 
     def waiting() -> str | None:
-        pods = pods_of(api, "remote")
-        statuses = (pods[0].get("status") or {}).get("containerStatuses") if pods else None
-        return statuses[0]["state"].get("waiting", {}).get("reason") if statuses else None
+        status = container_status(api, "remote")
+        return status["state"].get("waiting", {}).get("reason") if status else None
 
     assert wait_for(waiting, what="the pod status") == "NotRunLocally"
     assert pods_of(api, "remote")[0]["status"]["phase"] == "Pending"
