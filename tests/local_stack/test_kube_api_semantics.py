@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from local_stack_helpers import HttpApi
 
-from local_stack.kube_api import LocalKubeAPI
+from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
@@ -248,3 +248,18 @@ def test_an_invalid_crd_is_refused(kube_api: LocalKubeAPI) -> None:
                  "versions": [{"name": "v1", "served": True, "storage": True}]}})
 
     assert status == 422 and "things.example.com" in body["message"]
+
+
+def test_test_reactions_win_over_the_store(background_loop: BackgroundLoop) -> None:
+    local = LocalKubeAPI(port=0)
+    background_loop.run(local.start())
+    try:
+        api = HttpApi(local.url)
+        api.ok("POST", CONFIGMAPS, {"metadata": {"name": "flaky"}, "data": {"a": "1"}})
+        local.emulator[f"get {CONFIGMAPS}/flaky"][:1] << 503  # the next read fails once, like a sick API
+
+        assert api.call("GET", f"{CONFIGMAPS}/flaky")[0] == 503
+        assert api.get(f"{CONFIGMAPS}/flaky")["data"] == {"a": "1"}  # then the store answers again
+        assert api.get(CONFIGMAPS)["kind"] == "ConfigMapList"  # other requests never noticed
+    finally:
+        background_loop.run(local.stop())
