@@ -19,18 +19,27 @@ log = logging.getLogger("model_serving")
 
 
 def build_app(settings: Settings) -> object:
-    from model_serving.app import ServingApp
+    """The ASGI app. The pod's own model starts loading in a thread before the web stack is
+    imported: reading, hashing and parsing the model run in C while Python imports the rest."""
     from model_serving.disk_cache import DiskCache
     from model_serving.loader import ModelLoader
     from model_serving.metrics import Metrics
-    from model_serving.s3_source import S3Source
-    from model_serving.service import ModelService
+    from model_serving.s3_source import ModelSpec, S3Source
+    from model_store.layout import ModelLocation
 
     metrics = Metrics()
     cache = DiskCache(settings.cache_dir, on_corrupt=lambda _path: metrics.cache_corrupt.inc())
     s3 = S3Source(settings.bucket, settings.endpoint_url, settings.region, metrics, settings.manifest_wait_seconds)
-    service = ModelService(settings, ModelLoader(s3, cache, metrics), s3, metrics)
-    return ServingApp(service, metrics)
+    loader = ModelLoader(s3, cache, metrics)
+    early = None
+    if settings.ticker and settings.asset_class:  # else the asset registry must be read first
+        location = ModelLocation(settings.asset_class, settings.ticker)
+        early = loader.load_in_background(ModelSpec(location, settings.stage, settings.version, settings.digest))
+
+    from model_serving.app import ServingApp
+    from model_serving.service import ModelService
+
+    return ServingApp(ModelService(settings, loader, s3, metrics, early), metrics)
 
 
 def main() -> int:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -214,7 +214,7 @@ class ServingApp:
         probabilities = await self._predict_rows(model, rows)
         request_id = doc.get("id")
         if type(request_id) is not str:
-            request_id = str(uuid.uuid4())
+            request_id = os.urandom(16).hex()
         return _json(200, payloads.infer_response(model, name, probabilities, outputs, request_id))
 
     async def _model_metadata(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:

@@ -71,6 +71,19 @@ class ModelLoader:
             with self._lock:
                 self._inflight.pop(spec.key, None)
 
+    def load_in_background(self, spec: ModelSpec) -> Future[ServedModel]:
+        """Start `load(spec)` in a thread now; the future holds the model or the LoadError."""
+        result: Future[ServedModel] = Future()
+
+        def run() -> None:
+            try:
+                result.set_result(self.load(spec))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        threading.Thread(target=run, name="early-load", daemon=True).start()
+        return result
+
     def _load(self, spec: ModelSpec) -> ServedModel:
         started = time.perf_counter()
         key = spec.location.model_key

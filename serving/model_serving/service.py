@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,16 @@ def registry_asset_class(registry: dict[str, Any], ticker: str) -> AssetClass | 
 
 
 class ModelService:
-    def __init__(self, settings: Settings, loader: ModelLoader, s3: S3Source, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loader: ModelLoader,
+        s3: S3Source,
+        metrics: Metrics,
+        early: Future[ServedModel] | None = None,
+    ) -> None:
         self.settings = settings
+        self._early = early  # the pod's model, already loading (see __main__.build_app)
         self.loader = loader
         self.s3 = s3
         self.metrics = metrics
@@ -275,7 +283,7 @@ class ModelService:
                 if self.settings.ticker is not None:
                     spec = await self.primary_spec()
                     self._failures.pop(spec.location.model_key, None)
-                    await self._load(spec)
+                    await self._adopt_early() or await self._load(spec)
                     self._routes[self.settings.ticker] = spec.location.model_key
                 else:
                     await self.registry()
@@ -295,6 +303,20 @@ class ModelService:
                 },
             )
             return
+
+    async def _adopt_early(self) -> ServedModel | None:
+        """The result of the load started before the server (taken once); None if there was none."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        try:
+            model = await asyncio.wrap_future(early)
+        except LoadError as exc:
+            extra = {"ticker": self.settings.ticker, "reason": exc.reason, "error": exc.message}
+            log.error("model load failed", extra=extra)
+            raise Unavailable(f"the model of {self.settings.ticker} cannot be served: {exc.message}") from None
+        self._install(model)
+        return model
 
     async def stop(self) -> None:
         self.ready = False
