@@ -30,7 +30,7 @@ class FieldError:
         return f"{self.field}: {self.detail}"
 
 
-def _format_path(parts: Iterable[Any]) -> str:
+def format_path(parts: Iterable[Any]) -> str:
     text = ""
     for part in parts:
         if isinstance(part, int):
@@ -72,7 +72,7 @@ def _prune(schema: Mapping[str, Any], value: Any, path: list[Any], dropped: list
                 continue
             else:
                 del value[key]
-                dropped.append(_format_path([*path, key]))
+                dropped.append(format_path([*path, key]))
                 continue
             if child is None and not child_schema.get("nullable"):
                 del value[key]
@@ -155,7 +155,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     match value:
         case bool():
             return "boolean"
@@ -173,14 +173,14 @@ def _type_name(value: Any) -> str:
 
 
 def _field_errors(error: jsonschema.ValidationError) -> list[FieldError]:
-    path = _format_path(error.absolute_path)
+    path = format_path(error.absolute_path)
     where = path or "<root>"
     instance = error.instance
     rule = error.validator_value
     match error.validator:
         case "required":
             missing = [name for name in rule if isinstance(instance, Mapping) and name not in instance]
-            return [FieldError(_format_path([*error.absolute_path, name]), "FieldValueRequired", "Required value")
+            return [FieldError(format_path([*error.absolute_path, name]), "FieldValueRequired", "Required value")
                     for name in missing]
         case "pattern":
             detail = f"Invalid value: {_json(instance)}: {where} in body should match '{rule}'"
@@ -191,7 +191,7 @@ def _field_errors(error: jsonschema.ValidationError) -> list[FieldError]:
                                f"Unsupported value: {_json(instance)}: supported values: {supported}")]
         case "type":
             expected = rule if isinstance(rule, str) else " or ".join(rule)
-            given = _type_name(instance)
+            given = type_name(instance)
             detail = f'Invalid value: "{given}": {where} in body must be of type {expected}: "{given}"'
             return [FieldError(where, "FieldValueTypeInvalid", detail)]
         case "minimum" | "maximum":

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from local_stack import defaults, errors, schemas
+from local_stack import cel_rules, defaults, errors, schemas
 from local_stack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
 from local_stack.selectors import FieldRequirement, Requirement, fields_match, labels_match
 
@@ -379,7 +379,7 @@ class ObjectStore:
                     f"finalizers {sorted(added)!r}")])
         if not meta.get("finalizers"):
             meta.pop("finalizers", None)
-        warnings = self._admit(rt, result, field_validation)
+        warnings = self._admit(rt, result, field_validation, current)
         meta = result["metadata"]  # admission may have rebuilt the object
         if result == current:
             return WriteResult(current, warnings)  # a no-op write changes nothing, not even the resourceVersion
@@ -392,8 +392,10 @@ class ObjectStore:
             return WriteResult(self._remove(rt, result, None), warnings)
         return WriteResult(result, warnings)
 
-    def _admit(self, rt: ResourceType, obj: dict[str, Any], field_validation: str) -> list[str]:
-        """Kind-specific preparation, then the CRD schema: prune, default, validate."""
+    def _admit(
+        self, rt: ResourceType, obj: dict[str, Any], field_validation: str, old: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Kind-specific preparation, then the CRD schema: prune, default, validate, CEL rules."""
         if not rt.is_custom:
             defaults.apply(rt.group, rt.kind, obj)
         if rt.key == SECRET_KEY:
@@ -416,7 +418,7 @@ class ObjectStore:
             obj.clear()
             obj.update(defaulted)
             assert rt.validator is not None
-            field_errors = schemas.validate(rt.validator, obj)
+            field_errors = schemas.validate(rt.validator, obj) or cel_rules.violations(rt.schema, obj, old)
             if field_errors:
                 raise errors.invalid(rt, obj["metadata"].get("name", ""), field_errors)
         return warnings

@@ -204,6 +204,15 @@ def test_tradingmodel_schema_refuses_a_lower_case_ticker(tradingmodel_crd: Kubec
     assert "spec.ticker" in result.stderr and "should match" in result.stderr
 
 
+def test_tradingmodel_cel_rule_refuses_a_name_that_is_no_dns_label(tradingmodel_crd: Kubectl) -> None:
+    pytest.importorskip("celpy", reason="cel-python is not installed (the local extra installs it)")
+
+    result = tradingmodel_crd.run("apply", "-f", "-", stdin=trading_model("spy.production", "SPY"), check=False)
+
+    assert result.returncode != 0
+    assert "metadata.name must be a DNS label" in result.stderr
+
+
 def test_explain_reads_the_crd_schema(tradingmodel_crd: Kubectl) -> None:
     output = tradingmodel_crd.run("explain", "tm.spec.ticker").stdout
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from local_stack import deployments, jsonpath, patching, schemas, selectors, tables
+from local_stack import cel_rules, deployments, jsonpath, patching, schemas, selectors, tables
 from local_stack.api_paths import ApiPath, parse_api_path
 from local_stack.pod_env import EnvError, resolve_env
 
@@ -137,6 +137,32 @@ def test_schema_errors_read_like_the_api_server() -> None:
         "spec.name: Required value",
         'spec.nested.level: Invalid value: "integer": spec.nested.level in body must be of type string: "integer"',
     ]
+
+
+CEL_SCHEMA = {
+    "type": "object",
+    "x-kubernetes-validations": [{"rule": "self.metadata.name.startsWith('ok-')", "message": "name must start ok-"}],
+    "properties": {"spec": {"type": "object", "properties": {
+        "replicas": {"type": "integer", "x-kubernetes-validations": [
+            {"rule": "self <= 5", "messageExpression": "'at most 5, not ' + string(self)"}]},
+        "bucket": {"type": "string", "x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": "bucket is immutable"}]},
+    }}},
+}
+
+
+@pytest.mark.skipif(cel_rules.celpy is None, reason="cel-python is not installed (the local extra installs it)")
+def test_cel_rules_are_checked_with_their_messages() -> None:
+    good = {"metadata": {"name": "ok-1", "labels": {"hidden": "from CEL"}}, "spec": {"replicas": 5, "bucket": "a"}}
+    bad = {"metadata": {"name": "nope"}, "spec": {"replicas": 6, "bucket": "b"}}
+
+    assert cel_rules.violations(CEL_SCHEMA, good) == []
+    assert [str(e) for e in cel_rules.violations(CEL_SCHEMA, bad, old=good)] == [
+        '<root>: Invalid value: "object": name must start ok-',
+        'spec.replicas: Invalid value: "integer": at most 5, not 6',
+        'spec.bucket: Invalid value: "string": bucket is immutable',
+    ]
+    assert cel_rules.violations(CEL_SCHEMA, dict(good, spec={"bucket": "new"})) == []  # no oldSelf on create
 
 
 def pod(name: str, owner: dict[str, Any], ready: bool, created: str = "2025-01-01T00:00:00Z") -> dict[str, Any]:
