@@ -133,7 +133,17 @@ class PodWorker:
                     await self.kubelet.record(self.pod, "Failed", f"Error: {exc}", warning=True)
                     await asyncio.sleep(self.kubelet.config_retry_seconds)
                     continue
-                exit_code = await self._run_once(env)
+                except (KubeApiError, aiohttp.ClientError, OSError) as exc:  # the API is away for a moment
+                    log.warning("event=container_env_unavailable pod=%s/%s error=%r", self.namespace, self.name, exc)
+                    await asyncio.sleep(self.kubelet.config_retry_seconds)
+                    continue
+                try:
+                    exit_code = await self._run_once(env)
+                except OSError as exc:  # the command itself cannot start (not found, not executable)
+                    log.error("event=container_start_failed pod=%s/%s error=%s", self.namespace, self.name, exc)
+                    await self.kubelet.record(self.pod, "Failed", f"Error: cannot start the container: {exc}",
+                                              warning=True)
+                    exit_code = 127
                 self.restart_count += 1
                 delay = min(self.kubelet.max_backoff_seconds, 2.0 ** (self.restart_count - 1))
                 log.warning("event=container_exited pod=%s/%s exit_code=%s restart_in=%.0fs log=%s",
@@ -166,8 +176,9 @@ class PodWorker:
         self._started_at = _timestamp()
         log.info("event=container_started pod=%s/%s pid=%s port=%s", self.namespace, self.name,
                  self.process.pid, self.port)
-        await self.kubelet.client.patch(self._pod_path, {"metadata": {"annotations": {
-            annotations.PORT: str(self.port), annotations.LOG_FILE: str(self.log_file)}}})
+        with contextlib.suppress(KubeApiError, aiohttp.ClientError):  # the process runs even if the API blinks
+            await self.kubelet.client.patch(self._pod_path, {"metadata": {"annotations": {
+                annotations.PORT: str(self.port), annotations.LOG_FILE: str(self.log_file)}}})
         await self._report()
         await self.kubelet.record(self.pod, "Started", f"Started container {self.container.get('name')} "
                                                        f"(pid {self.process.pid}, port {self.port})")

@@ -20,6 +20,16 @@ DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
 PODS = "/api/v1/namespaces/default/pods"
 
 
+def command_for(pod: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """The stand-in server, except for pods labelled to run elsewhere (none) or with a broken command."""
+    labels = pod["metadata"]["labels"]
+    if "elsewhere" in labels:
+        return []
+    if "broken" in labels:
+        return ["/nonexistent/serving-binary"]
+    return [sys.executable, str(STANDIN)]
+
+
 @pytest.fixture(scope="module")
 def kubelet(
     kube_api: LocalKubeAPI, background_loop: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory
@@ -27,8 +37,7 @@ def kubelet(
     kubelet = LocalKubelet(
         kube_api.url,
         state_dir=tmp_path_factory.mktemp("kubelet"),
-        command_factory=lambda pod, container: [] if "elsewhere" in pod["metadata"]["labels"] else [
-            sys.executable, str(STANDIN)],
+        command_factory=command_for,
         grace_seconds=3.0,
         max_backoff_seconds=1.0,
         config_retry_seconds=0.2,
@@ -262,6 +271,22 @@ def test_an_empty_command_leaves_the_pod_pending(api: HttpApi, kubelet: LocalKub
     assert wait_for(waiting, what="the pod status") == "NotRunLocally"
     assert pods_of(api, "remote")[0]["status"]["phase"] == "Pending"
     assert kubelet.endpoints("default", "remote") == []
+
+
+def test_a_command_that_cannot_start_is_reported(api: HttpApi, kubelet: LocalKubelet) -> None:
+    manifest = deployment("broken")
+    manifest["spec"]["template"]["metadata"]["labels"]["broken"] = "yes"
+    api.ok("POST", DEPLOYMENTS, manifest)
+
+    def failure_messages() -> list[str]:
+        events = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind%3DPod")["items"]
+        return [e["message"] for e in events if e["involvedObject"]["name"].startswith("broken-")
+                and e["reason"] == "Failed"]
+
+    messages = wait_for(failure_messages, what="the Failed event")
+    assert "cannot start the container" in messages[0] and "/nonexistent/serving-binary" in messages[0]
+    assert wait_for(lambda: (s := container_status(api, "broken")) and s["restartCount"] >= 1 and s,
+                    what="a restart")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
 
 
 def test_a_service_gets_a_stable_local_url(api: HttpApi, kubelet: LocalKubelet) -> None:
