@@ -465,6 +465,8 @@ class LocalKubelet:
                 await self._reconcile()
             except asyncio.CancelledError:
                 raise
+            except (aiohttp.ClientError, OSError) as exc:  # the API is away; the next pass tries again
+                log.warning("event=kubelet_api_unreachable api=%s error=%r", self.api_url, exc)
             except Exception:  # keep running: the next pass starts from the API state again
                 log.exception("event=kubelet_reconcile_failed")
             with contextlib.suppress(TimeoutError):
