@@ -64,6 +64,7 @@ def main() -> int:
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # the client address is not used; the middleware costs ~6 us a request
         timeout_graceful_shutdown=int(settings.graceful_timeout_seconds) or None,
         backlog=2048,
     )

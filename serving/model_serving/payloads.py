@@ -149,6 +149,8 @@ def infer_rows(model: ServedModel, doc: Any, null_as_missing: bool, max_rows: in
     if type(inputs) is not list or not inputs or not all(type(i) is dict for i in inputs):
         raise BadRequest('"inputs" must be a non-empty list of tensors {"name", "shape", "datatype", "data"}')
     names = [i.get("name") for i in inputs]
+    if not all(type(n) is str for n in names):
+        raise BadRequest('every input needs a "name" string')
     if len(inputs) == 1 and names[0] not in model.feature_index:
         rows = _tensor_rows(model, inputs[0], null_as_missing)
     elif all(n in model.feature_index for n in names):
@@ -169,7 +171,7 @@ def _tensor_header(tensor: dict[str, Any]) -> tuple[str, list[int], Any, list[An
     label = f"input {name!r}" if type(name) is str else "an input"
     if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
         raise BadRequest(f"{label}: shape must be a list of non-negative integers, got {shape!r:.60}")
-    if datatype not in V2_NUMERIC:
+    if type(datatype) is not str or datatype not in V2_NUMERIC:
         raise BadRequest(f"{label}: datatype {datatype!r:.20} is not supported; use one of {', '.join(V2_NUMERIC)}")
     if type(data) is not list:
         raise BadRequest(f"{label}: data must be a list of numbers (flat or nested), got {describe(data)}")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from serving_helpers import S3Log, booster_predict, feature_rows, publish
+from serving_helpers import S3Log, booster_predict, feature_rows, publish, server_env
 
 from model_serving.disk_cache import DiskCache
 from model_serving.errors import LoadError
@@ -247,3 +249,25 @@ def test_an_unchanged_stage_reloads_from_memory(
     assert again is first
     assert s3_log.gets("/etfs/SPY/production/lightgbm_model.txt") == 1
     assert value(metrics, "tradingmodel_model_cache_hits_total", tier="memory") == 1
+
+
+def test_a_warm_start_imports_neither_lightgbm_nor_boto3(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_v1: DemoModel
+) -> None:
+    """The hot start path: lib_lightgbm through ctypes, no S3 client, no pandas/scikit-learn."""
+    v1 = publish(s3, bucket, "SPY", "etf", demo_v1)
+    make_loader(s3_endpoint, bucket, tmp_path)[0].load(ModelSpec(SPY, PROD, v1.version, v1.digest))
+    code = (
+        "import json, sys\n"
+        "from model_serving.__main__ import build_app\n"
+        "from model_serving.config import Settings\n"
+        "app = build_app(Settings.from_env())\n"
+        "model = app.service._early.result(60)\n"
+        "heavy = ('lightgbm', 'sklearn', 'pandas', 'scipy', 'joblib', 'boto3', 'botocore')\n"
+        "print(json.dumps([model.source, sorted(m for m in heavy if m in sys.modules)]))\n"
+    )
+    pin = {"MODEL_TICKER": "SPY", "MODEL_ASSET_CLASS": "etf", "MODEL_VERSION": v1.version, "MODEL_DIGEST": v1.digest}
+    env = server_env(bucket, "http://127.0.0.1:9", tmp_path, **pin)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == ["disk", []]

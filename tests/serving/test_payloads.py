@@ -125,6 +125,7 @@ def test_v2_one_input_per_feature(model: ServedModel) -> None:
         ({"inputs": [tensor([1.0] * 84, [1, 83])]}, r"shape must be \[n, 84\]"),
         ({"inputs": [tensor([1.0] * 83, [1, 84])]}, "data has 83 values but its shape needs 84"),
         ({"inputs": [tensor([1.0] * 84, [1, 84], "BYTES")]}, "datatype 'BYTES' is not supported"),
+        ({"inputs": [tensor([1.0] * 84, [1, 84], ["FP64"])]}, r"datatype \['FP64'\] is not supported"),
         ({"inputs": [tensor(["1.0"] * 84, [1, 84])]}, "value 0 is a string"),
         ({"inputs": [tensor([True] * 84, [1, 84])]}, "value 0 is a boolean"),
         ({"inputs": [tensor([None] * 84, [1, 84])]}, "value 0 is null.*SERVING_NULL_AS_MISSING"),
@@ -134,6 +135,8 @@ def test_v2_one_input_per_feature(model: ServedModel) -> None:
         ({"inputs": [tensor([], [0, 84])]}, "no rows"),
         ({"inputs": [tensor([1.0], [1], name="iv_rank"), tensor([1.0], [1], name="bogus")]}, "not features"),
         ({"inputs": [tensor([1.0] * 84, [1, 84])], "outputs": [{"name": "shap"}]}, "unknown output 'shap'"),
+        ({"inputs": [tensor([1.0] * 84, [1, 84], name={"a": 1})]}, 'needs a "name" string'),
+        ({"inputs": [tensor([2**40] * 84, [1, 84], "INT32")]}, "does not fit its datatype"),
     ],
 )
 def test_bad_v2_requests_say_what_to_fix(model: ServedModel, doc: Any, message: str) -> None:

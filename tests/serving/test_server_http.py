@@ -387,3 +387,40 @@ def test_compiled_trees_are_swapped_in_after_ready(start_server: Any, s3: Any, b
     np.testing.assert_allclose(got, booster_predict(demo_v1, rows), rtol=0, atol=1e-9)
     assert metric(server, "tradingmodel_model_info", engine="compiled", model="etfs/SPY") == 1
     assert metric(server, "tradingmodel_engine_swaps_total", outcome="swapped") == 1
+
+
+def test_mangled_requests_never_cause_a_5xx(lazy_server: Server, demo_v1: DemoModel) -> None:
+    """Valid requests with random parts replaced by other JSON (seeded, so a failure reproduces)."""
+    rng = np.random.default_rng(11)
+    row = feature_rows(demo_v1, 1)[0]
+    names = list(row)
+    oddities: list[Any] = [None, True, "x", "", [], {}, [1.0], {"a": 1}, -1, 1e308, 2**70, "SPY", [[1.0]], 0]
+    matrix = [row[n] for n in names]
+    templates: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/predict", {"ticker": "SPY", "features": row}),
+        ("/v1/predict", {"ticker": "SPY", "instances": [row, row]}),
+        (
+            "/v2/models/SPY/infer",
+            {"inputs": [{"name": "input-0", "shape": [1, 84], "datatype": "FP64", "data": matrix}]},
+        ),
+    ]
+
+    def mangle(value: Any, rate: float, depth: int = 0) -> Any:
+        if rng.random() < rate or depth > 4:
+            return oddities[rng.integers(len(oddities))]
+        if isinstance(value, dict):
+            return {k: mangle(v, rate, depth + 1) for k, v in value.items() if rng.random() >= rate / 2}
+        if isinstance(value, list):
+            return [mangle(v, rate, depth + 1) for v in value if rng.random() >= rate / 2]
+        return value
+
+    statuses = []
+    for i in range(300):
+        path, body = templates[i % len(templates)]
+        rate = (0.0, 0.003, 0.02, 0.1)[i % 4]
+        reply = lazy_server.request("POST", path, raw=json.dumps(mangle(body, rate)).encode())
+        statuses.append(reply.status)
+        assert reply.status < 500, (reply.status, reply.body[:300])
+        assert "error" in reply.json() or reply.status == 200
+    assert 200 in statuses and 400 in statuses
+    assert lazy_server.get("/v2/health/live").status == 200
