@@ -23,6 +23,7 @@ import yaml
 
 from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
 from local_stack.kubelet import LocalKubelet
+from local_stack.prometheus import LocalPrometheus, find_prometheus
 from model_store.s3 import S3Settings, make_client
 from trading_operator import GROUP, PLURAL, VERSION
 from trading_operator.kube import KubeApi
@@ -67,6 +68,7 @@ class LocalStack:
         drift_check_seconds: int = 30,
         retry_base_seconds: int = 2,
         operator_verbose: bool = False,
+        prometheus: bool = True,
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.dir = workdir.resolve()
@@ -85,6 +87,8 @@ class LocalStack:
         self.kube: KubeApi | None = None
         self.kubeconfig = self.dir / "kubeconfig"
         self.kubectl_path = find_kubectl()
+        self._want_prometheus = prometheus
+        self.prometheus: LocalPrometheus | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -138,9 +142,31 @@ class LocalStack:
             args.append("--verbose")
         log = (self.dir / "logs" / "operator.log").open("ab")
         self._operator = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+
+        binary = find_prometheus() if self._want_prometheus else None
+        if binary:
+            self.say("starting Prometheus (scraping the serving pods)…")
+            self.prometheus = LocalPrometheus(self.dir / "prometheus", self.scrape_targets)
+            self.prometheus.start(binary)
         return self
 
+    def scrape_targets(self) -> list[dict[str, Any]]:
+        """file_sd groups: the ready pods of every TradingModel, labelled like the PodMonitor does."""
+        assert self.kube is not None and self.kubelet is not None
+        groups = []
+        for tm in self.kube.list_tradingmodels():
+            meta = tm["metadata"]
+            urls = self.kubelet.endpoints(meta["namespace"], meta["name"])
+            if urls:
+                groups.append({
+                    "targets": [u.removeprefix("http://") for u in urls],
+                    "labels": {"namespace": meta["namespace"], "tradingmodel": meta["name"]},
+                })
+        return groups
+
     def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
         if self._operator is not None and self._operator.poll() is None:
             self._operator.send_signal(signal.SIGINT)
             try:
@@ -269,7 +295,13 @@ def _ready(tm: dict[str, Any]) -> bool:
 def _metrics_excerpt(url: str) -> list[str]:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    wanted = ("tradingmodel_requests_total", "tradingmodel_model_info", "tradingmodel_model_load_seconds_count")
+    wanted = (
+        'tradingmodel_requests_total{code="200",endpoint="predict"}',
+        "tradingmodel_request_duration_seconds_count",
+        "tradingmodel_predictions_total",
+        "tradingmodel_model_info",
+        "tradingmodel_model_load_seconds_count",
+    )
     return [line for line in text.splitlines() if line.startswith(wanted)]
 
 
@@ -306,9 +338,17 @@ def _walkthrough(stack: LocalStack) -> None:
         _say(f"    {e['at']}  {e['action']:<9} {e['model']:<18} {e['stage']:<11} "
              f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}")
 
-    _say(f"\n[{next(step)}] metrics from a serving pod (what Prometheus scrapes):")
+    _say(f"\n[{next(step)}] 200 predictions, then the metrics of the serving pod (what Prometheus scrapes):")
+    for _ in range(200):
+        stack.predict("spy-production", "SPY")
     for line in _metrics_excerpt(stack.endpoints("spy-production")[0]):
         _say(f"    {line}")
+    if stack.prometheus is not None:
+        promql = 'sum by (tradingmodel) (tradingmodel_requests_total{endpoint="predict"})'
+        result = stack.wait_until(lambda: stack.prometheus.query(promql) if stack.prometheus else [], "a scrape", 30)
+        _say(f"    Prometheus ({stack.prometheus.url}) {promql}:")
+        for sample in result:
+            _say(f"      {sample['metric'].get('tradingmodel')}: {sample['value'][1]}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -316,7 +356,7 @@ def main(args: argparse.Namespace) -> None:
 
     started = time.monotonic()
     workdir = Path(args.dir)
-    with LocalStack(workdir, say=lambda text: _say(f"==> {text}")) as stack:
+    with LocalStack(workdir, prometheus=not args.no_prometheus, say=lambda text: _say(f"==> {text}")) as stack:
         _say("==> publishing the demo model versions (trained once, then kept in the stack folder)…")
         seed_demo_models(stack.s3, stack.bucket, workdir / "models", rounds=50, say=_say)
         _say("==> applying manifests/samples (pointed at the local S3)…")
@@ -338,6 +378,8 @@ def main(args: argparse.Namespace) -> None:
         for name, endpoints in urls.items():
             _say(f"    {name}: {', '.join(endpoints)}  (POST /v1/predict, /v2/models/..., GET /metrics)")
         _say(f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})")
+        if stack.prometheus is not None:
+            _say(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
         _say("Ctrl-C stops everything.")
         try:
             while True:

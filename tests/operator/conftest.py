@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,15 +9,10 @@ import pytest
 
 from local_stack.stack import LocalStack, find_kubectl
 from model_store.demo_model import DemoModel
-from model_store.layout import METADATA, ModelLocation
+from model_store.layout import ModelLocation
 from model_store.publish import publish_version
 
-TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM"]
-
-
-def with_version(files: dict[str, bytes], version: str) -> dict[str, bytes]:
-    metadata = {**json.loads(files[METADATA]), "version": version}
-    return {**files, METADATA: json.dumps(metadata).encode()}
+TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM", "GLD"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from local_stack.stack import LocalStack as Stack
 from local_stack.stack import tradingmodel as tradingmodel_object
-from model_store.layout import MANIFEST_NAME, MODEL_NATIVE, ModelLocation, Stage
+from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
 from model_store.manifest import Manifest
 from model_store.promotion import stage_manifest
 from model_store.publish import publish_version
@@ -40,11 +40,11 @@ def event_reasons(stack: Stack, name: str) -> set[str]:
 
 
 def publish(stack: Stack, ticker: str, version: str) -> None:
-    from conftest import with_version
-
+    """Publish the files of v1.0 again under a new version (its metadata names the new version)."""
     files = objects(stack, f"etfs/{ticker}/archive/v1.0/")
     files.pop(MANIFEST_NAME)
-    publish_version(stack.s3, stack.bucket, ModelLocation.of(ticker, "etf"), version, with_version(files, version))
+    files[METADATA] = json.dumps({**json.loads(files[METADATA]), "version": version}).encode()
+    publish_version(stack.s3, stack.bucket, ModelLocation.of(ticker, "etf"), version, files)
 
 
 def deployment(stack: Stack, name: str, check: Any) -> dict[str, Any]:
@@ -210,3 +210,21 @@ def test_a_bad_manifest_is_refused_at_apply_and_names_the_field(stack: Stack) ->
     out = stack.kubectl("apply", "-f", "-", input=bad, check=False)
     assert "spec.ticker" in out and "spec.version" in out, out
     assert stack.tradingmodel("spy-bad") is None
+
+
+def test_prometheus_scrapes_the_serving_pods(stack: Stack) -> None:
+    if stack.prometheus is None:
+        pytest.skip("no prometheus binary (Debian package 'prometheus'; .ci/run installs it)")
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("gld-production", "GLD", "v1.0", stack))
+    stack.wait_for("gld-production", lambda tm: tm["status"].get("phase") == "Ready")
+    for _ in range(5):
+        stack.predict("gld-production", "GLD")
+    promql = 'sum(tradingmodel_requests_total{tradingmodel="gld-production", endpoint="predict", code="200"})'
+    result = stack.wait_until(
+        lambda: [r for r in stack.prometheus.query(promql) if float(r["value"][1]) >= 5] if stack.prometheus else [],
+        "Prometheus to scrape 5 predictions",
+        timeout=60,
+    )
+    assert float(result[0]["value"][1]) >= 5
+    info = stack.prometheus.query('tradingmodel_model_info{tradingmodel="gld-production"}')
+    assert info and info[0]["metric"]["version"] == "v1.0" and info[0]["metric"]["ticker"] == "GLD"
