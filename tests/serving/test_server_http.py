@@ -304,6 +304,15 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_one(
     assert metric(server, "tradingmodel_model_load_failures_total", model="etfs/SPY", reason="verification") == 1
     assert server.post("/v2/repository/models/NOPE/load", {}).status == 404
 
+    # Rollback: production gets v1.0 again and SIGHUP reloads (v1.0 is still in memory).
+    promote(s3, bucket, ModelLocation.of("SPY", "etf"), "v1.0", Stage.PRODUCTION, actor="tests")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while predict()["model_version"] != "v1.0":
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert metric(server, "tradingmodel_model_cache_hits_total", tier="memory") >= 1
+
 
 def test_pinned_pod_restarts_from_its_disk_cache_without_s3(
     start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel, tmp_path: Path
