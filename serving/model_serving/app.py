@@ -1,6 +1,7 @@
 """The HTTP API as a plain ASGI application (no framework: per-request overhead is the budget).
 
     POST /v1/predict, /predict                     the seeds' call: {"ticker", "features"} or {"ticker", "instances"}
+    POST /v1/models/{name}:predict, GET /v1/models/{name}   KServe V1: {"instances": [...]} -> {"predictions"}
     GET  /v2                                       server metadata
     GET  /v2/health/live, /v2/health/ready         probes (ready: 200 only with the model loaded and verified)
     GET  /v2/models/{name}[/versions/{v}]          model metadata (features, classes, digest, engine)
@@ -108,6 +109,14 @@ class ServingApp:
 
     def _match_model_path(self, path: str) -> tuple[tuple[str, dict[str, Handler]] | None, list[str]]:
         parts = path.split("/")
+        # KServe V1: ['', 'v1', 'models', 'SPY'] and ['', 'v1', 'models', 'SPY:predict']
+        if len(parts) == 4 and parts[1:3] == ["v1", "models"] and parts[3]:
+            name, _, verb = parts[3].partition(":")
+            if not verb:
+                return ("v1_model", {"GET": self._v1_model}), [name, ""]
+            if verb == "predict":
+                return ("predict", {"POST": self._v1_predict}), [name, ""]
+            return None, []
         # ['', 'v2', 'models', name, ...] and ['', 'v2', 'repository', 'models', name, 'load']
         if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] == "load":
             return ("repository_load", {"POST": self._load}), [parts[4], ""]
@@ -200,7 +209,7 @@ class ServingApp:
         model = self.service.cached(ticker) or await self.service.model_for(ticker)
         null_ok = self.settings.null_as_missing
         if batch:
-            rows = payloads.named_rows(model, payload, null_ok, self.settings.max_batch_rows)
+            rows = payloads.instance_rows(model, payload, null_ok, self.settings.max_batch_rows)
         else:
             rows = np.array([payloads.named_row(model, payload, '"features"', null_ok)], dtype=np.float64)
         probabilities = await self._predict_rows(model, rows)
@@ -216,6 +225,20 @@ class ServingApp:
         if type(request_id) is not str:
             request_id = os.urandom(16).hex()
         return _json(200, payloads.infer_response(model, name, probabilities, outputs, request_id))
+
+    async def _v1_predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        model, _ = await self._model(*args)
+        instances = payloads.v1_instances(await self._json_body(scope, receive))
+        rows = payloads.instance_rows(model, instances, self.settings.null_as_missing, self.settings.max_batch_rows)
+        probabilities = await self._predict_rows(model, rows)
+        return _json(200, {"predictions": probabilities.tolist()})
+
+    async def _v1_model(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        ticker = self.service.ticker_for_name(args[0])
+        model = self.service.cached(ticker)
+        if model is None:
+            await self.service.route(ticker)
+        return _json(200 if model else 503, {"name": args[0], "ready": model is not None})
 
     async def _model_metadata(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
         model, _ = await self._model(*args)

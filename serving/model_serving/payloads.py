@@ -102,10 +102,23 @@ def named_row(model: ServedModel, features: Any, where: str, null_as_missing: bo
     return values
 
 
-def named_rows(model: ServedModel, instances: list[Any], null_as_missing: bool, max_rows: int) -> np.ndarray:
+def instance_rows(model: ServedModel, instances: list[Any], null_as_missing: bool, max_rows: int) -> np.ndarray:
+    """Rows from a list of {feature name: number} objects or of plain lists in the model's column
+    order (GET /v2/models/{name} lists it), as the seeds' batches and KServe's V1 protocol send them."""
     if len(instances) > max_rows:
         raise BadRequest(f'"instances" has {len(instances)} rows; send at most {max_rows} per request')
-    rows = [named_row(model, row, f"instances[{i}]", null_as_missing) for i, row in enumerate(instances)]
+    rows = []
+    for i, row in enumerate(instances):
+        where = f"instances[{i}]"
+        if type(row) is list:
+            if len(row) != model.n_features:
+                raise BadRequest(
+                    f"{where} has {len(row)} values; send {model.n_features} numbers in the model's feature order "
+                    "(GET /v2/models/{name} lists it) or an object of feature name to number"
+                )
+            rows.append(_numbers(where, row, model.n_features, np.float64, null_as_missing))
+        else:
+            rows.append(named_row(model, row, where, null_as_missing))
     return np.array(rows, dtype=np.float64)
 
 
@@ -132,6 +145,16 @@ def _prediction(model: ServedModel, row: list[float]) -> dict[str, Any]:
         "confidence": row[best],
         "probabilities": dict(zip(model.classes, row, strict=True)),
     }
+
+
+def v1_instances(doc: Any) -> list[Any]:
+    """KServe's V1 protocol: {"instances": [...]} (or lgbserver's {"inputs": [...]})."""
+    if type(doc) is not dict:
+        raise BadRequest(f'the body must be a JSON object like {{"instances": [[...], ...]}}, got {describe(doc)}')
+    instances = doc.get("instances", doc.get("inputs"))
+    if type(instances) is not list or not instances:
+        raise BadRequest('"instances" must be a non-empty list of rows (lists of numbers or feature objects)')
+    return instances
 
 
 def best_classes(probabilities: np.ndarray) -> np.ndarray:

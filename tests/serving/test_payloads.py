@@ -80,12 +80,16 @@ def test_envelope_defaults_to_the_pods_ticker_and_upper_cases() -> None:
 
 def test_batches_name_the_bad_row_and_respect_the_row_limit(model: ServedModel) -> None:
     good = features(model)
-    rows = payloads.named_rows(model, [good, features(model, 1.0)], False, max_rows=10)
+    rows = payloads.instance_rows(model, [good, features(model, 1.0)], False, max_rows=10)
     assert rows.shape == (2, 84) and rows.dtype == np.float64
     with pytest.raises(BadRequest, match=r"instances\[1\]: feature 'vix' is a string"):
-        payloads.named_rows(model, [good, dict(good, vix="high")], False, max_rows=10)
+        payloads.instance_rows(model, [good, dict(good, vix="high")], False, max_rows=10)
+    positional = payloads.instance_rows(model, [[good[n] for n in model.feature_names]], False, max_rows=10)
+    np.testing.assert_array_equal(positional, rows[:1])
+    with pytest.raises(BadRequest, match=r"instances\[0\] has 2 values; send 84 numbers"):
+        payloads.instance_rows(model, [[1.0, 2.0]], False, max_rows=10)
     with pytest.raises(BadRequest, match="at most 1 per request"):
-        payloads.named_rows(model, [good, good], False, max_rows=1)
+        payloads.instance_rows(model, [good, good], False, max_rows=1)
 
 
 # -- V2 ------------------------------------------------------------------------------------------

@@ -165,6 +165,19 @@ def test_v2_protocol(lazy_server: Server, shared_bucket: dict[str, Any], demo_v1
     ).items()
 
 
+def test_kserve_v1_protocol(lazy_server: Server, demo_v1: DemoModel) -> None:
+    rows = feature_rows(demo_v1, 3, seed=7)
+    names = lazy_server.get("/v2/models/SPY").json()["parameters"]["feature_names"]
+    expected = booster_predict(demo_v1, rows)
+    assert lazy_server.get("/v1/models/SPY").json() == {"name": "SPY", "ready": True}
+    for body in ({"instances": [[r[n] for n in names] for r in rows]}, {"inputs": rows}):
+        reply = lazy_server.post("/v1/models/SPY:predict", body)
+        assert reply.status == 200, reply.body
+        np.testing.assert_allclose(reply.json()["predictions"], expected, rtol=0, atol=1e-9)
+    assert lazy_server.post("/v1/models/SPY:explain", {"instances": []}).status == 404
+    assert lazy_server.post("/v1/models/SPY:predict", {"instances": [[1.0]]}).status == 400
+
+
 BIG = b'{"ticker": "SPY", "features": {"x": "' + b"a" * (2 << 20) + b'"}}'
 
 
