@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -93,7 +95,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from model_store.promotion import promote
 
     s3, bucket = _client(args)
-    actor = f"cli:{os.environ.get('USER', 'unknown')}"
+    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
     result = promote(s3, bucket, _location(args), args.version, Stage.parse(args.stage), actor, args.reason)
     print(f"{result.action}: {args.version} in {args.stage} (was {result.previous_version})")
 

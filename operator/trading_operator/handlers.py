@@ -28,6 +28,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"  # kopf's timer needs one to stop cleanly
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300

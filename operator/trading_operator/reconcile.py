@@ -168,7 +168,7 @@ def _record_version(
             {
                 "at": status.now,
                 "action": result.action if result.changed else "adopt",
-                "from": old_active or result.previous_version,
+                "from": result.previous_version if result.changed else old_active,
                 "to": model.version,
                 "stage": model.stage,
                 "digest": result.digest,
