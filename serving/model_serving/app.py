@@ -80,6 +80,9 @@ class ServingApp:
             "ready": ("model_ready", {"GET": self._model_ready}),
             "infer": ("infer", {"POST": self._infer}),
         }
+        self._v1_model_route = ("v1_model", {"GET": self._v1_model})
+        self._v1_predict_route = ("predict", {"POST": self._v1_predict})
+        self._load_route = ("repository_load", {"POST": self._load})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -113,13 +116,13 @@ class ServingApp:
         if len(parts) == 4 and parts[1:3] == ["v1", "models"] and parts[3]:
             name, _, verb = parts[3].partition(":")
             if not verb:
-                return ("v1_model", {"GET": self._v1_model}), [name, ""]
+                return self._v1_model_route, [name, ""]
             if verb == "predict":
-                return ("predict", {"POST": self._v1_predict}), [name, ""]
+                return self._v1_predict_route, [name, ""]
             return None, []
         # ['', 'v2', 'models', name, ...] and ['', 'v2', 'repository', 'models', name, 'load']
         if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] == "load":
-            return ("repository_load", {"POST": self._load}), [parts[4], ""]
+            return self._load_route, [parts[4], ""]
         if len(parts) < 4 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
             return None, []
         name, rest, version = parts[3], parts[4:], ""
