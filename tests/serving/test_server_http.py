@@ -446,3 +446,36 @@ def test_mangled_requests_never_cause_a_5xx(lazy_server: Server, demo_v1: DemoMo
         assert "error" in reply.json() or reply.status == 200
     assert 200 in statuses and 400 in statuses
     assert lazy_server.get("/v2/health/live").status == 200
+
+
+def test_not_ready_until_s3_answers_then_ready(start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel) -> None:
+    """S3 down at start: the probe says why it is not ready, and the load is retried with backoff."""
+    from moto.server import ThreadedMotoServer
+
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    port = free_port()
+    server = start_server(
+        bucket, wait=False, S3_ENDPOINT_URL=f"http://127.0.0.1:{port}", MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf",
+        SERVING_LOAD_RETRY_MAX_SECONDS="1",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while "cannot read s3://" not in (reply := _ready_reply(server)).get("reason", ""):
+        assert time.monotonic() < deadline, (reply, server.log())
+        time.sleep(0.05)
+    assert server.get("/v2/health/live").status == 200
+    assert server.post("/v1/predict", {"features": feature_rows(demo_v1, 1)[0]}).status == 503
+
+    late_s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # same in-process buckets
+    late_s3.start()
+    try:
+        server.wait_ready()
+        assert server.post("/v1/predict", {"features": feature_rows(demo_v1, 1)[0]}).status == 200
+    finally:
+        late_s3.stop()
+
+
+def _ready_reply(server: Server) -> dict[str, Any]:
+    try:
+        return server.get("/v2/health/ready").json()
+    except OSError:
+        return {}
