@@ -17,13 +17,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from model_serving.disk_cache import DiskCache
 from model_serving.errors import LoadError
 from model_serving.lgbm_capi import CApiPredictor, LightGBMError
 from model_serving.metrics import Metrics
-from model_serving.model_files import InvalidModel, ModelContent, read_content
+from model_serving.model_files import InvalidModel, ModelContent, files_needed, read_content
 from model_serving.s3_source import ModelSpec, Resolved, S3Source
 from model_serving.served_model import ServedModel
 from model_store.manifest import Manifest, ManifestError
@@ -159,7 +159,11 @@ class ModelLoader:
                 downloaded.append(name)
             return data
 
-        content = self._read_content(manifest, fetch)
+        # The files are independent: fetch them side by side (S3 latency, not bandwidth, dominates).
+        wanted = files_needed(manifest)
+        with ThreadPoolExecutor(max_workers=len(wanted) or 1, thread_name_prefix="fetch") as pool:
+            fetched = dict(zip(wanted, pool.map(fetch, wanted), strict=True))
+        content = self._read_content(manifest, lambda name: fetched[name] if name in fetched else fetch(name))
         # The manifest goes in last, like in the bucket: the folder is complete once it is there.
         self.cache.write_manifest(manifest, manifest.to_json())
         self.cache.write_origin(manifest.digest, {"model_path": resolved.prefix, "stage": resolved.stage})

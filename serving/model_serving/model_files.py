@@ -35,6 +35,12 @@ class ModelContent:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def files_needed(manifest: Manifest) -> list[str]:
+    """The files read_content will ask for first (the label encoder only if metadata names no classes)."""
+    model_file = MODEL_NATIVE if MODEL_NATIVE in manifest.files else MODEL_PICKLE
+    return [name for name in (model_file, METADATA, FEATURE_NAMES) if name in manifest.files]
+
+
 def read_content(manifest: Manifest, fetch: Callable[[str], bytes]) -> ModelContent:
     listed = manifest.files
     where = f"{manifest.model} {manifest.version}"
