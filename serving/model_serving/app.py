@@ -65,6 +65,7 @@ class ServingApp:
         self.metrics = metrics
         self.settings = service.settings
         self.batch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
+        self._in_flight = metrics.in_flight
         # path -> (endpoint label for metrics, {method: handler})
         self._fixed: dict[str, tuple[str, dict[str, Handler]]] = {
             "/v1/predict": ("predict", {"POST": self._predict}),
@@ -133,6 +134,13 @@ class ServingApp:
         return self._model_routes.get(rest[0] if rest else ""), [name, version]
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._in_flight.inc()
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            self._in_flight.dec()
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         endpoint = "unknown"
         headers: list[tuple[bytes, bytes]] = []

@@ -38,6 +38,9 @@ class Metrics:
         self.requests = Counter(
             f"{PREFIX}_requests", "HTTP requests by endpoint and status code.", ["endpoint", "code"], registry=r
         )
+        self.in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight", "Requests received and not yet answered (this scrape included).", registry=r
+        )
         self.predictions = Counter(
             f"{PREFIX}_predictions",
             "Rows predicted, by model and predicted strategy.",

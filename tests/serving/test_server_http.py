@@ -376,7 +376,10 @@ def test_sigterm_lets_an_in_flight_request_finish(start_server: Any, s3: Any, bu
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
         head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
         conn.sendall(head.encode() + body[:100])
-        time.sleep(0.3)  # the request is in flight: headers and part of the body received
+        deadline = time.monotonic() + 30
+        while metric(server, "tradingmodel_requests_in_flight") < 2:  # that request and this scrape
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
         server.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert server.proc.poll() is None, "the server waits for the request in flight"
