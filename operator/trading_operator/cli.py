@@ -135,7 +135,7 @@ def cmd_operator(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from model_serving.__main__ import main as serve
 
-    serve()
+    sys.exit(serve())  # 2 for a configuration error, like `python -m model_serving`
 
 
 def cmd_up(args: argparse.Namespace) -> None:
