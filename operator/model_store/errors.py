@@ -25,3 +25,9 @@ class PublishConflict(StoreError):
 
 class InvalidArtifacts(StoreError):
     """Files that do not make a servable model version."""
+
+
+class RegistryError(StoreError):
+    """A metadata/*.json document that cannot be read or updated; the stage itself is fine."""
+
+    retryable = True

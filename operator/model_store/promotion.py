@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 from model_store.errors import CorruptVersion, VersionNotFound
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
-from model_store.publish import utc_now
-from model_store.registry import record_promotion
+from model_store.publish import content_type, utc_now
+from model_store.registry import record_promotion, registered
 from model_store.s3 import get_bytes, is_not_found, read_manifest
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,10 @@ class PromotionResult:
 
 
 def version_key(version: str) -> tuple[Any, ...]:
-    """Sort key: v1.10 after v1.9, a release after its -rc suffixes."""
+    """Sort key: v1.10 after v1.9, v1.2 equal to v1.2.0, a release after its -rc suffixes."""
     core, _, suffix = version.lstrip("v").partition("-")
-    return (*(int(p) for p in core.split(".")), 0, 0, suffix == "", suffix)
+    numbers = [int(p) for p in core.split(".")]
+    return (*numbers, *[0] * (3 - len(numbers)), suffix == "", suffix)
 
 
 def list_versions(client: Any, bucket: str, location: ModelLocation) -> list[VersionInfo]:
@@ -155,17 +156,31 @@ def promote(
     manifest = archived_manifest(client, bucket, location, version)
     current = stage_manifest(client, bucket, location, stage)
     previous = current.version if current else None
-    if stage_matches(client, bucket, location, stage, manifest):
-        return PromotionResult(False, "none", version, manifest.digest, previous)
-
     source = location.archive_prefix(version)
+    if stage_matches(client, bucket, location, stage, manifest):
+        record = registered(client, bucket, location, stage)
+        if record.get("digest") == manifest.digest:
+            return PromotionResult(False, "none", version, manifest.digest, previous)
+        # The copy finished but its record did not (or someone copied by hand): record it now.
+        metadata = _json_or_empty(get_bytes(client, bucket, source + METADATA) or b"{}")
+        previous = record.get("version")
+        action = _action(version, previous)
+        entry = _entry(location, stage, action, previous, manifest, actor, reason)
+        record_promotion(client, bucket, location, stage, entry, metadata)
+        return PromotionResult(True, action, version, manifest.digest, previous)
+
     files = verify_files(client, bucket, source, manifest)
     target = location.stage_prefix(stage)
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
     client.delete_object(Bucket=bucket, Key=target + MANIFEST_NAME)
     with ThreadPoolExecutor(_PARALLEL) as pool:
-        list(pool.map(lambda name: _copy(client, bucket, source + name, target + name), sorted(manifest.files)))
+        list(
+            pool.map(
+                lambda name: _copy(client, bucket, source + name, target + name, manifest.files[name].sha256),
+                sorted(manifest.files),
+            )
+        )
     _delete_leftovers(client, bucket, target, keep=set(manifest.files) | {MANIFEST_NAME})
     at = utc_now()
     stage_doc = manifest.with_extra(stage=stage.value, promoted_at=at, promoted_by=actor, source=source)
@@ -173,33 +188,54 @@ def promote(
         Bucket=bucket, Key=target + MANIFEST_NAME, Body=stage_doc.to_json(), ContentType="application/json"
     )
 
+    action = _action(version, previous)
+    entry = _entry(location, stage, action, previous, manifest, actor, reason, at)
+    record_promotion(client, bucket, location, stage, entry, _json_or_empty(files.get(METADATA, b"{}")))
+    return PromotionResult(True, action, version, manifest.digest, previous)
+
+
+def _action(version: str, previous: str | None) -> str:
     if previous == version:
-        action = "repair"
-    elif previous is not None and _is_older(version, previous):
-        action = "rollback"
-    else:
-        action = "promote"
-    entry = {
-        "at": at,
+        return "repair"
+    if previous is not None and _is_older(version, previous):
+        return "rollback"
+    return "promote"
+
+
+def _entry(
+    location: ModelLocation,
+    stage: Stage,
+    action: str,
+    previous: str | None,
+    manifest: Manifest,
+    actor: str,
+    reason: str,
+    at: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "at": at or utc_now(),
         "action": action,
         "model": location.model_key,
         "ticker": location.ticker,
         "stage": stage.value,
         "from_version": previous,
-        "to_version": version,
+        "to_version": manifest.version,
         "digest": manifest.digest,
         "actor": actor,
         **({"reason": reason} if reason else {}),
     }
-    metadata = _json_or_empty(files.get(METADATA, b"{}"))
-    record_promotion(client, bucket, location, stage, entry, metadata)
-    return PromotionResult(True, action, version, manifest.digest, previous)
 
 
-def _copy(client: Any, bucket: str, source_key: str, target_key: str) -> None:
-    # Server-side: the bytes never leave S3, and the sha256 metadata travels with them.
+def _copy(client: Any, bucket: str, source_key: str, target_key: str, sha256: str) -> None:
+    # Server-side: the bytes never leave S3. The sha256 is set from the verified manifest, so the
+    # cheap drift check works for archives uploaded by other tools too.
     client.copy_object(
-        Bucket=bucket, Key=target_key, CopySource={"Bucket": bucket, "Key": source_key}, MetadataDirective="COPY"
+        Bucket=bucket,
+        Key=target_key,
+        CopySource={"Bucket": bucket, "Key": source_key},
+        MetadataDirective="REPLACE",
+        Metadata={"sha256": sha256},
+        ContentType=content_type(target_key),
     )
 
 

@@ -29,6 +29,33 @@ class PublishResult:
     created: bool  # False when the identical version was there already
 
 
+def content_type(key: str) -> str:
+    return CONTENT_TYPES.get(Path(key).suffix, "application/octet-stream")
+
+
+def _upload_once(client: Any, bucket: str, key: str, data: bytes, sha256: str) -> None:
+    """Upload unless the key exists; an existing object is accepted only with the same content,
+    so two publishers racing on one version can never overwrite each other's files."""
+    try:
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type(key),
+            Metadata={"sha256": sha256},
+            IfNoneMatch="*",
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        existing = client.head_object(Bucket=bucket, Key=key)
+        if existing.get("Metadata", {}).get("sha256") != sha256 or existing["ContentLength"] != len(data):
+            raise PublishConflict(
+                f"s3://{bucket}/{key} exists with other content (an unfinished or concurrent publish of this "
+                "version); publish under a new version, or delete that folder by hand if it is abandoned"
+            ) from None
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -69,13 +96,7 @@ def publish_version(
             "uploading",
             extra={"file": name, "bytes": len(data), "step": f"{i}/{len(files)}", "to": f"s3://{bucket}/{prefix}"},
         )
-        client.put_object(
-            Bucket=bucket,
-            Key=prefix + name,
-            Body=data,
-            ContentType=CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"),
-            Metadata={"sha256": manifest.files[name].sha256},
-        )
+        _upload_once(client, bucket, prefix + name, data, manifest.files[name].sha256)
     try:
         # Written last, and only if nobody else finished publishing this version meanwhile.
         client.put_object(

@@ -13,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from model_store.errors import RegistryError
 from model_store.layout import (
     ASSET_REGISTRY_KEY,
     DEPLOYMENT_HISTORY_KEY,
@@ -40,9 +41,9 @@ def read_document(client: Any, bucket: str, key: str) -> tuple[Document, str | N
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"s3://{bucket}/{key} is not valid JSON ({exc}); fix or remove it") from None
+        raise RegistryError(f"s3://{bucket}/{key} is not valid JSON ({exc}); fix or remove it") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"s3://{bucket}/{key} must hold a JSON object")
+        raise RegistryError(f"s3://{bucket}/{key} must hold a JSON object; fix or remove it")
     return doc, obj["ETag"]
 
 
@@ -67,7 +68,7 @@ def update_document(client: Any, bucket: str, key: str, change: Callable[[Docume
                 log.debug("concurrent write to %s, retrying", key)
                 continue
             raise
-    raise RuntimeError(f"s3://{bucket}/{key} kept changing under us; gave up after {_ATTEMPTS} tries")
+    raise RegistryError(f"s3://{bucket}/{key} kept changing under us; gave up after {_ATTEMPTS} tries")
 
 
 def record_promotion(
@@ -113,6 +114,12 @@ def record_promotion(
     record_event(client, bucket, entry)
     update_document(client, bucket, MODEL_REGISTRY_KEY, set_model)
     update_document(client, bucket, ASSET_REGISTRY_KEY, set_asset)
+
+
+def registered(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> dict[str, Any]:
+    """What the model registry says this stage holds ({} when nothing): version, digest, …"""
+    doc, _ = read_document(client, bucket, MODEL_REGISTRY_KEY)
+    return dict(((doc.get("models") or {}).get(location.model_key) or {}).get(stage.value) or {})
 
 
 def deployment_history(client: Any, bucket: str) -> list[dict[str, Any]]:

@@ -121,9 +121,7 @@ def test_upgrade_then_rollback_is_recorded_and_leaves_no_mix(
     assert keys(s3, bucket, "etfs/SPY/archive/v1.1/")[MODEL_NATIVE] == demo_v2.files[MODEL_NATIVE]
 
 
-def test_missing_version_names_the_published_ones_and_touches_nothing(
-    s3: Any, bucket: str, demo_v1: DemoModel
-) -> None:
+def test_missing_version_names_the_published_ones_and_touches_nothing(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
     publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
     promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")
     before = keys(s3, bucket, "")
@@ -168,9 +166,7 @@ def test_stock_tickers_share_the_universal_model(s3: Any, bucket: str, demo_v1: 
     assert assets["stocks"]["supported_tickers"]["AAPL"]["uses_model"] == "stocks/universal"
 
 
-def test_list_versions_orders_semantically_and_flags_incomplete(
-    s3: Any, bucket: str, demo_v1: DemoModel
-) -> None:
+def test_list_versions_orders_semantically_and_flags_incomplete(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
     for v in ("v1.10", "v1.2", "v1.9"):
         files = {**demo_v1.files, METADATA: json.dumps({"version": v, "classes": ["a"] * 1}).encode()}
         files[METADATA] = json.dumps({**json.loads(demo_v1.files[METADATA]), "version": v}).encode()
@@ -183,3 +179,50 @@ def test_list_versions_orders_semantically_and_flags_incomplete(
         ("v1.10", True),
         ("v2.0", False),
     ]
+
+
+def test_a_failed_audit_write_is_recorded_on_the_next_pass(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
+    from model_store.errors import RegistryError
+    from model_store.layout import DEPLOYMENT_HISTORY_KEY
+
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    s3.put_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY, Body=b"{broken")
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")
+    assert keys(s3, bucket, "etfs/SPY/production/")[MODEL_NATIVE] == demo_v1.files[MODEL_NATIVE]
+    s3.delete_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY)  # someone fixes the document
+    again = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")
+    assert again.changed and again.action == "promote"
+    assert [h["to_version"] for h in deployment_history(s3, bucket)] == ["v1.0"]
+    assert not promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test").changed
+
+
+def test_an_archive_uploaded_by_another_tool_is_promoted_once(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
+    published = publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    for name, data in demo_v1.files.items():  # e.g. `aws s3 cp`: no sha256 metadata on the objects
+        s3.put_object(Bucket=bucket, Key="etfs/SPY/archive/v1.0/" + name, Body=data)
+    assert promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test").digest == published.digest
+    assert not promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test").changed
+
+
+def test_a_concurrent_publish_never_overwrites_files(
+    s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    other = {**demo_v2.files, METADATA: demo_v1.files[METADATA]}
+    s3.put_object(
+        Bucket=bucket,
+        Key="etfs/SPY/archive/v1.0/" + MODEL_NATIVE,
+        Body=other[MODEL_NATIVE],
+        Metadata={"sha256": "someone-else"},
+    )
+    with pytest.raises(PublishConflict, match="exists with other content"):
+        publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    assert keys(s3, bucket, "etfs/SPY/archive/v1.0/")[MODEL_NATIVE] == other[MODEL_NATIVE]
+
+
+def test_version_order_pads_missing_parts() -> None:
+    from model_store.promotion import version_key
+
+    assert version_key("v1.2") == version_key("v1.2.0") < version_key("v1.10")
+    assert version_key("v1") == version_key("v1.0") < version_key("v1.0.1")
+    assert version_key("v2.0-rc1") < version_key("v2.0")
