@@ -6,6 +6,8 @@ same function; running it twice changes nothing.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -13,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from kubernetes.client.rest import ApiException
 
-from model_store.errors import CorruptVersion, StoreError, VersionNotFound
+from model_store.errors import CorruptVersion, RegistryError, StoreError, VersionNotFound
 from model_store.layout import InvalidName
 from model_store.promotion import PromotionResult, promote
 from model_store.publish import utc_now
@@ -107,7 +110,10 @@ def _reconcile(body: dict[str, Any], deps: Deps) -> Outcome:
         return _finish(body, status, Outcome(CONFLICT, message), deps)
 
     if model.archived:
-        return _archive(body, model, status, deps)
+        try:
+            return _archive(body, model, status, deps)
+        except ApiException as exc:
+            return _finish(body, status, _api_failure(exc, status), deps)
 
     try:
         s3 = deps.s3_for(model, namespace)
@@ -128,13 +134,14 @@ def _reconcile(body: dict[str, Any], deps: Deps) -> Outcome:
     outcome = Outcome(ROLLING_OUT)
     _record_version(body, model, result, status, deps, outcome)
 
-    deployment = _apply_owned(
-        body,
-        build_deployment(name, namespace, model, result.digest, deps.config.serving_image, deps.config.serving_port),
-        deps,
-        outcome,
-    )
-    _apply_owned(body, build_service(name, namespace, model, deps.config.serving_port), deps, outcome)
+    image, port = deps.config.serving_image, deps.config.serving_port
+    try:
+        deployment = _apply_owned(
+            body, build_deployment(name, namespace, model, result.digest, image, port), deps, outcome
+        )
+        _apply_owned(body, build_service(name, namespace, model, port), deps, outcome)
+    except ApiException as exc:
+        return _finish(body, status, _api_failure(exc, status), deps)
 
     desired, ready, complete = rollout_state(deployment)
     status.values.update(replicas=desired, readyReplicas=ready)
@@ -184,7 +191,10 @@ def _archive(body: dict[str, Any], model: ModelSpec, status: _Status, deps: Deps
     outcome = Outcome(ARCHIVED)
     live = deps.kube.get("apps/v1", "Deployment", namespace, name)
     if live is not None and (live.get("spec") or {}).get("replicas") != 0:
-        deps.kube.merge_patch(live, {"spec": {"replicas": 0}})
+        # Dropping our spec hash makes the next non-archived pass write the whole spec again.
+        deps.kube.merge_patch(
+            live, {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: "archived"}}, "spec": {"replicas": 0}}
+        )
         outcome.changed.append("scaled-to-zero")
     if status.old.get("phase") != ARCHIVED:
         try:
@@ -208,8 +218,22 @@ def _archive(body: dict[str, Any], model: ModelSpec, status: _Status, deps: Deps
         status.history({"at": status.now, "action": "archive", "from": status.old.get("activeVersion"), "to": None})
         deps.emit(body, "Normal", "Archived", "Serving scaled to zero; archived versions are kept")
     status.values.update(replicas=0, readyReplicas=0)
+    status.set("Promoted", False, "Archived", "Archived: the stage prefix is left as it was")
     status.set("Ready", False, "Archived", "Archived: serving scaled to zero, archive/ kept")
     return _finish(body, status, outcome, deps)
+
+
+def _api_failure(exc: ApiException, status: _Status) -> Outcome:
+    """The API server refused an owned object: a 4xx other than conflict/throttling will not heal."""
+    retryable = exc.status in (409, 429) or (exc.status or 500) >= 500
+    detail = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or exc.reason)
+    with contextlib.suppress(ValueError, AttributeError):
+        detail = json.loads(detail).get("message", detail)
+    message = f"the API server refused the serving Deployment/Service ({exc.status}): {detail}"
+    if not retryable:
+        message += "; fix spec.serving"
+    status.set("Ready", False, "DeploymentRejected", message)
+    return Outcome(FAILED, message, retryable=retryable, permanent=not retryable)
 
 
 def _storage_failure(exc: Exception, model: ModelSpec, status: _Status) -> Outcome:
@@ -221,6 +245,10 @@ def _storage_failure(exc: Exception, model: ModelSpec, status: _Status) -> Outco
         message = f"refused: {exc}. The stage prefix was not touched; publish a new version"
     elif isinstance(exc, SecretNotFound):
         reason, retryable, message = "SecretNotFound", True, str(exc)
+    elif isinstance(exc, RegistryError):
+        reason, retryable, message = "RegistryError", True, f"{exc}; retrying"
+    elif isinstance(exc, InvalidName):
+        reason, retryable, message = "InvalidSpec", False, str(exc)
     elif isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         reason, retryable = "StorageError", True
@@ -320,9 +348,7 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _apply_owned(
-    body: dict[str, Any], desired: dict[str, Any], deps: Deps, outcome: Outcome
-) -> dict[str, Any] | None:
+def _apply_owned(body: dict[str, Any], desired: dict[str, Any], deps: Deps, outcome: Outcome) -> dict[str, Any] | None:
     """Create the object, or replace its spec when ours changed; return the live object."""
     desired["metadata"]["ownerReferences"] = [owner_reference(body)]
     meta = desired["metadata"]
@@ -334,7 +360,8 @@ def _apply_owned(
             deps.emit(body, "Normal", "RollingOut", f"Created Deployment {meta['name']}")
         return created
     live_hash = (live["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if live_hash == meta["annotations"][SPEC_HASH_ANNOTATION]:
+    same_replicas = (live.get("spec") or {}).get("replicas") == desired["spec"].get("replicas")
+    if live_hash == meta["annotations"][SPEC_HASH_ANNOTATION] and same_replicas:
         return live
     patched = deps.kube.merge_patch(
         live,

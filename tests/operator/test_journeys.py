@@ -188,6 +188,12 @@ def test_archived_scales_to_zero_and_keeps_the_archive(stack: Stack) -> None:
     assert objects(stack, "etfs/DIA/archive/") == archive
     assert deployment_history(stack.s3, stack.bucket)[-1]["action"] == "archive"
 
+    # back to Production: serving comes back at the spec's replicas
+    stack.kubectl("patch", "tm", "dia-production", "--type", "merge", "-p", '{"spec": {"stage": "Production"}}')
+    tm = stack.wait_for("dia-production", lambda tm: tm["status"].get("phase") == "Ready")
+    assert tm["status"]["readyReplicas"] == tm["status"]["replicas"] == 1
+    assert stack.predict("dia-production", "DIA")["model_version"] == "v1.0"
+
     stack.kubectl("delete", "tm", "dia-production")
     stack.wait_until(lambda: stack.get("apps/v1", "deployments", "dia-production") is None, "Deployment collected")
     assert objects(stack, "etfs/DIA/archive/") == archive  # deleting never deletes versions
