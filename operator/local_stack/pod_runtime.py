@@ -38,7 +38,7 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return set_signal
 
 
-_SET_PARENT_DEATH_SIGNAL = _parent_death_signal()
+DIE_WITH_PARENT = _parent_death_signal()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -107,7 +107,7 @@ class ContainerProcess:
                 *command, env=dict(env), cwd=str(cwd), stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopping it stops its children too
-                preexec_fn=_SET_PARENT_DEATH_SIGNAL,
+                preexec_fn=DIE_WITH_PARENT,
             )
         return cls(process)
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from local_stack.pod_runtime import DIE_WITH_PARENT
+
 Targets = Callable[[], list[dict[str, Any]]]  # file_sd groups: [{"targets": [...], "labels": {...}}]
 
 
@@ -72,11 +74,13 @@ class LocalPrometheus:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=DIE_WITH_PARENT,
         )
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._ready():
             if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"Prometheus did not start; see {self.dir / 'prometheus.log'}")
             time.sleep(0.2)
 

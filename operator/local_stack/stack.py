@@ -23,6 +23,7 @@ import yaml
 
 from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
 from local_stack.kubelet import LocalKubelet
+from local_stack.pod_runtime import DIE_WITH_PARENT
 from local_stack.prometheus import LocalPrometheus, find_prometheus
 from model_store.s3 import S3Settings, make_client
 from trading_operator import GROUP, PLURAL, VERSION
@@ -141,7 +142,9 @@ class LocalStack:
         if self.operator_verbose:
             args.append("--verbose")
         log = (self.dir / "logs" / "operator.log").open("ab")
-        self._operator = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self._operator = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
+        )
 
         binary = find_prometheus() if self._want_prometheus else None
         if binary:
@@ -179,10 +182,15 @@ class LocalStack:
             self._loop.run(self.api.stop())
         if self._moto is not None:
             self._moto.stop()
-        self._loop.__exit__(None, None, None)
+        if self._loop.loop.is_running():
+            self._loop.__exit__(None, None, None)
 
     def __enter__(self) -> LocalStack:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # whatever did start must not outlive a failed start
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -351,11 +359,17 @@ def _walkthrough(stack: LocalStack) -> None:
             _say(f"      {sample['metric'].get('tradingmodel')}: {sample['value'][1]}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args: argparse.Namespace) -> None:
     from local_stack.seed import seed_demo_models
 
     started = time.monotonic()
     workdir = Path(args.dir)
+    # SIGTERM (e.g. from a process manager) stops the stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     with LocalStack(workdir, prometheus=not args.no_prometheus, say=lambda text: _say(f"==> {text}")) as stack:
         _say("==> publishing the demo model versions (trained once, then kept in the stack folder)…")
         seed_demo_models(stack.s3, stack.bucket, workdir / "models", rounds=50, say=_say)
@@ -378,6 +392,8 @@ def main(args: argparse.Namespace) -> None:
         for name, endpoints in urls.items():
             _say(f"    {name}: {', '.join(endpoints)}  (POST /v1/predict, /v2/models/..., GET /metrics)")
         _say(f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})")
+        _say(f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
+             + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()))
         if stack.prometheus is not None:
             _say(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
         _say("Ctrl-C stops everything.")
