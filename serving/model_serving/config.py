@@ -8,6 +8,7 @@ that suit a pod and rarely need touching.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ class Settings:
                 check_version(version)
         except InvalidName as exc:
             raise ConfigError(f"MODEL_TICKER/MODEL_VERSION: {exc}") from None
-        if digest and not (digest.startswith("sha256:") and len(digest) == 71):
+        if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             raise ConfigError(f"MODEL_DIGEST {digest!r} is not a version digest: expected sha256:<64 hex digits>")
         if (version or digest) and not ticker:
             raise ConfigError("MODEL_VERSION/MODEL_DIGEST pin one model: set MODEL_TICKER as well")

@@ -201,6 +201,11 @@ class ModelService:
             self._failures[key] = (time.monotonic(), message)
             log.error("model load failed", extra={"model": key, "reason": exc.reason, "error": exc.message})
             raise Unavailable(message) from None
+        except Exception as exc:  # a bug must not leave the pod "starting" forever or answer 500
+            message = f"model {key} cannot be served: unexpected {exc!r}"
+            self._failures[key] = (time.monotonic(), message)
+            log.exception("model load failed unexpectedly", extra={"model": key})
+            raise Unavailable(message) from None
         self._failures.pop(key, None)
         self._install(model)
         return model
@@ -315,6 +320,9 @@ class ModelService:
             extra = {"ticker": self.settings.ticker, "reason": exc.reason, "error": exc.message}
             log.error("model load failed", extra=extra)
             raise Unavailable(f"the model of {self.settings.ticker} cannot be served: {exc.message}") from None
+        except Exception as exc:
+            log.exception("model load failed unexpectedly", extra={"ticker": self.settings.ticker})
+            raise Unavailable(f"the model of {self.settings.ticker} cannot be served: unexpected {exc!r}") from None
         self._install(model)
         return model
 

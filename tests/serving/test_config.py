@@ -47,6 +47,7 @@ def test_pod_contract_and_defaults() -> None:
         ({"MODEL_TICKER": "not a ticker"}, "MODEL_TICKER/MODEL_VERSION"),
         ({"MODEL_TICKER": "SPY", "MODEL_VERSION": "1.2"}, "version '1.2' is not valid"),
         ({"MODEL_TICKER": "SPY", "MODEL_DIGEST": "abc"}, "MODEL_DIGEST 'abc' is not a version digest"),
+        ({"MODEL_TICKER": "SPY", "MODEL_DIGEST": "sha256:" + "AB" * 32}, "is not a version digest"),
         ({"MODEL_VERSION": "v1.0"}, "set MODEL_TICKER as well"),
         ({"MODEL_ASSET_CLASS": "bond"}, "MODEL_ASSET_CLASS must be etf or stock"),
         ({"MODEL_STAGE": "prod"}, "MODEL_STAGE"),
