@@ -72,4 +72,4 @@ def on_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Rollout progress of an owned Deployment moves the owner's Ready condition."""
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            reconcile(body.metadata.namespace or "default", ref["name"], memo.deps)
+            reconcile(body.metadata.namespace or "default", ref["name"], memo.deps, rollout_only=True)

@@ -75,16 +75,33 @@ def _lock_for(namespace: str, name: str) -> threading.Lock:
         return _locks.setdefault((namespace, name), threading.Lock())
 
 
-def reconcile(namespace: str, name: str, deps: Deps) -> Outcome | None:
-    """Converge one TradingModel; None when it no longer exists."""
+def reconcile(namespace: str, name: str, deps: Deps, rollout_only: bool = False) -> Outcome | None:
+    """Converge one TradingModel; None when it no longer exists.
+
+    `rollout_only` (for Deployment events) trusts S3 as last verified for this generation and
+    only refreshes the rollout; the drift timer and spec changes always check S3."""
     with _lock_for(namespace, name):
         body = deps.kube.get_tradingmodel(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        return _reconcile(body, deps)
+        return _reconcile(body, deps, rollout_only)
 
 
-def _reconcile(body: dict[str, Any], deps: Deps) -> Outcome:
+def _already_promoted(old: dict[str, Any], model: ModelSpec, generation: int) -> PromotionResult | None:
+    """The promotion this generation already completed, as the status records it."""
+    promoted = condition(old.get("conditions") or [], "Promoted")
+    if (
+        old.get("observedGeneration") == generation
+        and old.get("activeVersion") == model.version
+        and old.get("digest")
+        and promoted is not None
+        and promoted.get("status") == "True"
+    ):
+        return PromotionResult(False, "none", model.version, old["digest"], None)
+    return None
+
+
+def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False) -> Outcome:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     generation = int(meta.get("generation") or 1)
@@ -115,9 +132,10 @@ def _reconcile(body: dict[str, Any], deps: Deps) -> Outcome:
         except ApiException as exc:
             return _finish(body, status, _api_failure(exc, status), deps)
 
+    known = _already_promoted(old, model, generation) if rollout_only else None
     try:
-        s3 = deps.s3_for(model, namespace)
-        result = promote(
+        s3 = deps.s3_for(model, namespace) if known is None else None
+        result = known or promote(
             s3,
             model.bucket,
             model.location,
