@@ -305,12 +305,12 @@ def _metrics_excerpt(url: str) -> list[str]:
         text = response.read().decode()
     wanted = (
         'tradingmodel_requests_total{code="200",endpoint="predict"}',
-        "tradingmodel_request_duration_seconds_count",
+        'tradingmodel_request_duration_seconds_count{endpoint="predict"}',
         "tradingmodel_predictions_total",
         "tradingmodel_model_info",
         "tradingmodel_model_load_seconds_count",
     )
-    return [line for line in text.splitlines() if line.startswith(wanted)]
+    return [line for line in text.splitlines() if line.startswith(wanted) and not line.endswith(" 0.0")]
 
 
 def _walkthrough(stack: LocalStack) -> None:
@@ -347,8 +347,11 @@ def _walkthrough(stack: LocalStack) -> None:
              f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}")
 
     _say(f"\n[{next(step)}] 200 predictions, then the metrics of the serving pod (what Prometheus scrapes):")
-    for _ in range(200):
-        stack.predict("spy-production", "SPY")
+    from model_store.demo_model import feature_names, synthetic_market
+
+    rows, _ = synthetic_market(200, seed=99)
+    for row in rows:
+        stack.predict("spy-production", "SPY", dict(zip(feature_names(), map(float, row), strict=True)))
     for line in _metrics_excerpt(stack.endpoints("spy-production")[0]):
         _say(f"    {line}")
     if stack.prometheus is not None:
