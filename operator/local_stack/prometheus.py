@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,19 +21,13 @@ from typing import Any
 
 import yaml
 
-from local_stack.pod_runtime import DIE_WITH_PARENT
+from local_stack.pod_runtime import DIE_WITH_PARENT, free_port
 
 Targets = Callable[[], list[dict[str, Any]]]  # file_sd groups: [{"targets": [...], "labels": {...}}]
 
 
 def find_prometheus() -> str | None:
     return shutil.which("prometheus")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalPrometheus:
@@ -61,7 +54,7 @@ class LocalPrometheus:
             ],
         }
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         log = (self.dir / "prometheus.log").open("ab")
         self._process = subprocess.Popen(

@@ -8,6 +8,7 @@ and record the move in metadata/.
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -255,8 +256,6 @@ def _is_older(version: str, than: str) -> bool:
 
 
 def _json_or_empty(raw: bytes) -> dict[str, Any]:
-    import json
-
     try:
         doc = json.loads(raw)
     except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import logging
@@ -34,8 +35,7 @@ def _bucket_args(p: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> tuple[Any, str]:
-    settings = S3Settings.from_env(args.bucket)
-    settings = S3Settings(settings.bucket, args.endpoint or settings.endpoint_url, settings.region)
+    settings = dataclasses.replace(S3Settings.from_env(args.bucket), endpoint_url=args.endpoint or None)
     return make_client(settings), settings.bucket
 
 

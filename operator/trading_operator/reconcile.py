@@ -112,7 +112,7 @@ def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False) -> 
         check_name(name)
         model = parse_spec(body.get("spec") or {})
     except InvalidSpec as exc:
-        status.fail("Ready", "InvalidSpec", f"{exc}; fix the TradingModel spec")
+        status.set("Ready", False, "InvalidSpec", f"{exc}; fix the TradingModel spec")
         return _finish(body, status, Outcome(FAILED, str(exc), permanent=True), deps)
 
     owner = _claim_owner(body, model, deps.kube.list_tradingmodels())
@@ -314,9 +314,6 @@ class _Status:
 
     def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self._conditions = set_condition(self._conditions, type_, ok, reason, message, self.generation, self.now)
-
-    def fail(self, type_: str, reason: str, message: str) -> None:
-        self.set(type_, False, reason, message)
 
     def history(self, entry: dict[str, Any]) -> None:
         self._history = append_history(self._history, entry, self._limit)

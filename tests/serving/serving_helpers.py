@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from local_stack.pod_runtime import free_port
 from model_store.demo_model import DemoModel
 from model_store.layout import ASSET_REGISTRY_KEY, ModelLocation, Stage
 from model_store.promotion import promote
@@ -87,12 +87,6 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "SERVING_GRACEFUL_TIMEOUT_SECONDS": "10",
         **extra,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
