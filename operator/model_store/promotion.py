@@ -127,8 +127,13 @@ def stage_manifest(client: Any, bucket: str, location: ModelLocation, stage: Sta
 
 def stage_matches(client: Any, bucket: str, location: ModelLocation, stage: Stage, manifest: Manifest) -> bool:
     """Cheap drift check: the stage manifest names this digest and every file's size and
-    recorded sha256 (object metadata, kept by server-side copy) still match."""
-    current = stage_manifest(client, bucket, location, stage)
+    recorded sha256 (object metadata, set by the copy) still match."""
+    return _stage_holds(client, bucket, location, stage, manifest, stage_manifest(client, bucket, location, stage))
+
+
+def _stage_holds(
+    client: Any, bucket: str, location: ModelLocation, stage: Stage, manifest: Manifest, current: Manifest | None
+) -> bool:
     if current is None or current.digest != manifest.digest:
         return False
     prefix = location.stage_prefix(stage)
@@ -158,7 +163,7 @@ def promote(
     current = stage_manifest(client, bucket, location, stage)
     previous = current.version if current else None
     source = location.archive_prefix(version)
-    if stage_matches(client, bucket, location, stage, manifest):
+    if _stage_holds(client, bucket, location, stage, manifest, current):
         record = registered(client, bucket, location, stage)
         if record.get("digest") == manifest.digest:
             return PromotionResult(False, "none", version, manifest.digest, previous)
