@@ -125,15 +125,11 @@ def stage_manifest(client: Any, bucket: str, location: ModelLocation, stage: Sta
         return None  # an unreadable stage manifest is no version: promotion rewrites it
 
 
-def stage_matches(client: Any, bucket: str, location: ModelLocation, stage: Stage, manifest: Manifest) -> bool:
-    """Cheap drift check: the stage manifest names this digest and every file's size and
-    recorded sha256 (object metadata, set by the copy) still match."""
-    return _stage_holds(client, bucket, location, stage, manifest, stage_manifest(client, bucket, location, stage))
-
-
 def _stage_holds(
     client: Any, bucket: str, location: ModelLocation, stage: Stage, manifest: Manifest, current: Manifest | None
 ) -> bool:
+    """Cheap drift check: the stage manifest names this digest and every file's size and
+    recorded sha256 (object metadata, set by the copy) still match."""
     if current is None or current.digest != manifest.digest:
         return False
     prefix = location.stage_prefix(stage)

@@ -14,7 +14,7 @@ from model_store.artifacts import KNOWN_FILES, OPTIONAL_FILES, check_artifacts
 from model_store.errors import CorruptVersion, PublishConflict
 from model_store.layout import MANIFEST_NAME, ModelLocation, check_version
 from model_store.manifest import Manifest, ManifestError
-from model_store.s3 import read_manifest
+from model_store.s3 import is_precondition_failed, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _upload_once(client: Any, bucket: str, key: str, data: bytes, sha256: str) -
             IfNoneMatch="*",
         )
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+        if not is_precondition_failed(exc):
             raise
         existing = client.head_object(Bucket=bucket, Key=key)
         if existing.get("Metadata", {}).get("sha256") != sha256 or existing["ContentLength"] != len(data):
@@ -107,7 +107,7 @@ def publish_version(
             IfNoneMatch="*",
         )
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+        if is_precondition_failed(exc):
             raise PublishConflict(f"{location.model_key} {version} was published by someone else meanwhile") from None
         raise
     return PublishResult(location, version, manifest.digest, created=True)

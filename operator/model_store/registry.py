@@ -22,6 +22,7 @@ from model_store.layout import (
     ModelLocation,
     Stage,
 )
+from model_store.s3 import is_not_found, is_precondition_failed
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def read_document(client: Any, bucket: str, key: str) -> tuple[Document, str | N
     try:
         obj = client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_not_found(exc):
             return {}, None
         raise
     raw = obj["Body"].read()
@@ -63,8 +64,7 @@ def update_document(client: Any, bucket: str, key: str, change: Callable[[Docume
             )
             return doc
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+            if is_precondition_failed(exc):
                 log.debug("concurrent write to %s, retrying", key)
                 continue
             raise

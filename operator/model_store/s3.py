@@ -22,7 +22,10 @@ _CLIENT_CONFIG = Config(
     s3={"addressing_style": "path"},
 )
 
-NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+_MISSING_KEY = frozenset({"404", "NoSuchKey", "NotFound"})
+_MISSING_BUCKET = frozenset({"NoSuchBucket"})
+# A conditional write lost to another writer (If-Match / If-None-Match): AWS says 412, some stores 409.
+_PRECONDITION = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,25 @@ def make_client(settings: S3Settings, access_key: str | None = None, secret_key:
     )
 
 
+def error_code(exc: BaseException) -> str:
+    """S3's error code of a failed call ("" for errors that are not S3 answers)."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "")
+    return ""
+
+
 def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES
+    """The key does not exist. A missing bucket is not this: it is a setup error, never "no version"."""
+    return error_code(exc) in _MISSING_KEY
+
+
+def is_missing_bucket(exc: BaseException) -> bool:
+    return error_code(exc) in _MISSING_BUCKET
+
+
+def is_precondition_failed(exc: BaseException) -> bool:
+    """A conditional write found the object changed (or present) under it: re-read and try again."""
+    return error_code(exc) in _PRECONDITION
 
 
 def get_bytes(client: Any, bucket: str, key: str) -> bytes | None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
+from model_store.layout import Stage
+from pod_contract import MODEL_CACHE_DIR, PodModel, render_env
 from trading_operator import MANAGER
-from trading_operator.spec import ModelSpec
+from trading_operator.spec import TradingModelSpec
 
 SERVING_APP = "tradingmodel-serving"
-CACHE_DIR = "/var/cache/models"
+CACHE_DIR = MODEL_CACHE_DIR.default
 SPEC_HASH_ANNOTATION = "trading.io/spec-hash"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
@@ -18,7 +21,7 @@ DEFAULT_RESOURCES = {
 }
 
 
-def labels(name: str, model: ModelSpec) -> dict[str, str]:
+def labels(name: str, model: TradingModelSpec) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": SERVING_APP,
         "app.kubernetes.io/instance": name,
@@ -33,30 +36,25 @@ def selector(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": SERVING_APP, "app.kubernetes.io/instance": name}
 
 
-def serving_env(name: str, model: ModelSpec, digest: str, port: int) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": "MODEL_NAME", "value": name},
-        {"name": "MODEL_TICKER", "value": model.ticker},
-        {"name": "MODEL_ASSET_CLASS", "value": model.asset_class},
-        {"name": "MODEL_STAGE", "value": model.s3_stage.value if not model.archived else "production"},
-        {"name": "MODEL_VERSION", "value": model.version},
-        {"name": "MODEL_DIGEST", "value": digest},
-        {"name": "S3_BUCKET", "value": model.bucket},
-        {"name": "AWS_REGION", "value": model.region},
-        {"name": "MODEL_CACHE_DIR", "value": CACHE_DIR},
-        {"name": "PORT", "value": str(port)},
-        {"name": "OMP_NUM_THREADS", "value": "1"},
-    ]
-    if model.endpoint:
-        env.append({"name": "S3_ENDPOINT_URL", "value": model.endpoint})
-    if model.secret_name:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": model.secret_name, "key": key}}})
-    return env
+def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> list[dict[str, Any]]:
+    pod = PodModel(
+        bucket=model.bucket,
+        endpoint_url=model.endpoint,
+        region=model.region,
+        ticker=model.ticker,
+        asset_class=model.location.asset_class,
+        stage=Stage.PRODUCTION if model.archived else model.s3_stage,  # archived: zero pods anyway
+        version=model.version,
+        digest=digest,
+        model_name=name,
+        cache_dir=Path(CACHE_DIR),
+        port=port,
+    )
+    return render_env(pod, model.secret_name)
 
 
 def build_deployment(
-    name: str, namespace: str, model: ModelSpec, digest: str, image: str, port: int
+    name: str, namespace: str, model: TradingModelSpec, digest: str, image: str, port: int
 ) -> dict[str, Any]:
     """The serving Deployment: pods pin the exact version and digest, so a promotion is an
     ordinary rollout and readiness means "this model is loaded and verified"."""
@@ -124,7 +122,7 @@ def build_deployment(
     }
 
 
-def build_service(name: str, namespace: str, model: ModelSpec, port: int) -> dict[str, Any]:
+def build_service(name: str, namespace: str, model: TradingModelSpec, port: int) -> dict[str, Any]:
     spec = {
         "type": "ClusterIP",
         "selector": selector(name),

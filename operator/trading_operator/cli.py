@@ -121,9 +121,9 @@ def cmd_operator(args: argparse.Namespace) -> None:
     import kopf
 
     kopf.configure(verbose=args.verbose, quiet=not args.verbose, log_format=kopf.LogFormat.JSON)
-    import trading_operator.handlers  # noqa: F401  (registers the handlers)
+    import trading_operator.handlers  # (registers the handlers)
 
-    namespace = args.namespace or os.environ.get("WATCH_NAMESPACE", "")
+    namespace = args.namespace or trading_operator.handlers.CONFIG.watch_namespace
     kopf.run(
         clusterwide=not namespace,
         namespaces=[namespace] if namespace else (),

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-
-def _int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        value = int(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
+from pod_contract import Env
 
 
 @dataclass(frozen=True)
@@ -29,14 +20,16 @@ class OperatorConfig:
     kube_api_url: str = ""  # set by the local stack; real clusters use the service account or kubeconfig
 
     @classmethod
-    def from_env(cls) -> OperatorConfig:
+    def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = Env(source)
+        day = 86_400
         return cls(
-            serving_image=os.environ.get("SERVING_IMAGE", cls.serving_image),
-            watch_namespace=os.environ.get("WATCH_NAMESPACE", ""),
-            drift_check_seconds=_int("DRIFT_CHECK_SECONDS", cls.drift_check_seconds, minimum=1),
-            history_limit=_int("HISTORY_LIMIT", cls.history_limit, minimum=1),
-            serving_port=_int("SERVING_PORT", cls.serving_port, minimum=1),
-            retry_base_seconds=_int("RETRY_BASE_SECONDS", cls.retry_base_seconds, minimum=1),
-            retry_max_seconds=_int("RETRY_MAX_SECONDS", cls.retry_max_seconds, minimum=1),
-            kube_api_url=os.environ.get("KUBE_API_URL", ""),
+            serving_image=env.text("SERVING_IMAGE", cls.serving_image),
+            watch_namespace=env.text("WATCH_NAMESPACE"),
+            drift_check_seconds=env.integer("DRIFT_CHECK_SECONDS", cls.drift_check_seconds, 1, day),
+            history_limit=env.integer("HISTORY_LIMIT", cls.history_limit, 1, 1000),
+            serving_port=env.integer("SERVING_PORT", cls.serving_port, 1, 65535),
+            retry_base_seconds=env.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1, day),
+            retry_max_seconds=env.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1, day),
+            kube_api_url=env.text("KUBE_API_URL"),
         )

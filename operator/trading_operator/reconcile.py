@@ -22,11 +22,12 @@ from model_store.layout import InvalidName
 from model_store.promotion import PromotionResult, promote
 from model_store.publish import utc_now
 from model_store.registry import record_event
+from model_store.s3 import error_code, is_missing_bucket
 from trading_operator import GROUP, KIND, VERSION
 from trading_operator.builders import SPEC_HASH_ANNOTATION, build_deployment, build_service, rollout_state
 from trading_operator.config import OperatorConfig
 from trading_operator.kube import KubeApi
-from trading_operator.spec import InvalidSpec, ModelSpec, check_name, parse_spec
+from trading_operator.spec import InvalidSpec, TradingModelSpec, check_name, parse_spec
 from trading_operator.status import (
     ARCHIVED,
     CONFLICT,
@@ -41,7 +42,7 @@ from trading_operator.status import (
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, Normal|Warning, reason, message)
-S3Factory = Callable[[ModelSpec, str], Any]  # (spec, namespace) -> boto3 client
+S3Factory = Callable[[TradingModelSpec, str], Any]  # (spec, namespace) -> boto3 client
 
 
 class SecretNotFound(StoreError):
@@ -87,7 +88,7 @@ def reconcile(namespace: str, name: str, deps: Deps, rollout_only: bool = False)
         return _reconcile(body, deps, rollout_only)
 
 
-def _already_promoted(old: dict[str, Any], model: ModelSpec, generation: int) -> PromotionResult | None:
+def _already_promoted(old: dict[str, Any], model: TradingModelSpec, generation: int) -> PromotionResult | None:
     """The promotion this generation already completed, as the status records it."""
     promoted = condition(old.get("conditions") or [], "Promoted")
     if (
@@ -176,7 +177,7 @@ def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False) -> 
 
 def _record_version(
     body: dict[str, Any],
-    model: ModelSpec,
+    model: TradingModelSpec,
     result: PromotionResult,
     status: _Status,
     deps: Deps,
@@ -204,7 +205,7 @@ def _record_version(
     status.values["digest"] = result.digest
 
 
-def _archive(body: dict[str, Any], model: ModelSpec, status: _Status, deps: Deps) -> Outcome:
+def _archive(body: dict[str, Any], model: TradingModelSpec, status: _Status, deps: Deps) -> Outcome:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     outcome = Outcome(ARCHIVED)
     live = deps.kube.get("apps/v1", "Deployment", namespace, name)
@@ -254,7 +255,7 @@ def _api_failure(exc: ApiException, status: _Status) -> Outcome:
     return Outcome(FAILED, message, retryable=retryable, permanent=not retryable)
 
 
-def _storage_failure(exc: Exception, model: ModelSpec, status: _Status) -> Outcome:
+def _storage_failure(exc: Exception, model: TradingModelSpec, status: _Status) -> Outcome:
     if isinstance(exc, VersionNotFound):
         reason, retryable = "VersionNotFound", True
         message = f"{exc}. Publish it (tmctl publish) or set spec.version to a published one; retrying"
@@ -267,10 +268,12 @@ def _storage_failure(exc: Exception, model: ModelSpec, status: _Status) -> Outco
         reason, retryable, message = "RegistryError", True, f"{exc}; retrying"
     elif isinstance(exc, InvalidName):
         reason, retryable, message = "InvalidSpec", False, str(exc)
-    elif isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
+    elif is_missing_bucket(exc):
         reason, retryable = "StorageError", True
-        message = f"S3 said {code or 'an error'} for bucket {model.bucket}: {exc}; retrying"
+        message = f"bucket {model.bucket} does not exist (spec.storage.bucket, spec.storage.endpoint); retrying"
+    elif isinstance(exc, ClientError):
+        reason, retryable = "StorageError", True
+        message = f"S3 said {error_code(exc) or 'an error'} for bucket {model.bucket}: {exc}; retrying"
     else:
         reason, retryable, message = "StorageError", True, f"S3 is unreachable: {exc}; retrying"
     status.set("VersionVerified", False, reason, message)
@@ -328,7 +331,7 @@ class _Status:
         }
 
 
-def _claim_owner(body: dict[str, Any], model: ModelSpec, others: list[dict[str, Any]]) -> str | None:
+def _claim_owner(body: dict[str, Any], model: TradingModelSpec, others: list[dict[str, Any]]) -> str | None:
     """The namespace/name of an older TradingModel that owns the same stage prefix, if any."""
     if model.archived:
         return None

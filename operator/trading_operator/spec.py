@@ -20,7 +20,7 @@ class InvalidSpec(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class TradingModelSpec:
     ticker: str
     asset_class: str
     version: str
@@ -62,7 +62,7 @@ def check_name(name: str) -> None:
         )
 
 
-def parse_spec(spec: dict[str, Any]) -> ModelSpec:
+def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
     def need(mapping: dict[str, Any], key: str, where: str) -> Any:
         if mapping.get(key) in (None, ""):
             raise InvalidSpec(f"{where}.{key} is required")
@@ -93,7 +93,7 @@ def parse_spec(spec: dict[str, Any]) -> ModelSpec:
     secret = (storage.get("secretRef") or {}).get("name") or None
     if secret is not None and not _DNS_NAME_RE.match(secret):
         raise InvalidSpec(f"spec.storage.secretRef.name {secret!r} is not a valid Secret name")
-    return ModelSpec(
+    return TradingModelSpec(
         ticker=ticker,
         asset_class=asset_class,
         version=version,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PENDING, PROMOTING, ROLLING_OUT, READY, ARCHIVED, CONFLICT, FAILED = (
-    "Pending",
-    "Promoting",
+ROLLING_OUT, READY, ARCHIVED, CONFLICT, FAILED = (
     "RollingOut",
     "Ready",
     "Archived",

@@ -8,7 +8,7 @@ from typing import Any
 from model_store.s3 import S3Settings, make_client
 from trading_operator.kube import KubeApi
 from trading_operator.reconcile import S3Factory, SecretNotFound
-from trading_operator.spec import ModelSpec
+from trading_operator.spec import TradingModelSpec
 
 KEY_ID, SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 
@@ -17,7 +17,7 @@ def s3_factory(kube: KubeApi) -> S3Factory:
     clients: dict[tuple[Any, ...], Any] = {}
     guard = threading.Lock()
 
-    def s3_for(model: ModelSpec, namespace: str) -> Any:
+    def s3_for(model: TradingModelSpec, namespace: str) -> Any:
         keys: tuple[str | None, str | None] = (None, None)
         if model.secret_name:
             data = kube.secret_data(namespace, model.secret_name)

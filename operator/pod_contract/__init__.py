@@ -1,0 +1,128 @@
+"""The contract between the operator and its serving pods: which environment variables a pod gets,
+what each means, and their defaults. The operator renders a `PodModel` into a container's `env`
+(`render_env`); the serving process reads it back (`read_pod_model`). Both sides import this module
+and nothing of each other, so a name can only change in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_store.layout import AssetClass, InvalidName, Stage, check_ticker, check_version
+from pod_contract.env import ConfigError, Env
+
+__all__ = ["CONTRACT", "MODEL_CACHE_DIR", "ConfigError", "Env", "PodModel", "Var", "read_pod_model", "render_env"]
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    meaning: str
+    default: str = ""  # "" means unset: see the meaning for what that implies
+
+
+MODEL_NAME = Var("MODEL_NAME", "the TradingModel's name; an alias of the model in /v2/models/{name}")
+MODEL_TICKER = Var("MODEL_TICKER", "the ticker served; unset: any registered ticker, loaded on first use")
+MODEL_ASSET_CLASS = Var("MODEL_ASSET_CLASS", "etf or stock; unset: looked up in the asset registry")
+MODEL_STAGE = Var("MODEL_STAGE", "the stage prefix read (staging or production)", "production")
+MODEL_VERSION = Var("MODEL_VERSION", "the pinned version (archive/<version>/); unset: whatever the stage holds")
+MODEL_DIGEST = Var("MODEL_DIGEST", "the pinned version digest, sha256:<64 lower-case hex>; checked on load")
+S3_BUCKET = Var("S3_BUCKET", "the bucket that holds the models (required)")
+S3_ENDPOINT_URL = Var("S3_ENDPOINT_URL", "an S3-compatible endpoint; unset: AWS")
+AWS_REGION = Var("AWS_REGION", "the bucket's region (AWS_DEFAULT_REGION is read too)", "us-east-1")
+MODEL_CACHE_DIR = Var("MODEL_CACHE_DIR", "the local disk cache, keyed by digest", "/var/cache/models")
+PORT = Var("PORT", "the HTTP port (predictions, health, /metrics)", "8080")
+OMP_NUM_THREADS = Var("OMP_NUM_THREADS", "LightGBM threads per prediction: 1, requests run side by side", "1")
+CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # from the Secret named by spec.storage.secretRef
+
+CONTRACT = (
+    MODEL_NAME, MODEL_TICKER, MODEL_ASSET_CLASS, MODEL_STAGE, MODEL_VERSION, MODEL_DIGEST,
+    S3_BUCKET, S3_ENDPOINT_URL, AWS_REGION, MODEL_CACHE_DIR, PORT, OMP_NUM_THREADS,
+)  # fmt: skip
+
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class PodModel:
+    """What a serving pod serves and where it finds it."""
+
+    bucket: str
+    endpoint_url: str | None
+    region: str
+    ticker: str | None
+    asset_class: AssetClass | None
+    stage: Stage
+    version: str | None
+    digest: str | None
+    model_name: str | None
+    cache_dir: Path
+    port: int
+
+
+def render_env(pod: PodModel, secret_name: str | None = None) -> list[dict[str, Any]]:
+    """The container's `env`: only what is set, credentials by reference to the Secret."""
+    values = {
+        MODEL_NAME: pod.model_name,
+        MODEL_TICKER: pod.ticker,
+        MODEL_ASSET_CLASS: pod.asset_class.value if pod.asset_class else None,
+        MODEL_STAGE: pod.stage.value,
+        MODEL_VERSION: pod.version,
+        MODEL_DIGEST: pod.digest,
+        S3_BUCKET: pod.bucket,
+        S3_ENDPOINT_URL: pod.endpoint_url,
+        AWS_REGION: pod.region,
+        MODEL_CACHE_DIR: str(pod.cache_dir),
+        PORT: str(pod.port),
+        OMP_NUM_THREADS: OMP_NUM_THREADS.default,
+    }
+    env: list[dict[str, Any]] = [{"name": var.name, "value": value} for var, value in values.items() if value]
+    if secret_name:
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}} for key in CREDENTIALS]
+    return env
+
+
+def read_pod_model(env: Env) -> PodModel:
+    """The pod's model settings; ConfigError names the variable to fix."""
+    bucket = env.text(S3_BUCKET.name)
+    if not bucket:
+        raise ConfigError(f"{S3_BUCKET.name} is not set: name the bucket that holds the models")
+    ticker = env.text(MODEL_TICKER.name).upper() or None
+    version = env.optional(MODEL_VERSION.name)
+    digest = env.optional(MODEL_DIGEST.name)
+    try:
+        if ticker:
+            check_ticker(ticker)
+        if version:
+            check_version(version)
+    except InvalidName as exc:
+        raise ConfigError(f"{MODEL_TICKER.name}/{MODEL_VERSION.name}: {exc}") from None
+    if digest and not _DIGEST_RE.fullmatch(digest):
+        raise ConfigError(
+            f"{MODEL_DIGEST.name} {digest!r} is not a version digest: expected sha256:<64 lower-case hex digits>"
+        )
+    if (version or digest) and not ticker:
+        raise ConfigError(f"{MODEL_VERSION.name}/{MODEL_DIGEST.name} pin one model: set {MODEL_TICKER.name} as well")
+    asset = env.text(MODEL_ASSET_CLASS.name).lower() or None
+    if asset is not None and asset not in {a.value for a in AssetClass}:
+        raise ConfigError(f"{MODEL_ASSET_CLASS.name} must be etf or stock, got {asset!r}")
+    try:
+        stage = Stage.parse(env.text(MODEL_STAGE.name, MODEL_STAGE.default))
+    except ValueError as exc:
+        raise ConfigError(f"{MODEL_STAGE.name}: {exc}") from None
+    return PodModel(
+        bucket=bucket,
+        endpoint_url=env.optional(S3_ENDPOINT_URL.name),
+        region=env.text(AWS_REGION.name) or env.text("AWS_DEFAULT_REGION", AWS_REGION.default),
+        ticker=ticker,
+        asset_class=AssetClass(asset) if asset else None,
+        stage=stage,
+        version=version,
+        digest=digest,
+        model_name=env.optional(MODEL_NAME.name),
+        cache_dir=Path(env.text(MODEL_CACHE_DIR.name, MODEL_CACHE_DIR.default)),
+        port=env.integer(PORT.name, int(PORT.default), 0, 65535),
+    )
