@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import pickletools
 import re
 from typing import Any
 
@@ -18,6 +20,54 @@ def native_header(model_text: bytes) -> dict[str, str]:
     """The key=value header of a LightGBM text model (before the first tree)."""
     head = model_text[: 1 << 16].split(b"\nTree=", 1)[0].decode("utf-8", "replace")
     return dict(m.groups() for m in re.finditer(r"^([a-z_]+)=(.*)$", head, re.MULTILINE))
+
+
+_MODEL_CLASSES = {
+    "lightgbm.sklearn LGBMClassifier",
+    "lightgbm.sklearn LGBMModel",
+    "lightgbm.basic Booster",
+}
+
+
+def pickled_class(data: bytes) -> str | None:
+    """The class of the object a pickle builds, read from its opcodes without running any of them
+    ("module name"), or None when the bytes are no pickle or build no object of a class."""
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "SHORT_BINSTRING", "BINSTRING"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL":
+                return str(arg)
+            elif op.name == "STACK_GLOBAL":
+                return " ".join(strings[-2:])
+    except (ValueError, EOFError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def check_model_loads(files: dict[str, bytes], feature_count: int) -> None:
+    """The model file is a LightGBM model: the text model loads with LightGBM and takes the
+    declared features; a pickled model builds a LightGBM model class (its opcodes are read, never
+    run: a pickle from the bucket executes whatever it names when loaded)."""
+    if MODEL_NATIVE in files:
+        import lightgbm
+
+        try:
+            booster = lightgbm.Booster(model_str=files[MODEL_NATIVE].decode("utf-8"))
+        except (lightgbm.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+            raise InvalidArtifacts(f"{MODEL_NATIVE} does not load as a LightGBM model: {exc}") from None
+        if booster.num_feature() != feature_count:
+            raise InvalidArtifacts(
+                f"{MODEL_NATIVE} takes {booster.num_feature()} features, {FEATURE_NAMES} lists {feature_count}"
+            )
+    else:
+        found = pickled_class(files[MODEL_PICKLE])
+        if found not in _MODEL_CLASSES:
+            raise InvalidArtifacts(
+                f"{MODEL_PICKLE} is not a pickled LightGBM model (it builds {found or 'no object of a class'}); "
+                f"publish {MODEL_NATIVE} (booster.save_model) or a joblib-pickled LGBMClassifier"
+            )
 
 
 def check_artifacts(files: dict[str, bytes], version: str) -> dict[str, Any]:
@@ -73,4 +123,5 @@ def check_artifacts(files: dict[str, bytes], version: str) -> dict[str, Any]:
         num_class = int(header.get("num_class", "1"))
         if classes is not None and num_class > 1 and len(classes) != num_class:
             raise InvalidArtifacts(f"{METADATA} lists {len(classes)} classes, the model has {num_class}")
+    check_model_loads(files, len(names))
     return metadata

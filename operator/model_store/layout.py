@@ -26,6 +26,7 @@ METADATA = "metadata.json"
 ASSET_REGISTRY_KEY = "metadata/asset_registry.json"
 MODEL_REGISTRY_KEY = "metadata/model_registry.json"
 DEPLOYMENT_HISTORY_KEY = "metadata/deployment_history.json"
+INTENTS_PREFIX = "metadata/intents/"
 
 
 class AssetClass(StrEnum):
@@ -98,3 +99,7 @@ class ModelLocation:
 
     def stage_prefix(self, stage: Stage) -> str:
         return f"{self.root}/{stage.value}/"
+
+    def intent_key(self, stage: Stage) -> str:
+        """Where a move into `stage` is written down before the stage is touched (see promotion)."""
+        return f"{INTENTS_PREFIX}{self.root}/{stage.value}.json"

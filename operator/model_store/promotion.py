@@ -1,31 +1,43 @@
 """Versions, verification and promotion into a stage prefix.
 
-Promotion: verify archive/<version>/ against its manifest, take the stage's
-manifest away (the stage is then "no version" rather than a mix of two),
-server-side copy every file, delete leftovers, write the stage manifest last,
-and record the move in metadata/.
+A promotion is one *move* of a stage from one version to another, recorded exactly once in the
+audit log whatever instant the process dies at:
+
+1. verify archive/<version>/ against its manifest (every file's size and sha256, and that the
+   files make a loadable model);
+2. write the move down (metadata/intents/<model>/<stage>.json: id, from, to, action) before the
+   stage is touched, so a retry after a crash continues the same move with the same id and the
+   same "from" even though the stage manifest is gone by then;
+3. take the stage manifest away (the stage is then "no version" rather than a mix of two),
+   server-side copy every file, delete anything else under the prefix, and write the stage
+   manifest last, carrying the move and the ETag S3 gave each copied file;
+4. append the move to the deployment history, which ignores an id it holds already.
+
+Whether the stage still holds a version is decided by content: the listing must show exactly the
+manifest's files with the ETags of the copy (a `deep` check also hashes every file).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from model_store.errors import CorruptVersion, VersionNotFound
+from model_store.artifacts import check_artifacts
+from model_store.errors import CorruptVersion, InvalidArtifacts, RegistryError, VersionNotFound
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
-from model_store.registry import record_promotion, registered
-from model_store.s3 import get_bytes, is_not_found, read_manifest
+from model_store.registry import DETAILS, record_once, registered
+from model_store.s3 import get_bytes, read_manifest
 
 log = logging.getLogger(__name__)
 
 _PARALLEL = 4
+ACTIONS = ("promote", "rollback", "repair")
 
 
 @dataclass(frozen=True)
@@ -37,11 +49,25 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class PromotionResult:
-    changed: bool
-    action: str  # "promote", "rollback", "repair" or "none"
+    copied: bool  # this call moved files into the stage
+    recorded: bool  # this call appended the move to the deployment history
     version: str
     digest: str
-    previous_version: str | None
+    move: dict[str, Any] | None  # the audit entry of the move that brought this version (None: unknown)
+    audit_error: str | None = None  # the stage holds the version but the history could not be written
+    stage_manifest: Manifest | None = field(default=None, compare=False)
+
+    @property
+    def changed(self) -> bool:
+        return self.copied or self.recorded
+
+    @property
+    def action(self) -> str:
+        return str(self.move["action"]) if self.move and self.changed else "none"
+
+    @property
+    def previous_version(self) -> str | None:
+        return self.move.get("from_version") if self.move else None
 
 
 def version_key(version: str) -> tuple[Any, ...]:
@@ -113,9 +139,17 @@ def verify_files(client: Any, bucket: str, prefix: str, manifest: Manifest) -> d
 
 
 def verify_version(client: Any, bucket: str, location: ModelLocation, version: str) -> Manifest:
+    """A published version whose files match its manifest and make a servable model."""
     manifest = archived_manifest(client, bucket, location, version)
-    verify_files(client, bucket, location.archive_prefix(version), manifest)
+    _check_servable(verify_files(client, bucket, location.archive_prefix(version), manifest), location, version)
     return manifest
+
+
+def _check_servable(files: dict[str, bytes], location: ModelLocation, version: str) -> None:
+    try:
+        check_artifacts(files, version)
+    except InvalidArtifacts as exc:
+        raise CorruptVersion(f"{location.model_key} {version} is not a servable version: {exc}") from None
 
 
 def stage_manifest(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> Manifest | None:
@@ -125,22 +159,29 @@ def stage_manifest(client: Any, bucket: str, location: ModelLocation, stage: Sta
         return None  # an unreadable stage manifest is no version: promotion rewrites it
 
 
-def _stage_holds(
-    client: Any, bucket: str, location: ModelLocation, stage: Stage, manifest: Manifest, current: Manifest | None
+def stage_holds(
+    client: Any, bucket: str, prefix: str, manifest: Manifest, current: Manifest | None, deep: bool = False
 ) -> bool:
-    """Cheap drift check: the stage manifest names this digest and every file's size and
-    recorded sha256 (object metadata, set by the copy) still match."""
+    """The stage prefix holds exactly the version of `manifest`: its manifest names that digest,
+    the listing shows exactly its files with the sizes and the ETags the copy produced (any
+    rewrite changes an ETag), and with `deep` every file hashes to the manifest's sha256."""
     if current is None or current.digest != manifest.digest:
         return False
-    prefix = location.stage_prefix(stage)
+    listing: dict[str, tuple[int, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            listing[obj["Key"][len(prefix) :]] = (int(obj["Size"]), str(obj.get("ETag", "")))
+    if set(listing) != set(manifest.files) | {MANIFEST_NAME}:
+        return False
+    etags = current.extra.get("etags") or {}
     for name, entry in manifest.files.items():
+        size, etag = listing[name]
+        if size != entry.size or etags.get(name, etag) != etag:
+            return False
+    if deep or set(etags) != set(manifest.files):  # stages copied before ETags were recorded: hash them
         try:
-            head = client.head_object(Bucket=bucket, Key=prefix + name)
-        except ClientError as exc:
-            if is_not_found(exc):
-                return False
-            raise
-        if head["ContentLength"] != entry.size or head.get("Metadata", {}).get("sha256") != entry.sha256:
+            verify_files(client, bucket, prefix, manifest)
+        except CorruptVersion:
             return False
     return True
 
@@ -153,47 +194,117 @@ def promote(
     stage: Stage,
     actor: str,
     reason: str = "",
+    *,
+    last_known: str | None = None,
+    recorded: frozenset[str] = frozenset(),
+    deep: bool = False,
 ) -> PromotionResult:
-    """Make the stage prefix hold `version`; a no-op when it already does."""
-    manifest = archived_manifest(client, bucket, location, version)
-    current = stage_manifest(client, bucket, location, stage)
-    previous = current.version if current else None
-    source = location.archive_prefix(version)
-    if _stage_holds(client, bucket, location, stage, manifest, current):
-        record = registered(client, bucket, location, stage)
-        if record.get("digest") == manifest.digest:
-            return PromotionResult(False, "none", version, manifest.digest, previous)
-        # The copy finished but its record did not (or someone copied by hand): record it now.
-        metadata = _json_or_empty(get_bytes(client, bucket, source + METADATA) or b"{}")
-        previous = record.get("version")
-        action = _action(version, previous)
-        entry = _entry(location, stage, action, previous, manifest, actor, reason)
-        record_promotion(client, bucket, location, stage, entry, metadata)
-        return PromotionResult(True, action, version, manifest.digest, previous)
+    """Make the stage prefix hold `version`, recording the move once.
 
+    `last_known` is the version the caller last saw in the stage (the "from" of a repair when the
+    stage manifest is gone and no registry says more); `recorded` are move ids the caller knows
+    are in the history already (so a pass that changes nothing reads no history)."""
+    manifest = archived_manifest(client, bucket, location, version)
+    prefix = location.stage_prefix(stage)
+    current = stage_manifest(client, bucket, location, stage)
+    if stage_holds(client, bucket, prefix, manifest, current, deep):
+        assert current is not None
+        move = current.extra.get("move")
+        if not isinstance(move, dict) or move.get("id") in recorded:
+            return PromotionResult(False, False, version, manifest.digest, move or None, stage_manifest=current)
+        done, error = _record(client, bucket, move, location.intent_key(stage))
+        return PromotionResult(False, done, version, manifest.digest, move, error, current)
+
+    source = location.archive_prefix(version)
     files = verify_files(client, bucket, source, manifest)
-    target = location.stage_prefix(stage)
+    _check_servable(files, location, version)
+    move = _intended_move(client, bucket, location, stage, manifest, current, last_known, actor, reason)
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
-    client.delete_object(Bucket=bucket, Key=target + MANIFEST_NAME)
+    client.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
     with ThreadPoolExecutor(_PARALLEL) as pool:
-        list(
+        etags = dict(
             pool.map(
-                lambda name: _copy(client, bucket, source + name, target + name, manifest.files[name].sha256),
+                lambda name: (name, _copy(client, bucket, source + name, prefix + name, manifest.files[name].sha256)),
                 sorted(manifest.files),
             )
         )
-    _delete_leftovers(client, bucket, target, keep=set(manifest.files) | {MANIFEST_NAME})
-    at = utc_now()
-    stage_doc = manifest.with_extra(stage=stage.value, promoted_at=at, promoted_by=actor, source=source)
-    client.put_object(
-        Bucket=bucket, Key=target + MANIFEST_NAME, Body=stage_doc.to_json(), ContentType="application/json"
+    _delete_leftovers(client, bucket, prefix, keep=set(manifest.files) | {MANIFEST_NAME})
+    metadata = _json_or_empty(files.get(METADATA, b"{}"))
+    stage_doc = manifest.with_extra(
+        stage=stage.value,
+        promoted_at=move["at"],
+        promoted_by=actor,
+        source=source,
+        move=move,
+        etags=etags,
+        details={k: metadata[k] for k in DETAILS if k in metadata},
     )
+    client.put_object(
+        Bucket=bucket, Key=prefix + MANIFEST_NAME, Body=stage_doc.to_json(), ContentType="application/json"
+    )
+    done, error = _record(client, bucket, move, location.intent_key(stage))
+    return PromotionResult(True, done, version, manifest.digest, move, error, stage_doc)
 
-    action = _action(version, previous)
-    entry = _entry(location, stage, action, previous, manifest, actor, reason, at)
-    record_promotion(client, bucket, location, stage, entry, _json_or_empty(files.get(METADATA, b"{}")))
-    return PromotionResult(True, action, version, manifest.digest, previous)
+
+def _intended_move(
+    client: Any,
+    bucket: str,
+    location: ModelLocation,
+    stage: Stage,
+    manifest: Manifest,
+    current: Manifest | None,
+    last_known: str | None,
+    actor: str,
+    reason: str,
+) -> dict[str, Any]:
+    """The move this promotion performs: the one written down already if a previous attempt at
+    the same version died half-way, else a new one, written down before the stage is touched."""
+    key = location.intent_key(stage)
+    intent = _json_or_empty(get_bytes(client, bucket, key) or b"{}")
+    if intent.get("digest") == manifest.digest and intent.get("action") in ACTIONS and intent.get("id"):
+        return intent
+    if current is not None:
+        previous: str | None = current.version
+    elif intent.get("id"):  # an unfinished move to another version: the stage last held its "from"
+        previous = intent.get("from_version")
+    else:
+        previous = _registered_version(client, bucket, location, stage) or last_known
+    move = {
+        "id": uuid.uuid4().hex,
+        "at": utc_now(),
+        "action": _action(manifest.version, previous),
+        "model": location.model_key,
+        "ticker": location.ticker,
+        "stage": stage.value,
+        "from_version": previous,
+        "to_version": manifest.version,
+        "digest": manifest.digest,
+        "actor": actor,
+        **({"reason": reason} if reason else {}),
+    }
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(move, indent=2).encode(), ContentType="application/json")
+    return move
+
+
+def _registered_version(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> str | None:
+    try:
+        version = registered(client, bucket, location, stage).get("version")
+    except RegistryError:
+        return None
+    return str(version) if version else None
+
+
+def _record(client: Any, bucket: str, move: dict[str, Any], intent_key: str) -> tuple[bool, str | None]:
+    """Append the move to the history, then drop its intent; a failure is returned, not raised:
+    the stage holds the version already, and the next pass records it."""
+    try:
+        done = record_once(client, bucket, move)
+    except RegistryError as exc:
+        return False, str(exc)
+    if done:
+        client.delete_object(Bucket=bucket, Key=intent_key)
+    return done, None
 
 
 def _action(version: str, previous: str | None) -> str:
@@ -204,34 +315,10 @@ def _action(version: str, previous: str | None) -> str:
     return "promote"
 
 
-def _entry(
-    location: ModelLocation,
-    stage: Stage,
-    action: str,
-    previous: str | None,
-    manifest: Manifest,
-    actor: str,
-    reason: str,
-    at: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "at": at or utc_now(),
-        "action": action,
-        "model": location.model_key,
-        "ticker": location.ticker,
-        "stage": stage.value,
-        "from_version": previous,
-        "to_version": manifest.version,
-        "digest": manifest.digest,
-        "actor": actor,
-        **({"reason": reason} if reason else {}),
-    }
-
-
-def _copy(client: Any, bucket: str, source_key: str, target_key: str, sha256: str) -> None:
-    # Server-side: the bytes never leave S3. The sha256 is set from the verified manifest, so the
-    # cheap drift check works for archives uploaded by other tools too.
-    client.copy_object(
+def _copy(client: Any, bucket: str, source_key: str, target_key: str, sha256: str) -> str:
+    """Server-side copy (the bytes never leave S3); returns the new object's ETag. The sha256 is
+    set from the verified manifest, for readers that check object metadata."""
+    response = client.copy_object(
         Bucket=bucket,
         Key=target_key,
         CopySource={"Bucket": bucket, "Key": source_key},
@@ -239,6 +326,7 @@ def _copy(client: Any, bucket: str, source_key: str, target_key: str, sha256: st
         Metadata={"sha256": sha256},
         ContentType=content_type(target_key),
     )
+    return str(response["CopyObjectResult"]["ETag"])
 
 
 def _delete_leftovers(client: Any, bucket: str, prefix: str, keep: set[str]) -> None:

@@ -14,7 +14,7 @@ from model_store.artifacts import KNOWN_FILES, OPTIONAL_FILES, check_artifacts
 from model_store.errors import CorruptVersion, PublishConflict
 from model_store.layout import MANIFEST_NAME, ModelLocation, check_version
 from model_store.manifest import Manifest, ManifestError
-from model_store.s3 import is_precondition_failed, read_manifest
+from model_store.s3 import get_bytes, is_precondition_failed, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ def read_model_dir(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.name in KNOWN_FILES + OPTIONAL_FILES}
 
 
+def _check_archive_holds(client: Any, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
+    """Same manifest is not enough to call a version identical: the archived bytes must be too."""
+    for name, data in sorted(files.items()):
+        if get_bytes(client, bucket, prefix + name) != data:
+            raise CorruptVersion(
+                f"s3://{bucket}/{prefix}{name} differs from its manifest (edited or removed after publishing): "
+                "the archived version is damaged; publish under a new version and tell whoever owns the bucket"
+            )
+
+
 def publish_version(
     client: Any, bucket: str, location: ModelLocation, version: str, files: dict[str, bytes]
 ) -> PublishResult:
@@ -83,6 +93,7 @@ def publish_version(
         raise CorruptVersion(f"{exc}; remove s3://{bucket}/{prefix} by hand before publishing again") from None
     if existing is not None:
         if existing.digest == manifest.digest:
+            _check_archive_holds(client, bucket, prefix, files)
             log.info("already published", extra={"model": location.model_key, "version": version})
             return PublishResult(location, version, existing.digest, created=False)
         raise PublishConflict(

@@ -1,17 +1,22 @@
 """The JSON documents under metadata/: asset registry, model registry, deployment history.
 
-Each update is a read-modify-write guarded by the object's ETag (S3 conditional
-writes), so two writers never lose each other's entries.
+Each update is a read-modify-write guarded by the object's ETag (S3 conditional writes), so two
+writers never lose each other's entries, and a change that changes nothing writes nothing.
+
+- The deployment history is an append-only audit log: every entry has an `id`, and appending an
+  id that is there already is a no-op, so a move retried after any failure is recorded once.
+- The registries are level-based: `sync_registries` makes them say what a stage holds, from the
+  stage manifest alone, however they were damaged or whatever was missed before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from model_store.errors import RegistryError
 from model_store.layout import (
@@ -22,12 +27,14 @@ from model_store.layout import (
     ModelLocation,
     Stage,
 )
+from model_store.manifest import Manifest
 from model_store.s3 import is_not_found, is_precondition_failed
 
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
 _ATTEMPTS = 8
+DETAILS = ("accuracy", "trained_date", "training_samples")  # from metadata.json into the asset registry
 
 
 def read_document(client: Any, bucket: str, key: str) -> tuple[Document, str | None]:
@@ -41,18 +48,20 @@ def read_document(client: Any, bucket: str, key: str) -> tuple[Document, str | N
     raw = obj["Body"].read()
     try:
         doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RegistryError(f"s3://{bucket}/{key} is not valid JSON ({exc}); fix or remove it") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"s3://{bucket}/{key} must hold a JSON object; fix or remove it")
     return doc, obj["ETag"]
 
 
-def update_document(client: Any, bucket: str, key: str, change: Callable[[Document], None]) -> Document:
-    """Apply `change` to the document in place and write it back, retrying on concurrent writes."""
+def update_document(client: Any, bucket: str, key: str, change: Callable[[Document], bool]) -> bool:
+    """Apply `change` (True when it changed the document) and write the document back, retrying on
+    concurrent writes. Returns whether anything was written."""
     for _ in range(_ATTEMPTS):
         doc, etag = read_document(client, bucket, key)
-        change(doc)
+        if not change(doc):
+            return False
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
             client.put_object(
@@ -62,7 +71,7 @@ def update_document(client: Any, bucket: str, key: str, change: Callable[[Docume
                 ContentType="application/json",
                 **condition,
             )
-            return doc
+            return True
         except ClientError as exc:
             if is_precondition_failed(exc):
                 log.debug("concurrent write to %s, retrying", key)
@@ -71,49 +80,83 @@ def update_document(client: Any, bucket: str, key: str, change: Callable[[Docume
     raise RegistryError(f"s3://{bucket}/{key} kept changing under us; gave up after {_ATTEMPTS} tries")
 
 
-def record_promotion(
+def record_once(client: Any, bucket: str, entry: dict[str, Any]) -> bool:
+    """Append `entry` to the audit log unless an entry with its id is there; True when appended."""
+
+    def append(doc: Document) -> bool:
+        entries = doc.setdefault("entries", [])
+        if not isinstance(entries, list):
+            raise RegistryError(f"s3://{bucket}/{DEPLOYMENT_HISTORY_KEY} 'entries' must be a list; fix it")
+        if any(isinstance(e, dict) and e.get("id") == entry["id"] for e in entries):
+            return False
+        entries.append(entry)
+        return True
+
+    try:
+        return update_document(client, bucket, DEPLOYMENT_HISTORY_KEY, append)
+    except (ClientError, BotoCoreError) as exc:
+        raise RegistryError(f"cannot update s3://{bucket}/{DEPLOYMENT_HISTORY_KEY}: {exc}") from None
+
+
+def sync_registries(
     client: Any,
     bucket: str,
     location: ModelLocation,
     stage: Stage,
-    entry: dict[str, Any],
-    metadata: dict[str, Any],
-) -> None:
-    """Append `entry` to the audit log and point the registries at the new version."""
+    holds: Manifest,
+    tickers: Iterable[str] = (),
+) -> bool:
+    """Make both registries say that `stage` holds the version of the stage manifest `holds`;
+    for the universal stock model, `tickers` are the stock tickers it serves there. True when
+    anything was written; RegistryError when a document cannot be read or written."""
+    promoted = {
+        "version": holds.version,
+        "digest": holds.digest,
+        "promoted_at": holds.extra.get("promoted_at"),
+        "by": holds.extra.get("promoted_by"),
+    }
+    declared = sorted(set(tickers))
+    if location.asset_class is AssetClass.STOCK:
+        promoted["tickers"] = declared
 
-    def set_model(doc: Document) -> None:
-        stages = doc.setdefault("models", {}).setdefault(location.model_key, {})
-        stages[stage.value] = {
-            "version": entry["to_version"],
-            "digest": entry["digest"],
-            "promoted_at": entry["at"],
-            "by": entry["actor"],
-        }
+    def set_model(doc: Document) -> bool:
+        stages = _section(doc, "models", bucket, MODEL_REGISTRY_KEY).setdefault(location.model_key, {})
+        if stages.get(stage.value) == promoted:
+            return False
+        stages[stage.value] = promoted
+        return True
 
-    def set_asset(doc: Document) -> None:
+    def set_asset(doc: Document) -> bool:
+        before = json.dumps(doc, sort_keys=True)
         path = location.stage_prefix(Stage.PRODUCTION)
-        details = {k: metadata[k] for k in ("accuracy", "trained_date", "training_samples") if k in metadata}
         if location.asset_class is AssetClass.ETF:
-            etf = doc.setdefault("etfs", {}).setdefault(location.ticker, {})
-            etf.update(model_type="etf_specific", model_path=path)
-            if stage is Stage.PRODUCTION:
-                etf.update(status="active", version=entry["to_version"], **details)
-            else:
-                etf.setdefault("status", "staging")
+            entry = _section(doc, "etfs", bucket, ASSET_REGISTRY_KEY).setdefault(location.ticker, {})
+            entry.update(model_type="etf_specific", model_path=path)
         else:
-            stocks = doc.setdefault("stocks", {})
-            info = stocks.setdefault("model_info", {})
-            info.update(type="universal", model_path=path, note="ONE model handles ALL stocks")
+            stocks = _section(doc, "stocks", bucket, ASSET_REGISTRY_KEY)
+            entry = stocks.setdefault("model_info", {})
+            entry.update(type="universal", model_path=path, note="ONE model handles ALL stocks")
             if stage is Stage.PRODUCTION:
-                info.update(status="active", version=entry["to_version"], **details)
-            else:
-                info.setdefault("status", "staging")
-            tickers = stocks.setdefault("supported_tickers", {})
-            tickers.setdefault(location.ticker, {})["uses_model"] = location.model_key
+                stocks["supported_tickers"] = {t: {"uses_model": location.model_key} for t in declared}
+        if stage is Stage.PRODUCTION:
+            details = holds.extra.get("details") or {}
+            entry.update(status="active", version=holds.version, **{k: details[k] for k in DETAILS if k in details})
+        else:
+            entry.setdefault("status", "staging")
+        return json.dumps(doc, sort_keys=True) != before
 
-    record_event(client, bucket, entry)
-    update_document(client, bucket, MODEL_REGISTRY_KEY, set_model)
-    update_document(client, bucket, ASSET_REGISTRY_KEY, set_asset)
+    try:
+        changed = update_document(client, bucket, MODEL_REGISTRY_KEY, set_model)
+        return update_document(client, bucket, ASSET_REGISTRY_KEY, set_asset) or changed
+    except (ClientError, BotoCoreError) as exc:
+        raise RegistryError(f"cannot update the registries in s3://{bucket}/metadata/: {exc}") from None
+
+
+def _section(doc: Document, name: str, bucket: str, key: str) -> dict[str, Any]:
+    section = doc.setdefault(name, {})
+    if not isinstance(section, dict):
+        raise RegistryError(f"s3://{bucket}/{key} '{name}' must be a JSON object; fix or remove it")
+    return section
 
 
 def registered(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> dict[str, Any]:
@@ -125,8 +168,3 @@ def registered(client: Any, bucket: str, location: ModelLocation, stage: Stage) 
 def deployment_history(client: Any, bucket: str) -> list[dict[str, Any]]:
     doc, _ = read_document(client, bucket, DEPLOYMENT_HISTORY_KEY)
     return list(doc.get("entries", []))
-
-
-def record_event(client: Any, bucket: str, entry: dict[str, Any]) -> None:
-    """Append an entry that changes no stage (e.g. a model archived)."""
-    update_document(client, bucket, DEPLOYMENT_HISTORY_KEY, lambda d: d.setdefault("entries", []).append(entry))

@@ -63,8 +63,9 @@ def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, **_: Any) ->
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
 def drift_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Someone edited the stage prefix by hand, a conflict cleared, a retry is due: converge."""
-    reconcile(namespace, name, memo.deps)
+    """Someone edited the stage prefix by hand, a conflict cleared, a retry is due: converge,
+    hashing every file of the stage against its manifest."""
+    reconcile(namespace, name, memo.deps, deep=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})

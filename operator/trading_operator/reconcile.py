@@ -21,7 +21,7 @@ from model_store.errors import CorruptVersion, RegistryError, StoreError, Versio
 from model_store.layout import InvalidName
 from model_store.promotion import PromotionResult, promote
 from model_store.publish import utc_now
-from model_store.registry import record_event
+from model_store.registry import record_once, sync_registries
 from model_store.s3 import error_code, is_missing_bucket
 from trading_operator import GROUP, KIND, VERSION
 from trading_operator.builders import SPEC_HASH_ANNOTATION, build_deployment, build_service, rollout_state
@@ -76,7 +76,9 @@ def _lock_for(namespace: str, name: str) -> threading.Lock:
         return _locks.setdefault((namespace, name), threading.Lock())
 
 
-def reconcile(namespace: str, name: str, deps: Deps, rollout_only: bool = False) -> Outcome | None:
+def reconcile(
+    namespace: str, name: str, deps: Deps, rollout_only: bool = False, deep: bool = False
+) -> Outcome | None:
     """Converge one TradingModel; None when it no longer exists.
 
     `rollout_only` (for Deployment events) trusts S3 as last verified for this generation and
@@ -85,7 +87,7 @@ def reconcile(namespace: str, name: str, deps: Deps, rollout_only: bool = False)
         body = deps.kube.get_tradingmodel(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        return _reconcile(body, deps, rollout_only)
+        return _reconcile(body, deps, rollout_only, deep)
 
 
 def _already_promoted(old: dict[str, Any], model: TradingModelSpec, generation: int) -> PromotionResult | None:
@@ -98,11 +100,11 @@ def _already_promoted(old: dict[str, Any], model: TradingModelSpec, generation: 
         and promoted is not None
         and promoted.get("status") == "True"
     ):
-        return PromotionResult(False, "none", model.version, old["digest"], None)
+        return PromotionResult(False, False, model.version, old["digest"], None)
     return None
 
 
-def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False) -> Outcome:
+def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False, deep: bool = False) -> Outcome:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     generation = int(meta.get("generation") or 1)
@@ -143,6 +145,9 @@ def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False) -> 
             model.version,
             model.s3_stage,
             actor=f"operator:{namespace}/{name}",
+            last_known=old.get("activeVersion"),
+            recorded=frozenset(h.get("id") for h in old.get("history") or [] if h.get("id")),
+            deep=deep,
         )
     except (StoreError, InvalidName, ClientError, BotoCoreError) as exc:
         return _finish(body, status, _storage_failure(exc, model, status), deps)
@@ -152,6 +157,8 @@ def _reconcile(body: dict[str, Any], deps: Deps, rollout_only: bool = False) -> 
     status.set("Promoted", True, "Promoted", f"s3://{model.bucket}/{prefix} holds {model.version}")
     outcome = Outcome(ROLLING_OUT)
     _record_version(body, model, result, status, deps, outcome)
+    if s3 is not None and result.stage_manifest is not None:
+        _sync_registries(s3, model, result, status)
 
     image, port = deps.config.serving_image, deps.config.serving_port
     try:
@@ -184,25 +191,43 @@ def _record_version(
     outcome: Outcome,
 ) -> None:
     old_active = status.old.get("activeVersion")
-    if result.changed:
+    if result.copied:
         verb = {"promote": "Promoted", "rollback": "RolledBack", "repair": "Repaired"}[result.action]
         was = f" (was {result.previous_version})" if result.previous_version else ""
         deps.emit(body, "Normal", verb, f"{verb} {model.version} into {model.s3_stage.value}{was}")
         outcome.changed.append(result.action)
-    if old_active != model.version or result.changed:
+    move = result.move
+    if move and not result.audit_error:
         status.history(
             {
-                "at": status.now,
-                "action": result.action if result.changed else "adopt",
-                "from": result.previous_version if result.changed else old_active,
-                "to": model.version,
+                "id": move["id"],
+                "at": move["at"],
+                "action": move["action"],
+                "from": move.get("from_version"),
+                "to": move["to_version"],
                 "stage": model.stage,
-                "digest": result.digest,
+                "digest": move["digest"],
             }
         )
     if old_active != model.version:
         status.values.update(previousVersion=old_active, activeVersion=model.version)
     status.values["digest"] = result.digest
+
+
+def _sync_registries(s3: Any, model: TradingModelSpec, result: PromotionResult, status: _Status) -> None:
+    """Level-based: the registries are brought to what the stage holds on every pass; a broken
+    registry or audit log is reported, never a reason to hold the rollout back."""
+    assert result.stage_manifest is not None
+    problem = result.audit_error
+    if problem is None:
+        try:
+            sync_registries(s3, model.bucket, model.location, model.s3_stage, result.stage_manifest, [model.ticker])
+        except RegistryError as exc:
+            problem = str(exc)
+    if problem:
+        status.set("RegistrySynced", False, "RegistryError", f"{problem}; retrying, serving is not affected")
+    else:
+        status.set("RegistrySynced", True, "Synced", "metadata/ registries and the audit log agree with the stage")
 
 
 def _archive(body: dict[str, Any], model: TradingModelSpec, status: _Status, deps: Deps) -> Outcome:
@@ -215,26 +240,27 @@ def _archive(body: dict[str, Any], model: TradingModelSpec, status: _Status, dep
             live, {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: "archived"}}, "spec": {"replicas": 0}}
         )
         outcome.changed.append("scaled-to-zero")
-    if status.old.get("phase") != ARCHIVED:
+    # One archive move per generation: its id is derived, so a retry after any failure finds it.
+    move_id = f"archive-{body['metadata'].get('uid', name)}-{status.generation}"
+    if status.old.get("phase") != ARCHIVED and not any(h.get("id") == move_id for h in status.old.get("history") or []):
+        entry = {
+            "id": move_id,
+            "at": status.now,
+            "action": "archive",
+            "model": model.location.model_key,
+            "ticker": model.ticker,
+            "stage": "archived",
+            "from_version": status.old.get("activeVersion"),
+            "to_version": None,
+            "actor": f"operator:{namespace}/{name}",
+        }
         try:
-            s3 = deps.s3_for(model, namespace)
-            record_event(
-                s3,
-                model.bucket,
-                {
-                    "at": status.now,
-                    "action": "archive",
-                    "model": model.location.model_key,
-                    "ticker": model.ticker,
-                    "stage": "archived",
-                    "from_version": status.old.get("activeVersion"),
-                    "to_version": None,
-                    "actor": f"operator:{namespace}/{name}",
-                },
-            )
+            record_once(deps.s3_for(model, namespace), model.bucket, entry)
         except (StoreError, ClientError, BotoCoreError) as exc:
             return _finish(body, status, _storage_failure(exc, model, status), deps)
-        status.history({"at": status.now, "action": "archive", "from": status.old.get("activeVersion"), "to": None})
+        status.history(
+            {"id": move_id, "at": entry["at"], "action": "archive", "from": entry["from_version"], "to": None}
+        )
         deps.emit(body, "Normal", "Archived", "Serving scaled to zero; archived versions are kept")
     status.values.update(replicas=0, readyReplicas=0)
     status.set("Promoted", False, "Archived", "Archived: the stage prefix is left as it was")

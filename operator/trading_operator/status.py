@@ -42,4 +42,7 @@ def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | 
 
 
 def append_history(history: list[dict[str, Any]], entry: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The last `limit` entries; an entry whose id is there already is not added twice."""
+    if entry.get("id") and any(h.get("id") == entry["id"] for h in history):
+        return history
     return [*history, entry][-limit:]

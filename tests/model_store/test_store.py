@@ -22,7 +22,7 @@ from model_store.layout import (
 from model_store.manifest import Manifest
 from model_store.promotion import list_versions, promote, verify_version
 from model_store.publish import publish_version
-from model_store.registry import deployment_history, read_document
+from model_store.registry import deployment_history, read_document, sync_registries
 
 SPY = ModelLocation.of("SPY", "etf")
 
@@ -79,6 +79,9 @@ def test_promote_copies_the_version_and_records_it(s3: Any, bucket: str, demo_v1
     published = publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
     result = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")
     assert result.changed and result.action == "promote" and result.digest == published.digest
+    assert result.stage_manifest is not None
+    assert sync_registries(s3, bucket, SPY, Stage.PRODUCTION, result.stage_manifest)
+    assert not sync_registries(s3, bucket, SPY, Stage.PRODUCTION, result.stage_manifest)  # converged: no write
     stage = keys(s3, bucket, "etfs/SPY/production/")
     assert {n: stage[n] for n in demo_v1.files} == demo_v1.files
     stage_manifest = Manifest.from_json(stage[MANIFEST_NAME])
@@ -158,7 +161,9 @@ def test_stock_tickers_share_the_universal_model(s3: Any, bucket: str, demo_v1: 
     aapl = ModelLocation.of("AAPL", "stock")
     publish_version(s3, bucket, aapl, "v1.0", demo_v1.files)
     assert ModelLocation.of("TSLA", "stock").archive_prefix("v1.0") == "stocks/universal/archive/v1.0/"
-    promote(s3, bucket, aapl, "v1.0", Stage.PRODUCTION, actor="test")
+    result = promote(s3, bucket, aapl, "v1.0", Stage.PRODUCTION, actor="test")
+    assert result.stage_manifest is not None
+    sync_registries(s3, bucket, aapl, Stage.PRODUCTION, result.stage_manifest, tickers=["AAPL"])
     assets, _ = read_document(s3, bucket, ASSET_REGISTRY_KEY)
     assert assets["stocks"]["model_info"]["model_path"] == "stocks/universal/production/"
     assert assets["stocks"]["supported_tickers"]["AAPL"]["uses_model"] == "stocks/universal"
@@ -180,13 +185,12 @@ def test_list_versions_orders_semantically_and_flags_incomplete(s3: Any, bucket:
 
 
 def test_a_failed_audit_write_is_recorded_on_the_next_pass(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
-    from model_store.errors import RegistryError
     from model_store.layout import DEPLOYMENT_HISTORY_KEY
 
     publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
     s3.put_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY, Body=b"{broken")
-    with pytest.raises(RegistryError, match="not valid JSON"):
-        promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")
+    first = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")
+    assert first.copied and not first.recorded and "not valid JSON" in (first.audit_error or "")
     assert keys(s3, bucket, "etfs/SPY/production/")[MODEL_NATIVE] == demo_v1.files[MODEL_NATIVE]
     s3.delete_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY)  # someone fixes the document
     again = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="test")

@@ -89,6 +89,7 @@ def test_apply_promotes_rolls_out_and_reports_ready(stack: Stack) -> None:
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "VersionVerified": "True",
         "Promoted": "True",
+        "RegistrySynced": "True",
         "Ready": "True",
     }
     # the pod really serves that version
