@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from model_store.errors import CorruptVersion, InvalidArtifacts, RegistryError, 
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
-from model_store.registry import DETAILS, record_once, registered
+from model_store.registry import DETAILS, record_once, registered, sync_registries
 from model_store.s3 import get_bytes, read_manifest
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,24 @@ def promote(
     )
     done, error = _record(client, bucket, move, location.intent_key(stage))
     return PromotionResult(True, done, version, manifest.digest, move, error, stage_doc)
+
+
+def promote_and_register(
+    client: Any,
+    bucket: str,
+    location: ModelLocation,
+    version: str,
+    stage: Stage,
+    actor: str,
+    reason: str = "",
+    tickers: Iterable[str] = (),
+) -> PromotionResult:
+    """`promote`, then bring the registries to what the stage holds (for callers without a status
+    to report a registry problem in: RegistryError is raised after the stage was moved)."""
+    result = promote(client, bucket, location, version, stage, actor, reason)
+    if result.stage_manifest is not None:
+        sync_registries(client, bucket, location, stage, result.stage_manifest, tickers)
+    return result
 
 
 def _intended_move(

@@ -92,18 +92,15 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from model_store.promotion import promote
-    from model_store.registry import sync_registries
+    from model_store.promotion import promote_and_register
 
     s3, bucket = _client(args)
-    location, stage = _location(args), Stage.parse(args.stage)
+    stage = Stage.parse(args.stage)
     actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
-    result = promote(s3, bucket, location, args.version, stage, actor, args.reason)
+    result = promote_and_register(s3, bucket, _location(args), args.version, stage, actor, args.reason, [args.ticker])
     print(f"{result.action}: {args.version} in {stage.value} (was {result.previous_version})")
     if result.audit_error:
         print(f"warning: not yet in the audit log ({result.audit_error}); run this again to record it", file=sys.stderr)
-    if result.stage_manifest is not None:
-        sync_registries(s3, bucket, location, stage, result.stage_manifest, [args.ticker])
 
 
 def cmd_history(args: argparse.Namespace) -> None:

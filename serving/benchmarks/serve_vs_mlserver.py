@@ -103,7 +103,7 @@ def first_probabilities(body: bytes) -> list[float]:
 def publish(s3_endpoint: str, files: dict[str, bytes]) -> str:
     """archive/v1.0 with its manifest, promoted to production/; returns the version digest."""
     from model_store.layout import ModelLocation, Stage
-    from model_store.promotion import promote
+    from model_store.promotion import promote_and_register
     from model_store.publish import publish_version
     from model_store.s3 import S3Settings, make_client
 
@@ -111,7 +111,9 @@ def publish(s3_endpoint: str, files: dict[str, bytes]) -> str:
     client.create_bucket(Bucket=BUCKET)
     location = ModelLocation.of(TICKER, "etf")
     published = publish_version(client, BUCKET, location, VERSION, files)
-    promote(client, BUCKET, location, VERSION, Stage.PRODUCTION, actor="benchmark", reason="serve_vs_mlserver")
+    promote_and_register(
+        client, BUCKET, location, VERSION, Stage.PRODUCTION, actor="benchmark", reason="serve_vs_mlserver"
+    )
     return published.digest
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from local_stack.pod_runtime import free_port
 from model_store.demo_model import DemoModel
 from model_store.layout import ASSET_REGISTRY_KEY, ModelLocation, Stage
-from model_store.promotion import promote
+from model_store.promotion import promote_and_register
 from model_store.publish import publish_version
 from model_store.registry import update_document
 
@@ -57,15 +57,16 @@ def publish(
     version = json.loads(demo.files["metadata.json"])["version"]
     result = publish_version(s3, bucket, location, version, demo.files)
     if stage is not None:
-        promote(s3, bucket, location, version, Stage.parse(stage), actor="tests")
+        promote_and_register(s3, bucket, location, version, Stage.parse(stage), actor="tests", tickers=[ticker])
     return Published(location, version, result.digest)
 
 
 def register_stocks(s3: Any, bucket: str, *tickers: str) -> None:
-    def add(doc: dict[str, Any]) -> None:
+    def add(doc: dict[str, Any]) -> bool:
         supported = doc.setdefault("stocks", {}).setdefault("supported_tickers", {})
         for ticker in tickers:
             supported.setdefault(ticker, {"uses_model": "stocks/universal"})
+        return True
 
     update_document(s3, bucket, ASSET_REGISTRY_KEY, add)
 
