@@ -5,7 +5,7 @@
 Engines, all on the same model and the same rows:
   booster.predict        lightgbm.Booster.predict(row[None, :]) (the Python package)
   capi.fast              LGBM_BoosterPredictForMatSingleRowFast through ctypes, arguments prebuilt
-  capi.predict_proba     model_serving.lgbm_capi.CApiPredictor.predict_proba (what the server calls)
+  capi.predict_proba     model_serving.engines.lgbm_capi.CApiPredictor.predict_proba (what the server calls)
   compiled.session       compiled_trees RowSession.run() (fill `row`, call; no allocation)
   compiled.row_into      CompiledPredictor.predict_row_into(row, out)
   compiled.predict_proba CompiledPredictor.predict_proba(row[None, :])
@@ -45,7 +45,7 @@ def best_us_per_call(call: Callable[[int], object], calls: int, repeats: int) ->
 
 def _capi_fast(model_text: str, out: np.ndarray) -> tuple[Callable[[int], None], Callable[[], None]]:
     """A bare LGBM_BoosterPredictForMatSingleRowFast call on prebuilt arguments, writing to `out`."""
-    from model_serving import lgbm_capi
+    from model_serving.engines import lgbm_capi
 
     lib = lgbm_capi.library()
     handle, fast, iterations = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int()
@@ -74,8 +74,8 @@ def _capi_fast(model_text: str, out: np.ndarray) -> tuple[Callable[[int], None],
 
 def measure(model_text: str, calls: int = 2000, repeats: int = 7, progress: Callable[[str], None] = print) -> dict:
     """{engine: {"rotating_us": .., "same_row_us": ..}} plus build facts of the compiled engine."""
-    from model_serving.compiled_trees import try_compile
-    from model_serving.lgbm_capi import CApiPredictor
+    from model_serving.engines.compiled_trees import try_compile
+    from model_serving.engines.lgbm_capi import CApiPredictor
 
     capi = CApiPredictor(model_text)
     rng = np.random.default_rng(11)

@@ -18,8 +18,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from model_serving.compiled_trees import try_compile
-from model_serving.lgbm_text import MissingType, parse_model_text
+from model_serving.engines.compiled_trees import try_compile
+from model_serving.engines.lgbm_text import MissingType, parse_model_text
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed: nothing to compile with")
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from serving_helpers import served_model
 
-from model_serving.compile_hook import try_swap
-from model_serving.lgbm_capi import CApiPredictor, LightGBMError, find_library
+from model_serving.engines.lgbm_capi import CApiPredictor, LightGBMError, find_library
+from model_serving.engines.predictor import probe_rows, same_outputs, split_thresholds
+from model_serving.loading.engine_swap import try_swap
 from model_serving.metrics import Metrics
-from model_serving.predictor import probe_rows, same_outputs, split_thresholds
 from model_store.demo_model import DemoModel
 
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model_serving.c_literals import K_ZERO_THRESHOLD
-from model_serving.lgbm_text import Forest
+from model_serving.engines.codegen.c_literals import K_ZERO_THRESHOLD
+from model_serving.engines.lgbm_text import Forest
 
 if TYPE_CHECKING:
-    from model_serving.compiled_trees import CompiledPredictor
+    from model_serving.engines.compiled_trees import CompiledPredictor
 
 RELATIVE_TOLERANCE = 1e-12
 CHECK_ROWS = 300
@@ -27,7 +27,7 @@ Reference = Callable[[np.ndarray], np.ndarray]  # rows -> probabilities (n, n_ou
 def default_reference(model_text: str) -> Reference:
     """LightGBM itself: its C API through lgbm_capi (no 2 s `import lightgbm`), else the package."""
     try:
-        from model_serving.lgbm_capi import CApiPredictor
+        from model_serving.engines.lgbm_capi import CApiPredictor
     except ImportError:
         pass
     else:

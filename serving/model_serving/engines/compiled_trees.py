@@ -35,15 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from model_serving.compiled_check import RELATIVE_TOLERANCE, Reference, default_reference, self_check
-from model_serving.lgbm_text import Forest, Unsupported, parse_model_text
-from model_serving.tree_codegen import (
+from model_serving.engines.codegen.generate import (
     GENERATOR_VERSION,
     PREDICT_PROBA,
     PREDICT_PROBA_BATCH,
     choose_layout,
     generate_sources,
 )
+from model_serving.engines.lgbm_text import Forest, Unsupported, parse_model_text
+from model_serving.engines.verify import RELATIVE_TOLERANCE, Reference, default_reference, self_check
 
 log = logging.getLogger(__name__)
 

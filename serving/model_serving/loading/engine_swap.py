@@ -1,6 +1,6 @@
 """Swap compiled trees in for the C-API predictor, once they exist and agree with it.
 
-`model_serving.compiled_trees.try_compile(model_text, cache_dir)` (a separate
+`model_serving.engines.compiled_trees.try_compile(model_text, cache_dir)` (a separate
 module) builds a shared library with gcc, which takes seconds: this runs in a
 background thread after the server is ready. The swap is one reference
 assignment, so a request sees either engine, never a mix. An ImportError or
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model_serving.engines.predictor import Predictor, engine_name, probe_rows, same_outputs
+from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
-from model_serving.predictor import Predictor, engine_name, probe_rows, same_outputs
-from model_serving.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ CompileFn = Callable[[str, Path, Reference], Predictor | None]
 
 def default_compiler() -> CompileFn | None:
     try:
-        module = importlib.import_module("model_serving.compiled_trees")
+        module = importlib.import_module("model_serving.engines.compiled_trees")
     except ImportError:
         return None
     try_compile = getattr(module, "try_compile", None)
