@@ -1,87 +1,45 @@
-"""Compile a LightGBM text model to a native library and predict through it.
+"""Compiled trees: a LightGBM text model as a native library, predicting through ctypes.
 
-    predictor = try_compile(model_text, cache_dir)      # None: keep LightGBM's C API
+    predictor = compile_trees(model_text, cache_dir)    # None: keep LightGBM's C API
     probs = predictor.predict_proba(rows)               # (n, n_features) -> (n, n_outputs)
     session = predictor.row_session()                   # one per thread: fastest single row
     session.row[:] = features; probs = session.run()    # a view of session.out
 
-`try_compile` parses the model (lgbm_text), generates C (tree_codegen), builds
-a shared library with gcc, caches it in `cache_dir` under the sha256 of the
-model text and the generator version (written atomically, so a restart loads
-it without gcc), loads it with ctypes and compares it with LightGBM's own
-predictions on a few hundred awkward rows (NaN, zeros, tiny values, values
-exactly on thresholds and one ulp either side). It returns None, after one log
-line saying why, when the model uses something not compiled (categorical
-splits, linear trees, other objectives), when there is no compiler, when the
-build fails, or when any output differs from LightGBM's by more than 1e-12
-relative. Safe to call from a background thread; the C functions release the GIL.
+`compile_trees` parses the model (lgbm_text) and loads the library cached in
+`cache_dir` under the sha256 of the model text and the generator version, or
+generates C (codegen) and builds it with gcc first (gcc_build; written
+atomically, so a restart loads it without gcc). It returns None, after one
+log line saying why, when the model uses something not compiled (categorical
+splits, linear trees, other objectives), when there is no compiler, or when
+the build fails. What it returns is not trusted yet: `verify.verify` must find
+it equal to LightGBM before it serves (loading.engine_swap does both). Safe to
+call from a background thread; the C functions release the GIL.
 
 n_outputs is the number of classes, and 2 for a binary model ([1 - p, p]).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from model_serving.engines.codegen.generate import (
-    GENERATOR_VERSION,
-    PREDICT_PROBA,
-    PREDICT_PROBA_BATCH,
-    choose_layout,
-    generate_sources,
-)
+from model_serving.engines.codegen.generate import PREDICT_PROBA, PREDICT_PROBA_BATCH, choose_layout
+from model_serving.engines.gcc_build import BuildError, build_library, find_compiler, library_name
 from model_serving.engines.lgbm_text import Forest, Unsupported, parse_model_text
-from model_serving.engines.verify import RELATIVE_TOLERANCE, Reference, default_reference, self_check
 
 log = logging.getLogger(__name__)
 
 ENGINE = "compiled"
-COMPILE_TIMEOUT_SECONDS = 900.0
-STALE_BUILD_SECONDS = 2 * COMPILE_TIMEOUT_SECONDS
-_BUILD_PREFIX = ".build-"
-
-# Measured on the demo model: -O2 for the table-driven layout (compiles in <1 s);
-# -O1 for nested if/else, whose 1000 trees compile ~30% faster than -O2 and run no slower.
-# No -march=native: a cached library may be read by a node with another CPU.
-_FLAGS = {
-    "quickscorer": ("-O2",),
-    "nested": ("-O1",),
-}
-_COMMON_FLAGS = ("-std=gnu11", "-fPIC", "-ffp-contract=off", "-fno-fast-math")
 
 
-class BuildError(RuntimeError):
-    """gcc failed or timed out; the message carries the tail of its output."""
-
-
-# ----------------------------------------------------------------------------- public API
-
-
-def try_compile(
-    model_text: str,
-    cache_dir: Path,
-    *,
-    compiler: str | None = None,
-    reference: Reference | None = None,
-) -> CompiledPredictor | None:
-    """A verified compiled predictor for `model_text`, or None (logged) to keep LightGBM's.
+def compile_trees(model_text: str, cache_dir: Path, *, compiler: str | None = None) -> CompiledPredictor | None:
+    """A compiled predictor for `model_text`, or None (logged) to keep LightGBM's; not yet verified.
 
     compiler: the C compiler (default $CC or gcc); only needed when the cache has no library.
-    reference: rows -> LightGBM probabilities (n, n_outputs); default a lightgbm.Booster
-    loaded from `model_text` (LightGBM's C API). Pass the caller's own LightGBM predictor to skip
-    loading the model twice.
     """
     started = time.perf_counter()
     try:
@@ -96,9 +54,8 @@ def try_compile(
         lib = _load_cached(so_path)
         if lib is None:
             origin = "built"
-            cc = shutil.which(compiler or os.environ.get("CC") or "gcc")
+            wanted, cc = find_compiler(compiler)
             if cc is None:
-                wanted = compiler or os.environ.get("CC") or "gcc"
                 _skipped("no_compiler", f"{wanted} not found on PATH; install gcc to compile", logging.INFO)
                 return None
             build_library(forest, so_path, cc)
@@ -106,25 +63,14 @@ def try_compile(
     except (BuildError, OSError) as exc:
         _skipped("build_failed", str(exc))
         return None
-
     predictor = CompiledPredictor(lib, forest, so_path, origin)
-    try:
-        worst = self_check(predictor, forest, reference or default_reference(model_text))
-    except Exception as exc:  # the check must never take the server down with it
-        _skipped("check_failed", repr(exc))
-        return None
-    if not worst <= RELATIVE_TOLERANCE:
-        _skipped("mismatch", f"max relative error {worst:.3g} > {RELATIVE_TOLERANCE:g} ({so_path})")
-        return None
-    predictor.max_relative_error = worst
     log.info(
-        "compiled trees ready",
+        "compiled trees loaded",
         extra={
             "origin": origin,
             "layout": predictor.layout,
             "trees": len(forest.trees),
             "seconds": round(time.perf_counter() - started, 3),
-            "max_relative_error": worst,
             "library": str(so_path),
         },
     )
@@ -146,7 +92,6 @@ class CompiledPredictor:
         self.layout = choose_layout(forest)
         self.so_path = so_path
         self.origin = origin  # "built" now, or "disk" (cache hit, no compiler run)
-        self.max_relative_error = float("nan")  # filled in by the self-check
         self._lib = lib  # keeps the library mapped while the functions are referenced
         self._row_fn = getattr(lib, PREDICT_PROBA)
         self._row_fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
@@ -211,16 +156,7 @@ class RowSession:
         return self.out
 
 
-# ----------------------------------------------------------------------------- build and cache
-
-
-def library_name(model_text: str) -> str:
-    """Cache file name: model text, generator version, flags and machine all change it."""
-    key = hashlib.sha256()
-    for part in (GENERATOR_VERSION, repr(sorted(_FLAGS.items())), repr(_COMMON_FLAGS), platform.machine()):
-        key.update(part.encode() + b"\0")
-    key.update(model_text.encode())
-    return f"lgbm-compiled-{key.hexdigest()[:40]}.so"
+# ----------------------------------------------------------------------------- the library cache
 
 
 def _load_cached(so_path: Path) -> ctypes.CDLL | None:
@@ -233,75 +169,3 @@ def _load_cached(so_path: Path) -> ctypes.CDLL | None:
         log.warning("cached compiled trees unusable, rebuilding", extra={"library": str(so_path), "detail": str(exc)})
         so_path.unlink(missing_ok=True)
         return None
-
-
-def build_library(forest: Forest, so_path: Path, cc: str) -> float:
-    """Generate, compile (translation units in parallel) and atomically place the library."""
-    started = time.perf_counter()
-    sources = generate_sources(forest, parts=_usable_cpus())
-    flags = (*_FLAGS[sources.layout], *_COMMON_FLAGS)
-    so_path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(so_path.parent)
-    with tempfile.TemporaryDirectory(prefix=_BUILD_PREFIX, dir=so_path.parent) as tmp:
-        work = Path(tmp)
-        objects = []
-        jobs = []
-        for name, text in sources.files:
-            (work / name).write_text(text)
-            obj = work / (name.removesuffix(".c") + ".o")
-            objects.append(str(obj))
-            jobs.append([cc, *flags, "-c", str(work / name), "-o", str(obj)])
-        _run_parallel(jobs)
-        staged = work / so_path.name
-        _run_parallel([[cc, "-shared", *flags, "-o", str(staged), *objects, "-lm"]])
-        os.replace(staged, so_path)  # atomic: readers see no library or a whole one
-    seconds = time.perf_counter() - started
-    log.info(
-        "compiled trees built",
-        extra={
-            "layout": sources.layout,
-            "units": len(sources.files),
-            "trees": len(forest.trees),
-            "seconds": round(seconds, 3),
-            "library": str(so_path),
-        },
-    )
-    return seconds
-
-
-def _remove_stale_builds(folder: Path) -> None:
-    """Build folders left by a process killed mid-build (a live build is far younger)."""
-    cutoff = time.time() - STALE_BUILD_SECONDS
-    for stale in folder.glob(_BUILD_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            if stale.stat().st_mtime < cutoff:
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-def _usable_cpus() -> int:
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not on Linux
-        return max(1, min(8, os.cpu_count() or 1))
-
-
-def _run_parallel(commands: list[list[str]]) -> None:
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in commands]
-    deadline = time.monotonic() + COMPILE_TIMEOUT_SECONDS
-    failures = []
-    try:
-        for cmd, proc in zip(commands, procs, strict=True):
-            try:
-                output, _ = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                failures.append(f"{Path(cmd[0]).name} timed out after {COMPILE_TIMEOUT_SECONDS:.0f} s")
-                continue
-            if proc.returncode != 0:
-                failures.append(f"{' '.join(cmd[:1] + cmd[-3:])} exited {proc.returncode}: {output[-2000:]}")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if failures:
-        raise BuildError("; ".join(failures))

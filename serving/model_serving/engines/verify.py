@@ -1,59 +1,76 @@
-"""The compiled trees' self-check: compare them with LightGBM on rows chosen to hit every rule.
+"""The one check that decides whether another engine may replace LightGBM's C API.
 
-Random rows rarely land where a re-implementation goes wrong, so the rows here
-sit exactly on split thresholds and one ulp either side, and carry NaN, 0.0,
--0.0, values LightGBM reads as zero (|v| <= float32(1e-35)) and infinities.
+`verify(reference, candidate, model_text, n_features)` predicts the rows of
+`probe_rows` with both engines, in one batch and then the first SINGLE_ROWS
+rows one at a time (the server's single-row call), and returns a Verdict:
+the candidate may serve only when no probability differs from the
+reference's by more than TOLERANCE, relative. Compiled trees sum the leaves
+in LightGBM's order and copy its sigmoid and softmax, so on a correct build
+the difference is exactly 0; the tolerance only leaves room for rounding in
+the last bits, far below what any wrong branch would cost.
+
+Random rows rarely land where a re-implementation of the trees goes wrong, so
+the rows sit exactly on split thresholds and one ulp either side, and carry
+NaN, 0.0, -0.0, values LightGBM reads as zero (|v| <= float32(1e-35)) and
+infinities. The thresholds are read from the model text itself, so any
+candidate engine can be checked, whatever it parsed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from model_serving.engines.codegen.c_literals import K_ZERO_THRESHOLD
-from model_serving.engines.lgbm_text import Forest
+from model_serving.engines.predictor import Predictor
 
-if TYPE_CHECKING:
-    from model_serving.engines.compiled_trees import CompiledPredictor
+TOLERANCE = 1e-12  # the largest relative difference accepted, on any probability of any row
+ROWS = 300
+SINGLE_ROWS = 40
+SEED = 20240601
 
-RELATIVE_TOLERANCE = 1e-12
-CHECK_ROWS = 300
-
-Reference = Callable[[np.ndarray], np.ndarray]  # rows -> probabilities (n, n_outputs)
-
-
-def default_reference(model_text: str) -> Reference:
-    """LightGBM itself: its C API through lgbm_capi (no 2 s `import lightgbm`), else the package."""
-    try:
-        from model_serving.engines.lgbm_capi import CApiPredictor
-    except ImportError:
-        pass
-    else:
-        return CApiPredictor(model_text).predict_proba
-
-    import lightgbm
-
-    booster = lightgbm.Booster(model_str=model_text)
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        probs = np.asarray(booster.predict(rows), dtype=np.float64)
-        return np.column_stack([1.0 - probs, probs]) if probs.ndim == 1 else probs
-
-    return predict
+_SPLIT_FEATURE = re.compile(r"^split_feature=(.*)$", re.MULTILINE)
+_THRESHOLD = re.compile(r"^threshold=(.*)$", re.MULTILINE)
 
 
-def check_rows(forest: Forest, count: int = CHECK_ROWS, seed: int = 20240601) -> np.ndarray:
+@dataclass(frozen=True)
+class Verdict:
+    max_relative_error: float  # 0.0 when every output is identical; inf when shapes or NaNs differ
+    rows: int
+
+    @property
+    def agrees(self) -> bool:
+        return self.max_relative_error <= TOLERANCE
+
+
+def verify(reference: Predictor, candidate: Predictor, model_text: str, n_features: int) -> Verdict:
+    """Compare `candidate` with `reference` (LightGBM) on probe_rows, batched and row by row."""
+    rows = probe_rows(model_text, n_features)
+    expected = np.asarray(reference.predict_proba(rows))
+    worst = relative_error(np.asarray(candidate.predict_proba(rows)), expected)
+    for i in range(min(len(rows), SINGLE_ROWS)):
+        single = np.asarray(candidate.predict_proba(rows[i : i + 1]))
+        worst = max(worst, relative_error(single, expected[i : i + 1]))
+    return Verdict(worst, len(rows))
+
+
+def split_thresholds(model_text: str, n_features: int) -> list[list[float]]:
+    """Every split threshold of each feature, read from the text model's trees."""
+    found: list[set[float]] = [set() for _ in range(n_features)]
+    for features, thresholds in zip(_SPLIT_FEATURE.findall(model_text), _THRESHOLD.findall(model_text), strict=False):
+        for f, t in zip(features.split(), thresholds.split(), strict=False):
+            index = int(f)
+            if 0 <= index < n_features:
+                found[index].add(float(t))
+    return [sorted(values) for values in found]
+
+
+def probe_rows(model_text: str, n_features: int, count: int = ROWS, seed: int = SEED) -> np.ndarray:
     """Rows that probe every decision rule: thresholds exactly and one ulp away, NaN, 0, -0,
     values LightGBM reads as zero (|v| <= 1e-35f), infinities, and ordinary values."""
     rng = np.random.default_rng(seed)
-    nf = forest.num_features
-    collected: list[list[float]] = [[] for _ in range(nf)]
-    for tree in forest.trees:
-        for split in tree.splits:
-            collected[split.feature].append(split.threshold)
-    per_feature = [np.array(values, dtype=np.float64) for values in collected]
     kzero = float(K_ZERO_THRESHOLD)
     specials = np.array(
         [
@@ -71,20 +88,19 @@ def check_rows(forest: Forest, count: int = CHECK_ROWS, seed: int = 20240601) ->
             -np.inf,
         ]
     )
-    rows = rng.normal(size=(count, nf))
-    for f in range(nf):
-        thresholds = per_feature[f][np.isfinite(per_feature[f])]
+    rows = rng.normal(size=(count, n_features))
+    for f, values in enumerate(split_thresholds(model_text, n_features)):
+        thresholds = np.array(values, dtype=np.float64)
+        thresholds = thresholds[np.isfinite(thresholds)]
+        pick = rng.random(count)
         if thresholds.size:
             lo, hi = thresholds.min(), thresholds.max()
             rows[:, f] = rng.uniform(lo - 0.1 * (hi - lo) - 1e-9, hi + 0.1 * (hi - lo) + 1e-9, size=count)
-        pick = rng.random(count)
-        if thresholds.size:
             exact = rng.choice(thresholds, size=count)
             rows[:, f] = np.where(pick < 0.30, exact, rows[:, f])
             rows[:, f] = np.where((pick >= 0.30) & (pick < 0.36), np.nextafter(exact, np.inf), rows[:, f])
             rows[:, f] = np.where((pick >= 0.36) & (pick < 0.42), np.nextafter(exact, -np.inf), rows[:, f])
-        special = rng.choice(specials, size=count)
-        rows[:, f] = np.where(pick > 0.82, special, rows[:, f])
+        rows[:, f] = np.where(pick > 0.82, rng.choice(specials, size=count), rows[:, f])
     for i, value in enumerate((np.nan, 0.0, kzero, -kzero)):
         if i < count:
             rows[i, :] = value
@@ -102,16 +118,3 @@ def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(diff == 0, 0.0, diff / np.abs(b))
     return float(rel.max(initial=0.0))
-
-
-def self_check(predictor: CompiledPredictor, forest: Forest, reference: Reference) -> float:
-    """Worst relative error of the batch and single-row entries against the reference."""
-    rows = check_rows(forest)
-    expected = reference(rows)
-    worst = relative_error(predictor.predict_proba(rows), expected)
-    session = predictor.row_session()
-    singles = np.empty((min(len(rows), 40), predictor.num_outputs))
-    for i in range(len(singles)):
-        session.row[:] = rows[i]
-        singles[i] = session.run()
-    return max(worst, relative_error(singles, expected[: len(singles)]))
