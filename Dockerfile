@@ -10,7 +10,7 @@
 # RUNTIME picks the last stage:
 #   compiled (default)  adds gcc and the C library headers. The serving process turns a
 #                       model's LightGBM trees into C and compiles them with gcc when it loads
-#                       the model (serving/model_serving/tree_codegen.py): faster predictions.
+#                       the model (serving/model_serving/engines/codegen/): faster predictions.
 #   slim                no compiler (about 200 MB smaller, nothing to compile code with inside
 #                       the container, which some image policies require). The serving process
 #                       then predicts with LightGBM's own library: same answers, slower per row.

@@ -179,7 +179,8 @@ def ours_env(
     port: int,
     extra: dict[str, str] | None = None,
 ) -> dict:
-    """The serving pod contract (COMMON.md), pointed at the local S3; `extra` adds SERVING_* knobs."""
+    """The serving pod contract (serving/model_serving/README.md, "Environment"), pointed at the local S3;
+    `extra` adds SERVING_* knobs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "S3_", "SERVING_"))}
     env.update(
         MODEL_TICKER=ticker,

@@ -5,7 +5,7 @@
 Engines, all on the same model and the same rows:
   booster.predict        lightgbm.Booster.predict(row[None, :]) (the Python package)
   capi.fast              LGBM_BoosterPredictForMatSingleRowFast through ctypes, arguments prebuilt
-  capi.predict_proba     model_serving.lgbm_capi.CApiPredictor.predict_proba (what the server calls)
+  capi.predict_proba     model_serving.engines.lgbm_capi.CApiPredictor.predict_proba (what the server calls)
   compiled.session       compiled_trees RowSession.run() (fill `row`, call; no allocation)
   compiled.row_into      CompiledPredictor.predict_row_into(row, out)
   compiled.predict_proba CompiledPredictor.predict_proba(row[None, :])
@@ -45,7 +45,7 @@ def best_us_per_call(call: Callable[[int], object], calls: int, repeats: int) ->
 
 def _capi_fast(model_text: str, out: np.ndarray) -> tuple[Callable[[int], None], Callable[[], None]]:
     """A bare LGBM_BoosterPredictForMatSingleRowFast call on prebuilt arguments, writing to `out`."""
-    from model_serving import lgbm_capi
+    from model_serving.engines import lgbm_capi
 
     lib = lgbm_capi.library()
     handle, fast, iterations = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int()
@@ -74,8 +74,9 @@ def _capi_fast(model_text: str, out: np.ndarray) -> tuple[Callable[[int], None],
 
 def measure(model_text: str, calls: int = 2000, repeats: int = 7, progress: Callable[[str], None] = print) -> dict:
     """{engine: {"rotating_us": .., "same_row_us": ..}} plus build facts of the compiled engine."""
-    from model_serving.compiled_trees import try_compile
-    from model_serving.lgbm_capi import CApiPredictor
+    from model_serving.engines.compiled_trees import CompiledPredictor, compile_trees
+    from model_serving.engines.lgbm_capi import CApiPredictor
+    from model_serving.engines.verify import verify
 
     capi = CApiPredictor(model_text)
     rng = np.random.default_rng(11)
@@ -98,14 +99,26 @@ def measure(model_text: str, calls: int = 2000, repeats: int = 7, progress: Call
     record("capi.predict_proba", lambda pick: lambda i: capi.predict_proba(rows[pick(i) : pick(i) + 1]))
 
     with tempfile.TemporaryDirectory() as tmp:
+
+        def compile_and_verify() -> CompiledPredictor | None:
+            """What the server does in the background: build (or load from the cache), then verify."""
+            compiled = compile_trees(model_text, Path(tmp))
+            if compiled is None:
+                return None
+            verdict = verify(capi, compiled, model_text, capi.n_features)
+            if not verdict.agrees:
+                progress(f"single-row: compiled trees differ from LightGBM by {verdict.max_relative_error:.3g}")
+                return None
+            return compiled
+
         started = time.perf_counter()
-        compiled = try_compile(model_text, Path(tmp), reference=capi.predict_proba)
+        compiled = compile_and_verify()
         first_seconds = time.perf_counter() - started
         if compiled is None:
             progress("single-row: compiled trees unavailable (see the log line above)")
         else:
             started = time.perf_counter()
-            try_compile(model_text, Path(tmp), reference=capi.predict_proba)
+            compile_and_verify()
             cached_seconds = time.perf_counter() - started
             session = compiled.row_session()
 
@@ -139,7 +152,7 @@ def format_table(results: dict) -> str:
     build = results.get("compiled.build")
     if build:
         lines.append(
-            f"compiled layout {build['layout']}: try_compile {build['first_try_compile_seconds']} s "
+            f"compiled layout {build['layout']}: compile_trees + verify {build['first_try_compile_seconds']} s "
             f"(gcc + check), {build['cached_try_compile_seconds']} s from the disk cache"
         )
     return "\n".join(lines)

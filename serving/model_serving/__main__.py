@@ -21,10 +21,10 @@ log = logging.getLogger("model_serving")
 def build_app(settings: Settings) -> object:
     """The ASGI app. The pod's own model starts loading in a thread before the web stack is
     imported: reading, hashing and parsing the model run in C while Python imports the rest."""
-    from model_serving.disk_cache import DiskCache
-    from model_serving.loader import ModelLoader
+    from model_serving.loading.disk_cache import DiskCache
+    from model_serving.loading.loader import ModelLoader
+    from model_serving.loading.s3_source import ModelSpec, S3Source
     from model_serving.metrics import Metrics
-    from model_serving.s3_source import ModelSpec, S3Source
     from model_store.layout import ModelLocation
 
     metrics = Metrics()
@@ -36,8 +36,8 @@ def build_app(settings: Settings) -> object:
         location = ModelLocation(settings.asset_class, settings.ticker)
         early = loader.load_in_background(ModelSpec(location, settings.stage, settings.version, settings.digest))
 
-    from model_serving.app import ServingApp
-    from model_serving.service import ModelService
+    from model_serving.http.app import ServingApp
+    from model_serving.http.service import ModelService
 
     return ServingApp(ModelService(settings, loader, s3, metrics, early), metrics)
 

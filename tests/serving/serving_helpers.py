@@ -187,9 +187,9 @@ def feature_rows(demo: DemoModel, count: int, seed: int = 1) -> list[dict[str, f
 
 def served_model(demo: DemoModel, ticker: str = "SPY", asset_class: str = "etf") -> Any:
     """A ServedModel built in-process from the demo files (for tests of pure request handling)."""
-    from model_serving.lgbm_capi import CApiPredictor
-    from model_serving.model_files import read_content
-    from model_serving.served_model import ServedModel
+    from model_serving.engines.lgbm_capi import CApiPredictor
+    from model_serving.loading.model_files import read_content
+    from model_serving.loading.served_model import ServedModel
     from model_store.manifest import Manifest
 
     manifest = Manifest.build(f"etfs/{ticker}", "v1.0", demo.files, created="2024-12-06T00:00:00Z")

@@ -18,8 +18,9 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from model_serving.compiled_trees import try_compile
-from model_serving.lgbm_text import MissingType, parse_model_text
+from model_serving.engines.compiled_trees import compile_trees
+from model_serving.engines.lgbm_text import MissingType, parse_model_text
+from model_serving.engines.verify import verify
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed: nothing to compile with")
 
@@ -67,11 +68,25 @@ def lightgbm_proba(booster: lgb.Booster, rows: np.ndarray) -> np.ndarray:
     return np.column_stack([1.0 - probs, probs]) if probs.ndim == 1 else probs
 
 
+class BoosterPredictor:
+    """lightgbm.Booster as a Predictor; `off` makes one probability wrong by that much, relative."""
+
+    def __init__(self, booster: lgb.Booster, off: float = 0.0) -> None:
+        self.booster, self.off = booster, off
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        probs = lightgbm_proba(self.booster, rows)
+        probs[min(7, len(rows) - 1), 1] *= 1.0 + self.off
+        return probs
+
+
 def assert_same_as_lightgbm(text: str, cache: Path) -> str:
     booster = lgb.Booster(model_str=text)
-    predictor = try_compile(text, cache)
+    predictor = compile_trees(text, cache)
     assert predictor is not None, "a supported model must compile"
     assert predictor.engine == "compiled"
+    verdict = verify(BoosterPredictor(booster), predictor, text, booster.num_feature())
+    assert verdict.max_relative_error == 0.0, "the verifier's rows, too, come out bit for bit"
     rows = awkward_rows(booster)
     expected = lightgbm_proba(booster, rows)
     got = predictor.predict_proba(rows)
@@ -170,25 +185,25 @@ def test_unsupported_models_return_none(kind: str, tmp_path: Path) -> None:
         text = train({"objective": "regression"}, x, x[:, 0] * 2.0)
     else:
         text = train({"objective": "binary", "linear_tree": True}, x, y, rounds=3)
-    assert try_compile(text, tmp_path) is None
+    assert compile_trees(text, tmp_path) is None
     assert not list(tmp_path.glob("*.so")), "nothing is built for an unsupported model"
 
 
 def test_too_many_features_for_the_stack_returns_none(tmp_path: Path) -> None:
     text = train({"objective": "binary"}, *binary_data(), rounds=2)
     assert "\nmax_feature_idx=9\n" in text
-    assert try_compile(text.replace("\nmax_feature_idx=9\n", "\nmax_feature_idx=20000\n"), tmp_path) is None
+    assert compile_trees(text.replace("\nmax_feature_idx=9\n", "\nmax_feature_idx=20000\n"), tmp_path) is None
 
 
 def test_second_call_loads_the_cached_library_without_a_compiler(tmp_path: Path) -> None:
     text = train({"objective": "binary"}, *binary_data(0.1), rounds=10)
-    first = try_compile(text, tmp_path)
+    first = compile_trees(text, tmp_path)
     assert first is not None and first.origin == "built"
     libraries = list(tmp_path.glob("*.so"))
     assert libraries == [first.so_path]
     mtime = first.so_path.stat().st_mtime_ns
     # A compiler that does not exist: the second call can only succeed from the disk cache.
-    second = try_compile(text, tmp_path, compiler=str(tmp_path / "no-such-gcc"))
+    second = compile_trees(text, tmp_path, compiler=str(tmp_path / "no-such-gcc"))
     assert second is not None and second.origin == "disk"
     assert second.so_path == first.so_path and first.so_path.stat().st_mtime_ns == mtime
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")], "no build leftovers"
@@ -202,32 +217,29 @@ def test_a_build_left_by_a_killed_process_is_cleaned_up(tmp_path: Path) -> None:
     long_ago = time.time() - 7 * 24 * 3600
     os.utime(stale, (long_ago, long_ago))
     text = train({"objective": "binary"}, *binary_data(), rounds=2)
-    assert try_compile(text, tmp_path) is not None
+    assert compile_trees(text, tmp_path) is not None
     assert not stale.exists() and fresh.exists(), "only builds far older than any live one are removed"
 
 
 def test_no_compiler_and_no_cache_returns_none(tmp_path: Path) -> None:
     text = train({"objective": "binary"}, *binary_data(), rounds=3)
-    assert try_compile(text, tmp_path, compiler=str(tmp_path / "no-such-gcc")) is None
+    assert compile_trees(text, tmp_path, compiler=str(tmp_path / "no-such-gcc")) is None
 
 
-def test_a_reference_that_disagrees_is_refused(tmp_path: Path) -> None:
+def test_the_verifier_accepts_them_against_lightgbm_and_refuses_a_reference_that_disagrees(tmp_path: Path) -> None:
     text = train({"objective": "binary"}, *binary_data(0.1), rounds=5)
     booster = lgb.Booster(model_str=text)
 
-    def slightly_off(rows: np.ndarray) -> np.ndarray:
-        probs = lightgbm_proba(booster, rows)
-        probs[7, 1] *= 1.0 + 1e-9
-        return probs
-
-    assert try_compile(text, tmp_path, reference=slightly_off) is None
-    assert try_compile(text, tmp_path, reference=lambda rows: lightgbm_proba(booster, rows)) is not None
+    compiled = compile_trees(text, tmp_path)
+    assert compiled is not None
+    assert verify(BoosterPredictor(booster), compiled, text, booster.num_feature()).agrees
+    assert not verify(BoosterPredictor(booster, off=1e-9), compiled, text, booster.num_feature()).agrees
 
 
 def test_compiles_in_background_threads_sharing_one_cache(demo_v1, tmp_path: Path) -> None:
     text = demo_v1.files["lightgbm_model.txt"].decode()
     results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(try_compile(text, tmp_path))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(compile_trees(text, tmp_path))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -237,7 +249,7 @@ def test_compiles_in_background_threads_sharing_one_cache(demo_v1, tmp_path: Pat
 
 
 def test_row_entries_refuse_buffers_that_would_be_misread(demo_v1, tmp_path: Path) -> None:
-    predictor = try_compile(demo_v1.files["lightgbm_model.txt"].decode(), tmp_path)
+    predictor = compile_trees(demo_v1.files["lightgbm_model.txt"].decode(), tmp_path)
     assert predictor is not None
     out = np.empty(predictor.num_outputs)
     with pytest.raises(ValueError, match="float64"):

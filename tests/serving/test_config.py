@@ -28,7 +28,7 @@ def test_pod_contract_and_defaults() -> None:
         "v1.2",
         DIGEST,
     )
-    assert s.digest and s.model_name == "spy-staging" and s.endpoint_url is None
+    assert s.model_name == "spy-staging" and s.endpoint_url is None
     assert (s.port, s.cache_dir, s.max_body_bytes, s.compile_trees, s.null_as_missing) == (
         8080,
         Path("/var/cache/models"),
@@ -37,7 +37,8 @@ def test_pod_contract_and_defaults() -> None:
         False,
     )
     lazy = Settings.from_env({"S3_BUCKET": "models", "SERVING_COMPILE_TREES": "off", "PORT": "9000"})
-    assert lazy.ticker is None and lazy.digest is None and not lazy.compile_trees and lazy.port == 9000
+    assert lazy.ticker is None and lazy.version is None and lazy.digest is None
+    assert not lazy.compile_trees and lazy.port == 9000
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from serving_helpers import served_model
 
-from model_serving.compile_hook import try_swap
-from model_serving.lgbm_capi import CApiPredictor, LightGBMError, find_library
+from model_serving.engines.lgbm_capi import CApiPredictor, LightGBMError, find_library
+from model_serving.engines.verify import TOLERANCE, probe_rows, split_thresholds, verify
+from model_serving.loading.engine_swap import try_swap
 from model_serving.metrics import Metrics
-from model_serving.predictor import probe_rows, same_outputs, split_thresholds
 from model_store.demo_model import DemoModel
 
 
@@ -67,7 +67,7 @@ def test_probe_rows_sit_on_the_split_thresholds(demo_v1: DemoModel) -> None:
     assert np.isnan(rows).any() and (rows == 0.0).any()
 
 
-# -- the compile hook ---------------------------------------------------------------------------
+# -- the engine swap and its verifier -----------------------------------------------------------
 
 
 class Shifted:
@@ -86,7 +86,7 @@ def test_equal_compiled_predictor_is_swapped_in(demo_v1: DemoModel, tmp_path: Pa
     model, metrics = served_model(demo_v1), Metrics()
     calls = []
 
-    def compile_fn(text: str, cache_dir: Path, reference: object) -> Shifted:
+    def compile_fn(text: str, cache_dir: Path) -> Shifted:
         calls.append((text, cache_dir))
         return Shifted(CApiPredictor(text), 0.0)
 
@@ -104,7 +104,7 @@ def test_compiled_predictor_is_kept_out_unless_it_agrees(
 ) -> None:
     model, metrics = served_model(demo_v1), Metrics()
 
-    def compile_fn(text: str, cache_dir: Path, reference: object) -> Shifted | None:
+    def compile_fn(text: str, cache_dir: Path) -> Shifted | None:
         if behaviour == "import":
             raise ImportError("no compiler module")
         if behaviour == "crash":
@@ -115,8 +115,21 @@ def test_compiled_predictor_is_kept_out_unless_it_agrees(
     assert model.engine == "lightgbm-capi"
 
 
-def test_same_outputs_rejects_shape_and_value_differences(demo_v1: DemoModel) -> None:
-    predictor = CApiPredictor(model_text(demo_v1))
-    rows = probe_rows(model_text(demo_v1), 84, count=40)
-    assert same_outputs(predictor, Shifted(predictor, 0.0), rows)
-    assert not same_outputs(predictor, Shifted(predictor, 2e-9), rows)
+def test_the_verifier_rejects_shape_and_value_differences(demo_v1: DemoModel) -> None:
+    text = model_text(demo_v1)
+    predictor = CApiPredictor(text)
+    same = verify(predictor, Shifted(predictor, 0.0), text, 84)
+    assert same.agrees and same.max_relative_error == 0.0
+    assert not verify(predictor, Shifted(predictor, 2e-9), text, 84).agrees
+
+    class Scaled:
+        def __init__(self, factor: float, columns: slice = slice(None)) -> None:
+            self.factor, self.columns = factor, columns
+
+        def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+            return predictor.predict_proba(rows)[:, self.columns] * self.factor
+
+    # The tolerance is relative: it holds for tiny probabilities as for large ones.
+    assert verify(predictor, Scaled(1 + TOLERANCE / 2), text, 84).agrees
+    assert not verify(predictor, Scaled(1 + 2 * TOLERANCE), text, 84).agrees
+    assert verify(predictor, Scaled(1.0, slice(0, -1)), text, 84).max_relative_error == float("inf")

@@ -397,7 +397,6 @@ def test_sigterm_lets_an_in_flight_request_finish(start_server: Any, s3: Any, bu
 def test_compiled_trees_are_swapped_in_after_ready(start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel) -> None:
     import shutil
 
-    pytest.importorskip("model_serving.compiled_trees", reason="the compiled-trees engine is not in this checkout")
     if shutil.which(os.environ.get("CC", "gcc")) is None:
         pytest.skip("no C compiler on this machine: the server keeps the C-API engine")
     publish(s3, bucket, "SPY", "etf", demo_v1)

@@ -19,13 +19,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from model_serving.disk_cache import DiskCache
+from model_serving.engines.lgbm_capi import CApiPredictor, LightGBMError
 from model_serving.errors import LoadError
-from model_serving.lgbm_capi import CApiPredictor, LightGBMError
+from model_serving.loading.disk_cache import DiskCache
+from model_serving.loading.model_files import InvalidModel, ModelContent, files_needed, read_content
+from model_serving.loading.s3_source import ModelSpec, Resolved, S3Source
+from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
-from model_serving.model_files import InvalidModel, ModelContent, files_needed, read_content
-from model_serving.s3_source import ModelSpec, Resolved, S3Source
-from model_serving.served_model import ServedModel
 from model_store.manifest import Manifest, ManifestError
 
 log = logging.getLogger(__name__)

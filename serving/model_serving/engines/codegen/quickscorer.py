@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from model_serving.c_literals import c_double
-from model_serving.lgbm_text import Forest, MissingType, Tree
+from model_serving.engines.codegen.c_literals import c_double
+from model_serving.engines.lgbm_text import Forest, MissingType, Tree
 
 # Trees with more leaves than the widest mask fall back to the nested layout.
 MAX_LEAVES = 64

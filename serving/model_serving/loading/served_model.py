@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from model_serving.model_files import ModelContent
-from model_serving.predictor import Predictor, engine_name
+from model_serving.engines.predictor import Predictor, engine_name
+from model_serving.loading.model_files import ModelContent
 from model_store.layout import AssetClass, ModelLocation
 
 MODEL_TYPES = {AssetClass.ETF: "etf_specific", AssetClass.STOCK: "stock_universal"}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from model_serving.errors import BadRequest
-from model_serving.served_model import ServedModel
+from model_serving.loading.served_model import ServedModel
 
 _NUMBERS = frozenset({int, float})
 _NUMBERS_OR_NULL = frozenset({int, float, type(None)})

@@ -23,14 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from model_serving import compile_hook
 from model_serving.config import Settings
 from model_serving.errors import BadRequest, LoadError, NotFound, Unavailable
-from model_serving.loader import ModelLoader
+from model_serving.loading import engine_swap
+from model_serving.loading.loader import ModelLoader
+from model_serving.loading.s3_source import ModelSpec, S3Source
+from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
 from model_serving.process_age import process_age_seconds
-from model_serving.s3_source import ModelSpec, S3Source
-from model_serving.served_model import ServedModel
 from model_store.layout import AssetClass, InvalidName, ModelLocation, check_ticker
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class ModelService:
                 import tempfile
 
                 cache_dir = Path(tempfile.mkdtemp(prefix="compiled-trees-"))
-            if compile_hook.try_swap(model, cache_dir, self.metrics) == "swapped" and (
+            if engine_swap.try_swap(model, cache_dir, self.metrics) == "swapped" and (
                 self._models.get(model.key) is model
             ):
                 self._publish_info(model)
