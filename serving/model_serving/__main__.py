@@ -36,8 +36,8 @@ def build_app(settings: Settings) -> object:
         location = ModelLocation(settings.asset_class, settings.ticker)
         early = loader.load_in_background(ModelSpec(location, settings.stage, settings.version, settings.digest))
 
-    from model_serving.http.app import ServingApp
-    from model_serving.http.service import ModelService
+    from model_serving.api.app import ServingApp
+    from model_serving.api.service import ModelService
 
     return ServingApp(ModelService(settings, loader, s3, metrics, early), metrics)
 

@@ -1,4 +1,4 @@
-"""model_serving's imports run one way: http -> loading -> engines.
+"""model_serving's imports run one way: api -> loading -> engines.
 
 Every module is parsed (not imported) with `ast`, so imports inside functions
 and `importlib.import_module("model_serving...")` calls count too. The modules
@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "serving" / "model_serving"
 ROOT = "model_serving"
-LAYERS = ("engines", "loading", "http")  # each may import the ones before it, never the ones after
+LAYERS = ("engines", "loading", "api")  # each may import the ones before it, never the ones after
 ENTRY = "__main__"
 _DYNAMIC = {"import_module", "__import__", "importorskip"}
 
@@ -47,7 +47,7 @@ def imports_of(source: str, module: str, is_package: bool) -> list[tuple[int, st
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            if target == ROOT:  # `from model_serving import http`: the names are the modules
+            if target == ROOT:  # `from model_serving import api`: the names are the modules
                 found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
             else:
                 found.append((node.lineno, target))
@@ -86,12 +86,12 @@ def all_modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
-def test_imports_run_from_http_to_loading_to_engines() -> None:
+def test_imports_run_from_api_to_loading_to_engines() -> None:
     problems = []
     for path in all_modules():
         where = str(path.relative_to(PACKAGE.parent))
         problems += violations(path.read_text(), module_name(path), where, is_package=path.name == "__init__.py")
-    assert not problems, "imports against the layering (http -> loading -> engines):\n" + "\n".join(problems)
+    assert not problems, "imports against the layering (api -> loading -> engines):\n" + "\n".join(problems)
 
 
 def test_every_layer_is_a_package_with_modules() -> None:
@@ -105,12 +105,12 @@ def test_every_layer_is_a_package_with_modules() -> None:
     ("module", "source", "offending"),
     [
         ("model_serving.engines.x", "def f():\n    from model_serving.loading import x\n", "model_serving.loading"),
-        ("model_serving.engines.codegen.x", "from ...http.app import ServingApp\n", "model_serving.http.app"),
-        ("model_serving.loading.x", "import model_serving.http.service\n", "model_serving.http.service"),
-        ("model_serving.loading.x", "from model_serving import http\n", "model_serving.http"),
+        ("model_serving.engines.codegen.x", "from ...api.app import ServingApp\n", "model_serving.api.app"),
+        ("model_serving.loading.x", "import model_serving.api.service\n", "model_serving.api.service"),
+        ("model_serving.loading.x", "from model_serving import api\n", "model_serving.api"),
         ("model_serving.metrics", "from model_serving.engines import predictor\n", "model_serving.engines"),
         ("model_serving.engines.x", "importlib.import_module('model_serving.loading.x')\n", "model_serving.loading.x"),
-        ("model_serving.http.x", "from model_serving.__main__ import main\n", "model_serving.__main__"),
+        ("model_serving.api.x", "from model_serving.__main__ import main\n", "model_serving.__main__"),
     ],
 )
 def test_the_check_names_the_offending_import(module: str, source: str, offending: str) -> None:
@@ -120,10 +120,10 @@ def test_the_check_names_the_offending_import(module: str, source: str, offendin
 
 def test_the_check_lets_the_allowed_directions_through() -> None:
     sources = {
-        "model_serving.http.x": "from model_serving.loading import loader\nfrom model_serving.engines import verify\n",
+        "model_serving.api.x": "from model_serving.loading import loader\nfrom model_serving.engines import verify\n",
         "model_serving.loading.x": "from ..engines.verify import verify\nfrom model_serving.metrics import Metrics\n",
         "model_serving.engines.x": "from .codegen import generate\nfrom model_serving.errors import LoadError\n",
-        "model_serving.__main__": "from model_serving.http.app import ServingApp\n",
+        "model_serving.__main__": "from model_serving.api.app import ServingApp\n",
     }
     for module, source in sources.items():
         assert violations(source, module, "x.py") == []

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from serving_helpers import served_model
 
+from model_serving.api import payloads
 from model_serving.errors import BadRequest
-from model_serving.http import payloads
 from model_serving.loading.served_model import ServedModel
 from model_store.demo_model import DemoModel
 

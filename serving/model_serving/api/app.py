@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from model_serving.api import payloads
+from model_serving.api.service import ModelService
 from model_serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge
-from model_serving.http import payloads
-from model_serving.http.service import ModelService
 from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
 
