@@ -35,13 +35,13 @@ def resolved_env(deployment: dict[str, Any]) -> dict[str, str]:
             {"ticker": "SPY", "version": "v1.2", "stage": "Staging",
              "storage": {"bucket": "models", "secretRef": {"name": "s3"}, "region": "eu-west-1"}},
             {"ticker": "SPY", "asset_class": AssetClass.ETF, "stage": Stage.STAGING, "region": "eu-west-1",
-             "endpoint_url": None},
+             "endpoint_url": None, "tickers": ()},
         ),
         (
             {"ticker": "AAPL", "assetClass": "stock", "version": "v2.0.1", "stage": "Production",
-             "storage": {"bucket": "models", "endpoint": "http://minio.local:9000"}},
+             "tickers": ["MSFT", "BRK.B"], "storage": {"bucket": "models", "endpoint": "http://minio.local:9000"}},
             {"ticker": "AAPL", "asset_class": AssetClass.STOCK, "stage": Stage.PRODUCTION, "region": "us-east-1",
-             "endpoint_url": "http://minio.local:9000"},
+             "endpoint_url": "http://minio.local:9000", "tickers": ("AAPL", "MSFT", "BRK.B")},
         ),
     ],
 )  # fmt: skip

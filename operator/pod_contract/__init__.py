@@ -26,6 +26,11 @@ class Var:
 
 MODEL_NAME = Var("MODEL_NAME", "the TradingModel's name; an alias of the model in /v2/models/{name}")
 MODEL_TICKER = Var("MODEL_TICKER", "the ticker served; unset: any registered ticker, loaded on first use")
+MODEL_TICKERS = Var(
+    "MODEL_TICKERS",
+    "stock pods: every stock ticker the universal model answers, comma-separated (spec.ticker and spec.tickers); "
+    "unset: the supported tickers of the asset registry",
+)
 MODEL_ASSET_CLASS = Var("MODEL_ASSET_CLASS", "etf or stock; unset: looked up in the asset registry")
 MODEL_STAGE = Var("MODEL_STAGE", "the stage prefix read (staging or production)", "production")
 MODEL_VERSION = Var("MODEL_VERSION", "the pinned version (archive/<version>/); unset: whatever the stage holds")
@@ -39,7 +44,7 @@ OMP_NUM_THREADS = Var("OMP_NUM_THREADS", "LightGBM threads per prediction: 1, re
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # from the Secret named by spec.storage.secretRef
 
 CONTRACT = (
-    MODEL_NAME, MODEL_TICKER, MODEL_ASSET_CLASS, MODEL_STAGE, MODEL_VERSION, MODEL_DIGEST,
+    MODEL_NAME, MODEL_TICKER, MODEL_TICKERS, MODEL_ASSET_CLASS, MODEL_STAGE, MODEL_VERSION, MODEL_DIGEST,
     S3_BUCKET, S3_ENDPOINT_URL, AWS_REGION, MODEL_CACHE_DIR, PORT, OMP_NUM_THREADS,
 )  # fmt: skip
 
@@ -61,6 +66,7 @@ class PodModel:
     model_name: str | None
     cache_dir: Path
     port: int
+    tickers: tuple[str, ...]  # stock pods: the declared set; empty: the asset registry decides
 
 
 def render_env(pod: PodModel, secret_name: str | None = None) -> list[dict[str, Any]]:
@@ -68,6 +74,7 @@ def render_env(pod: PodModel, secret_name: str | None = None) -> list[dict[str, 
     values = {
         MODEL_NAME: pod.model_name,
         MODEL_TICKER: pod.ticker,
+        MODEL_TICKERS: ",".join(pod.tickers),
         MODEL_ASSET_CLASS: pod.asset_class.value if pod.asset_class else None,
         MODEL_STAGE: pod.stage.value,
         MODEL_VERSION: pod.version,
@@ -93,6 +100,7 @@ def read_pod_model(env: Env) -> PodModel:
     ticker = env.text(MODEL_TICKER.name).upper() or None
     version = env.optional(MODEL_VERSION.name)
     digest = env.optional(MODEL_DIGEST.name)
+    tickers = tuple(t.strip().upper() for t in env.text(MODEL_TICKERS.name).split(",") if t.strip())
     try:
         if ticker:
             check_ticker(ticker)
@@ -100,6 +108,11 @@ def read_pod_model(env: Env) -> PodModel:
             check_version(version)
     except InvalidName as exc:
         raise ConfigError(f"{MODEL_TICKER.name}/{MODEL_VERSION.name}: {exc}") from None
+    try:
+        for declared in tickers:
+            check_ticker(declared)
+    except InvalidName as exc:
+        raise ConfigError(f"{MODEL_TICKERS.name}: {exc}") from None
     if digest and not _DIGEST_RE.fullmatch(digest):
         raise ConfigError(
             f"{MODEL_DIGEST.name} {digest!r} is not a version digest: expected sha256:<64 lower-case hex digits>"
@@ -125,4 +138,5 @@ def read_pod_model(env: Env) -> PodModel:
         model_name=env.optional(MODEL_NAME.name),
         cache_dir=Path(env.text(MODEL_CACHE_DIR.name, MODEL_CACHE_DIR.default)),
         port=env.integer(PORT.name, int(PORT.default), 0, 65535),
+        tickers=tickers,
     )

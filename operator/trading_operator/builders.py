@@ -49,6 +49,7 @@ def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> l
         model_name=name,
         cache_dir=Path(CACHE_DIR),
         port=port,
+        tickers=model.tickers,
     )
     return render_env(pod, model.secret_name)
 

@@ -32,6 +32,7 @@ class TradingModelSpec:
     replicas: int
     image: str | None
     resources: dict[str, Any] = field(default_factory=dict)
+    tickers: tuple[str, ...] = ()  # stock only: every ticker the universal model serves, ticker first
 
     @property
     def location(self) -> ModelLocation:
@@ -45,9 +46,9 @@ class TradingModelSpec:
     def s3_stage(self) -> Stage:
         return Stage.parse(self.stage)
 
-    def claim(self) -> tuple[str, str, str]:
+    def claim(self) -> str:
         """What two TradingModels must not both own: one stage prefix of one model family."""
-        return (self.bucket, self.location.root, self.stage)
+        return f"s3://{self.bucket}/{self.location.stage_prefix(self.s3_stage)}"
 
 
 _DNS_LABEL_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -90,6 +91,15 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
     replicas = serving.get("replicas", 1)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 100:
         raise InvalidSpec(f"spec.serving.replicas must be a whole number from 0 to 100, got {replicas!r}")
+    extra = spec.get("tickers") or []
+    if extra and asset_class != "stock":
+        raise InvalidSpec("spec.tickers lists stock tickers; it is for assetClass stock only")
+    if not isinstance(extra, list) or len(extra) > 500:
+        raise InvalidSpec("spec.tickers must be a list of at most 500 stock tickers")
+    try:
+        tickers = tuple(dict.fromkeys([ticker, *(check_ticker(str(t)) for t in extra)]))
+    except InvalidName as exc:
+        raise InvalidSpec(f"spec.tickers: {exc}") from None
     secret = (storage.get("secretRef") or {}).get("name") or None
     if secret is not None and not _DNS_NAME_RE.match(secret):
         raise InvalidSpec(f"spec.storage.secretRef.name {secret!r} is not a valid Secret name")
@@ -105,4 +115,5 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
         replicas=replicas,
         image=serving.get("image") or None,
         resources=dict(serving.get("resources") or {}),
+        tickers=tickers if asset_class == "stock" else (),
     )

@@ -53,7 +53,12 @@ def test_archived_scales_to_zero_and_stock_models_use_the_universal_family() -> 
     assert archived["spec"]["replicas"] == 0
     stock = parse_spec({**SPEC, "ticker": "AAPL", "assetClass": "stock"})
     assert stock.location.stage_prefix(stock.s3_stage) == "stocks/universal/production/"
-    assert stock.claim() == ("options-trading-models", "stocks/universal", "Production")
+    assert stock.claim() == "s3://options-trading-models/stocks/universal/production/"
+    assert stock.tickers == ("AAPL",)
+    both = parse_spec({**SPEC, "ticker": "AAPL", "assetClass": "stock", "tickers": ["MSFT", "AAPL"]})
+    assert both.tickers == ("AAPL", "MSFT") and both.claim() == stock.claim()
+    with pytest.raises(InvalidSpec, match="for assetClass stock only"):
+        parse_spec({**SPEC, "tickers": ["MSFT"]})
 
 
 def test_service_targets_the_pods_by_the_immutable_selector() -> None:

@@ -481,3 +481,19 @@ def _ready_reply(server: Server) -> dict[str, Any]:
         return server.get("/v2/health/ready").json()
     except OSError:
         return {}
+
+
+def test_stock_pod_answers_exactly_the_declared_tickers(
+    start_server: Any, s3: Any, bucket: str, demo_stock: DemoModel
+) -> None:
+    """MODEL_TICKERS (spec.ticker + spec.tickers) decides, whatever the asset registry lists."""
+    publish(s3, bucket, "AAPL", "stock", demo_stock)
+    register_stocks(s3, bucket, "TSLA")
+    server = start_server(bucket, MODEL_TICKER="AAPL", MODEL_ASSET_CLASS="stock", MODEL_TICKERS="AAPL,MSFT")
+    row = feature_rows(demo_stock, 1)[0]
+    answers = {t: server.post("/v1/predict", {"ticker": t, "features": row}) for t in ("AAPL", "MSFT", "TSLA")}
+    assert answers["AAPL"].status == answers["MSFT"].status == 200
+    assert answers["MSFT"].json()["probabilities"] == answers["AAPL"].json()["probabilities"]
+    refused = answers["TSLA"]
+    assert refused.status == 404 and "(AAPL, MSFT)" in refused.json()["error"]
+    assert "spec.tickers" in refused.json()["error"]

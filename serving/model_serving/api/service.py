@@ -119,6 +119,14 @@ class ModelService:
             primary = await self.primary_spec()
             if ticker == own:
                 return primary
+            declared = self.settings.tickers
+            if primary.location.asset_class is AssetClass.STOCK and declared:
+                if ticker in declared:
+                    return primary
+                raise NotFound(
+                    f"{ticker} is not one of the stock tickers this model serves ({', '.join(declared)}); "
+                    "add it to spec.tickers of the stock TradingModel"
+                )
             if primary.location.asset_class is AssetClass.STOCK:
                 registry = await self.registry(looking_for=ticker)
                 if registry_asset_class(registry, ticker) is AssetClass.STOCK:
