@@ -1,0 +1,370 @@
+"""One reconcile pass as pure decisions: no I/O, unit-tested in milliseconds.
+
+`store_wanted(view)` says what S3 must hold for this TradingModel (a version in a stage, an
+archive recorded, or nothing); the thin apply in `reconcile` converges S3 towards it and hands the
+outcome to `decide(view, outcome)`, which says what the status, the owned objects and the Events
+become. Every condition reason the operator reports is decided here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from model_store.errors import CorruptVersion, RegistryError, StoreError, VersionNotFound
+from model_store.layout import InvalidName
+from model_store.promotion import PromotionResult
+from model_store.s3 import error_code, is_missing_bucket
+from trading_operator.builders import SPEC_HASH_ANNOTATION, build_deployment, build_service, rollout_state
+from trading_operator.config import OperatorConfig
+from trading_operator.spec import InvalidSpec, TradingModelSpec, check_name, parse_spec
+from trading_operator.status import (
+    ARCHIVED,
+    CONFLICT,
+    FAILED,
+    READY,
+    ROLLING_OUT,
+    append_history,
+    condition,
+    set_condition,
+)
+
+_VERBS = {"promote": "Promoted", "rollback": "RolledBack", "repair": "Repaired"}
+
+
+class SecretNotFound(StoreError):
+    retryable = True
+
+
+@dataclass(frozen=True)
+class View:
+    """What one pass observed of the cluster."""
+
+    body: dict[str, Any]  # the TradingModel
+    config: OperatorConfig
+    now: str
+    rival: str | None = None  # namespace/name of the TradingModel that keeps this one's claim
+    deployment: dict[str, Any] | None = None  # the live serving Deployment
+    target_ready: int | None = None  # ready pods of the wanted version, counted while a rollout runs
+    rollout_only: bool = False  # a Deployment event: S3 was converged for this generation already
+    deep: bool = False  # hash every stage file against its manifest
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def generation(self) -> int:
+        return int(self.body["metadata"].get("generation") or 1)
+
+    @property
+    def old(self) -> dict[str, Any]:
+        return dict(self.body.get("status") or {})
+
+
+@dataclass(frozen=True)
+class Promote:
+    """S3 wanted: the stage prefix holds this version, its move in the audit log."""
+
+    model: TradingModelSpec
+    actor: str
+    last_known: str | None  # the version this TradingModel last saw in the stage
+    recorded: frozenset[str]  # move ids its status shows, known to be in the audit log
+    deep: bool
+
+
+@dataclass(frozen=True)
+class RecordArchive:
+    """S3 wanted: the archive of this generation is in the audit log (once)."""
+
+    model: TradingModelSpec
+    entry: dict[str, Any]
+
+
+StoreWanted = Promote | RecordArchive | None
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    result: PromotionResult | None = None
+    error: Exception | None = None
+    registry_error: str | None = None
+
+
+@dataclass
+class Plan:
+    phase: str
+    status: dict[str, Any]
+    deployment: dict[str, Any] | None = None  # create or replace when its spec hash differs
+    service: dict[str, Any] | None = None
+    scale_to_zero: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
+    message: str = ""
+    retryable: bool = False  # a failure that waiting may heal
+    permanent: bool = False  # a failure only a spec change fixes
+
+
+def parsed(view: View) -> TradingModelSpec | InvalidSpec:
+    try:
+        check_name(view.name)
+        return parse_spec(view.body.get("spec") or {})
+    except InvalidSpec as exc:
+        return exc
+
+
+def store_wanted(view: View) -> StoreWanted:
+    model = parsed(view)
+    if isinstance(model, InvalidSpec) or view.rival:
+        return None
+    old = view.old
+    if model.archived:
+        entry = _archive_entry(view, model)
+        if old.get("phase") == ARCHIVED or any(h.get("id") == entry["id"] for h in old.get("history") or []):
+            return None
+        return RecordArchive(model, entry)
+    if view.rollout_only and _promoted_this_generation(view, model):
+        return None
+    return Promote(
+        model,
+        actor=f"operator:{view.namespace}/{view.name}",
+        last_known=old.get("activeVersion"),
+        recorded=frozenset(h["id"] for h in old.get("history") or [] if h.get("id")),
+        deep=view.deep,
+    )
+
+
+def decide(view: View, store: StoreOutcome) -> Plan:
+    status = _Status(view)
+    model = parsed(view)
+    if isinstance(model, InvalidSpec):
+        status.set("Ready", False, "InvalidSpec", f"{model}; fix the TradingModel spec")
+        return _plan(view, status, FAILED, str(model), permanent=True, scale_to_zero=True)
+    if view.rival:
+        where = model.location.root if model.archived else model.claim()
+        message = (
+            f"{where} is held by TradingModel {view.rival}; this one serves nothing until that one is "
+            "archived or deleted"
+        )
+        status.set("Promoted", False, "Conflict", message)
+        status.set("Ready", False, "Conflict", message)
+        return _plan(view, status, CONFLICT, message, scale_to_zero=True)
+    if model.archived:
+        return _archived(view, model, status, store)
+    if store.error is not None:
+        return _storage_failure(view, model, status, store.error)
+
+    result = store.result or _known_result(view, model)
+    if result is None:  # cannot happen: a pass that skips S3 knows the result from the status
+        raise ValueError("no promotion result for a serving TradingModel")
+    plan_events: list[tuple[str, str, str]] = []
+    status.claim = model.claim()
+    status.set("VersionVerified", True, "Verified", f"{model.version} matches its manifest ({result.digest[:19]}…)")
+    status.set("Promoted", True, "Promoted", f"{model.claim()} holds {model.version}")
+    if result.copied:
+        verb = _VERBS[result.action]
+        was = f" (was {result.previous_version})" if result.previous_version else ""
+        plan_events.append(("Normal", verb, f"{verb} {model.version} into {model.s3_stage.value}{was}"))
+    move = result.move
+    if move and not result.audit_error and (result.changed or store.result is not None):
+        status.history(
+            {
+                "id": move["id"],
+                "at": move["at"],
+                "action": move["action"],
+                "from": move.get("from_version"),
+                "to": move["to_version"],
+                "stage": model.stage,
+                "digest": move["digest"],
+            }
+        )
+    if store.result is not None:
+        problem = result.audit_error or store.registry_error
+        if problem:
+            status.set("RegistrySynced", False, "RegistryError", f"{problem}; retrying, serving is not affected")
+        else:
+            status.set("RegistrySynced", True, "Synced", "the audit log and the registries in metadata/ agree")
+    old_active = view.old.get("activeVersion")
+    if old_active != model.version:
+        status.values.update(previousVersion=old_active, activeVersion=model.version)
+    status.values["digest"] = result.digest
+
+    deployment = build_deployment(
+        view.name, view.namespace, model, result.digest, view.config.serving_image, view.config.serving_port
+    )
+    service = build_service(view.name, view.namespace, model, view.config.serving_port)
+    desired = int(deployment["spec"]["replicas"])
+    if _needs_write(view.deployment, deployment):
+        verb = "Created" if view.deployment is None else "Rolling out"
+        plan_events.append(("Normal", "RollingOut", f"{verb} Deployment {view.name} with {model.version}"))
+        ready, complete = 0, False
+    else:
+        _, ready, complete = rollout_state(view.deployment)
+        if not complete and view.target_ready is not None:
+            ready = view.target_ready
+    status.values.update(replicas=desired, readyReplicas=ready)
+    if complete:
+        message = f"{ready}/{desired} pods serve {model.version}"
+        if view.old.get("phase") != READY:
+            plan_events.append(("Normal", "Ready", message))
+        status.set("Ready", True, "RolloutComplete", message)
+        plan = _plan(view, status, READY, message)
+    else:
+        status.set("Ready", False, "RollingOut", f"{ready}/{desired} pods ready with {model.version}")
+        plan = _plan(view, status, ROLLING_OUT)
+    plan.deployment, plan.service = deployment, service
+    plan.events[:0] = plan_events
+    return plan
+
+
+def _archived(view: View, model: TradingModelSpec, status: _Status, store: StoreOutcome) -> Plan:
+    if store.error is not None:
+        return _storage_failure(view, model, status, store.error)
+    events = []
+    entry = _archive_entry(view, model)
+    if view.old.get("phase") != ARCHIVED:
+        status.history({"id": entry["id"], "at": entry["at"], "action": "archive", "from": entry["from_version"],
+                        "to": None})  # fmt: skip
+        events.append(("Normal", "Archived", "Serving scaled to zero; archived versions are kept"))
+    status.values.update(replicas=0, readyReplicas=0)
+    status.set("Promoted", False, "Archived", "Archived: the stage prefix is left as it was")
+    status.set("Ready", False, "Archived", "Archived: serving scaled to zero, archive/ kept")
+    plan = _plan(view, status, ARCHIVED, scale_to_zero=True)
+    plan.events[:0] = events
+    return plan
+
+
+def _archive_entry(view: View, model: TradingModelSpec) -> dict[str, Any]:
+    # One archive per generation: the id is derived, so a retry after any failure finds it.
+    return {
+        "id": f"archive-{view.body['metadata'].get('uid') or view.name}-{view.generation}",
+        "at": view.now,
+        "action": "archive",
+        "model": model.location.model_key,
+        "ticker": model.ticker,
+        "stage": "archived",
+        "from_version": view.old.get("activeVersion"),
+        "to_version": None,
+        "actor": f"operator:{view.namespace}/{view.name}",
+    }
+
+
+def _promoted_this_generation(view: View, model: TradingModelSpec) -> bool:
+    old = view.old
+    promoted = condition(old.get("conditions") or [], "Promoted")
+    return (
+        old.get("observedGeneration") == view.generation
+        and old.get("activeVersion") == model.version
+        and bool(old.get("digest"))
+        and promoted is not None
+        and promoted.get("status") == "True"
+    )
+
+
+def _known_result(view: View, model: TradingModelSpec) -> PromotionResult | None:
+    if not _promoted_this_generation(view, model):
+        return None
+    return PromotionResult(False, False, model.version, view.old["digest"], None)
+
+
+def _needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    if live is None:
+        return True
+    live_hash = (live["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    same_replicas = (live.get("spec") or {}).get("replicas") == desired["spec"].get("replicas")
+    return not (live_hash == desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION] and same_replicas)
+
+
+def _storage_failure(view: View, model: TradingModelSpec, status: _Status, exc: Exception) -> Plan:
+    if isinstance(exc, VersionNotFound):
+        reason, retryable = "VersionNotFound", True
+        message = f"{exc}. Publish it (tmctl publish) or set spec.version to a published one; retrying"
+    elif isinstance(exc, CorruptVersion):
+        reason, retryable = "DigestMismatch", False
+        message = f"refused: {exc}. The stage prefix was not touched; publish a new version"
+    elif isinstance(exc, SecretNotFound):
+        reason, retryable, message = "SecretNotFound", True, str(exc)
+    elif isinstance(exc, RegistryError):
+        reason, retryable, message = "RegistryError", True, f"{exc}; retrying"
+    elif isinstance(exc, InvalidName):
+        reason, retryable, message = "InvalidSpec", False, str(exc)
+    elif is_missing_bucket(exc):
+        reason, retryable = "StorageError", True
+        message = f"bucket {model.bucket} does not exist (spec.storage.bucket, spec.storage.endpoint); retrying"
+    elif isinstance(exc, ClientError):
+        reason, retryable = "StorageError", True
+        message = f"S3 said {error_code(exc) or 'an error'} for bucket {model.bucket}: {exc}; retrying"
+    else:
+        reason, retryable, message = "StorageError", True, f"S3 is unreachable: {exc}; retrying"
+    status.set("VersionVerified", False, reason, message)
+    if view.old.get("activeVersion") and not model.archived:
+        message += f". Still serving {view.old['activeVersion']}"
+        status.claim = model.claim()  # it keeps the stage it holds while it cannot change it
+    status.set("Ready", False, reason, message)
+    return _plan(view, status, FAILED, message, retryable=retryable, permanent=not retryable)
+
+
+def _plan(
+    view: View,
+    status: _Status,
+    phase: str,
+    message: str = "",
+    *,
+    retryable: bool = False,
+    permanent: bool = False,
+    scale_to_zero: bool = False,
+) -> Plan:
+    new = status.render(phase)
+    events = []
+    news = view.old.get("phase") != phase or _reason(view.old) != _reason(new)
+    if phase in (FAILED, CONFLICT) and news:
+        events.append(("Warning", phase, message))
+    return Plan(
+        phase, new, scale_to_zero=scale_to_zero, events=events, message=message, retryable=retryable,
+        permanent=permanent,
+    )  # fmt: skip
+
+
+def _reason(status: dict[str, Any]) -> str | None:
+    ready = condition(status.get("conditions") or [], "Ready")
+    return ready.get("reason") if ready else None
+
+
+def status_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+class _Status:
+    """The status being built in one pass, starting from what the object shows."""
+
+    def __init__(self, view: View) -> None:
+        old = view.old
+        self.old = old
+        self.generation = view.generation
+        self.now = view.now
+        self._limit = view.config.history_limit
+        self._conditions: list[dict[str, Any]] = list(old.get("conditions") or [])
+        self._history: list[dict[str, Any]] = list(old.get("history") or [])
+        self.values: dict[str, Any] = {}
+        self.claim: str | None = None  # the stage this TradingModel holds after the pass
+
+    def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
+        self._conditions = set_condition(self._conditions, type_, ok, reason, message, self.generation, self.now)
+
+    def history(self, entry: dict[str, Any]) -> None:
+        self._history = append_history(self._history, entry, self._limit)
+
+    def render(self, phase: str) -> dict[str, Any]:
+        return {
+            "observedGeneration": self.generation,
+            "phase": phase,
+            **self.values,
+            "claim": self.claim,
+            "conditions": self._conditions,
+            "history": self._history,
+        }
