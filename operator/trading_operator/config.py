@@ -26,7 +26,6 @@ class OperatorConfig:
     serving_port: int = 8080
     retry_base_seconds: int = 5
     retry_max_seconds: int = 60  # a spec change made during a backoff waits for it (kopf)
-    kube_api_url: str = ""  # set by the local stack; real clusters use the service account or kubeconfig
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -38,5 +37,4 @@ class OperatorConfig:
             serving_port=_int("SERVING_PORT", cls.serving_port, minimum=1),
             retry_base_seconds=_int("RETRY_BASE_SECONDS", cls.retry_base_seconds, minimum=1),
             retry_max_seconds=_int("RETRY_MAX_SECONDS", cls.retry_max_seconds, minimum=1),
-            kube_api_url=os.environ.get("KUBE_API_URL", ""),
         )

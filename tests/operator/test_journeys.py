@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from local_stack.stack import LocalStack as Stack
-from local_stack.stack import tradingmodel as tradingmodel_object
+from devstack.stack import LocalStack as Stack
+from devstack.stack import tradingmodel as tradingmodel_object
 from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
 from model_store.manifest import Manifest
 from model_store.promotion import stage_manifest

