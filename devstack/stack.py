@@ -74,6 +74,18 @@ def tradingmodel(name: str, ticker: str, version: str, endpoint: str, **spec: An
     }
 
 
+def predict_at(url: str, ticker: str, features: dict[str, float] | None = None) -> dict[str, Any]:
+    """The seeds' call (POST /v1/predict) to a serving pod's or a Service's URL."""
+    if features is None:
+        from devstack.demo_model import feature_names
+
+        features = {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}
+    body = json.dumps({"ticker": ticker, "features": features}).encode()
+    request = urllib.request.Request(url + "/v1/predict", body, {"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 class LocalStack:
     def __init__(
         self,
@@ -238,24 +250,21 @@ class LocalStack:
         return [e for e in listing.get("items", []) if (e.get("involvedObject") or {}).get("name") == name]
 
     def endpoints(self, name: str) -> list[str]:
+        """URLs of the ready pods: each goes stale when its pod is replaced (a rollout)."""
         assert self.kubelet is not None
         return self.kubelet.endpoints(NAMESPACE, name)
+
+    def service_url(self, name: str) -> str | None:
+        """The stable local URL of the Service `name`, for the life of the Service (rollouts included)."""
+        assert self.kubelet is not None
+        return self.kubelet.service_url(NAMESPACE, name)
 
     def predict(self, name: str, ticker: str, features: dict[str, float] | None = None) -> dict[str, Any]:
         """The seeds' call, sent to a ready serving pod of this TradingModel."""
         urls = self.endpoints(name)
         if not urls:
             raise RuntimeError(f"no ready serving pod for {name}")
-        if features is None:
-            from devstack.demo_model import feature_names
-
-            features = {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}
-        body = json.dumps({"ticker": ticker, "features": features}).encode()
-        request = urllib.request.Request(
-            urls[0] + "/v1/predict", body, {"Content-Type": "application/json"}, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return predict_at(urls[0], ticker, features)
 
     def wait_until(self, check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
         """Poll until check() is truthy; the timeout only guards against a hang."""
@@ -376,6 +385,28 @@ def _walkthrough(stack: LocalStack) -> None:
             _say(f"      {sample['metric'].get('tradingmodel')}: {sample['value'][1]}")
 
 
+def running_notes(stack: LocalStack, names: list[str]) -> list[str]:
+    """What `up` prints once the stack runs: each Service's stable URL (pod URLs change at every
+    rollout), the kubeconfig, the S3 settings for tmctl."""
+    services = {n: stack.wait_until(lambda n=n: stack.service_url(n), f"the Service {n}", 30) for n in names}
+    lines = [
+        "The stack is running. In another terminal:",
+        f"    export KUBECONFIG={stack.kubeconfig}",
+        "    kubectl get tm -n trading            # printer columns: ticker, version, stage, ready",
+        "    kubectl patch tm spy-production -n trading --type merge -p '{\"spec\":{\"version\":\"v1.2\"}}'",
+        "    kubectl describe tm spy-production -n trading",
+        "  Services (stable through rollouts; POST /v1/predict, /v2/models/<ticker>/infer, GET /metrics):",
+        *(f"    {name}: {url}" for name, url in services.items()),
+        f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})",
+        f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
+        + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()),
+    ]
+    if stack.prometheus is not None:
+        lines.append(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
+    lines.append("Ctrl-C stops everything.")
+    return lines
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -400,20 +431,8 @@ def main(args: argparse.Namespace) -> None:
             _walkthrough(stack)
             _say(f"\n==> walkthrough done in {time.monotonic() - started:.1f} s; stopping the stack")
             return
-        urls = {n: stack.endpoints(n) for n in names}
-        _say("The stack is running. In another terminal:")
-        _say(f"    export KUBECONFIG={stack.kubeconfig}")
-        _say("    kubectl get tm -n trading            # printer columns: ticker, version, stage, ready")
-        _say("    kubectl patch tm spy-production -n trading --type merge -p '{\"spec\":{\"version\":\"v1.2\"}}'")
-        _say("    kubectl describe tm spy-production -n trading")
-        for name, endpoints in urls.items():
-            _say(f"    {name}: {', '.join(endpoints)}  (POST /v1/predict, /v2/models/..., GET /metrics)")
-        _say(f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})")
-        _say(f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
-             + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()))
-        if stack.prometheus is not None:
-            _say(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
-        _say("Ctrl-C stops everything.")
+        for line in running_notes(stack, names):
+            _say(line)
         try:
             while True:
                 time.sleep(3600)
