@@ -86,6 +86,10 @@ def predict_at(url: str, ticker: str, features: dict[str, float] | None = None) 
         return json.loads(response.read())
 
 
+class OperatorExited(RuntimeError):
+    """The operator process ended while the stack was in use."""
+
+
 class LocalStack:
     def __init__(
         self,
@@ -167,10 +171,10 @@ class LocalStack:
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
         if self.operator_verbose:
             args.append("--verbose")
-        log = (self.dir / "logs" / "operator.log").open("ab")
-        self._operator = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
-        )
+        with self.operator_log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self._operator = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
+            )
 
         binary = find_prometheus() if self._want_prometheus else None
         if binary:
@@ -266,15 +270,39 @@ class LocalStack:
             raise RuntimeError(f"no ready serving pod for {name}")
         return predict_at(urls[0], ticker, features)
 
+    @property
+    def operator_log(self) -> Path:
+        return self.dir / "logs" / "operator.log"
+
+    @property
+    def operator_pid(self) -> int | None:
+        return None if self._operator is None else self._operator.pid
+
+    def check_operator(self, tail: int = 40) -> None:
+        """Raise OperatorExited, with its exit code and the end of its log, if the operator process ended."""
+        code = None if self._operator is None else self._operator.poll()
+        if code is None:
+            return
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else ""
+        try:
+            lines = self.operator_log.read_text(errors="replace").splitlines()[-tail:]
+        except OSError as exc:
+            lines = [f"(no log: {exc})"]
+        shown = "\n".join(f"    {line[:400]}" for line in lines) or "    (empty)"
+        raise OperatorExited(
+            f"the operator exited with code {code}{f' ({how})' if how else ''}; "
+            f"the last {len(lines)} lines of {self.operator_log}:\n{shown}"
+        )
+
     def wait_until(self, check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
-        """Poll until check() is truthy; the timeout only guards against a hang."""
+        """Poll until check() is truthy; fail fast (OperatorExited) if the operator dies meanwhile.
+        The timeout only guards against a hang."""
         deadline = time.monotonic() + timeout
         while True:
             value = check()
             if value:
                 return value
-            if self._operator is not None and self._operator.poll() is not None:
-                raise RuntimeError(f"the operator exited; see {self.dir / 'logs' / 'operator.log'}")
+            self.check_operator()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}; logs are in {self.dir / 'logs'}")
             time.sleep(0.1)

@@ -24,6 +24,12 @@ from model_store.registry import deployment_history
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def operator_alive(stack: Stack) -> None:
+    """After the operator died, each journey fails at once with its exit code and the end of its log."""
+    stack.check_operator()
+
+
 def tradingmodel(name: str, ticker: str, version: str, stack: Stack) -> dict[str, Any]:
     return tradingmodel_object(name, ticker, version, stack.s3_endpoint)
 
