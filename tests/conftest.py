@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from model_store.demo_model import DemoModel, train_demo_model
+from devstack.demo_model import DemoModel, train_demo_model
 from model_store.s3 import S3Settings, make_client
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

@@ -1,7 +1,7 @@
 """The TradingModel CRD, checked with its own openAPIV3Schema.
 
 The schema is applied as an API server applies it (pruning, defaults, validation naming each
-field), with local_stack.schemas, the code the local stack's API uses too. This is where
+field), with devstack.schemas, the code the local stack's API uses too. This is where
 "invalid specs are refused by the schema" is proven: the samples pass and lose nothing, each
 broken spec fails naming the broken field, defaults land where the API server would put them,
 and the CRD has what `kubectl get/explain` needs.
@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from local_stack.schemas import apply_defaults, prune, to_json_schema, validate, validator_for
+from devstack.schemas import apply_defaults, prune, to_json_schema, validate, validator_for
 from model_store import layout
 from trading_operator.spec import InvalidSpec, parse_spec
 

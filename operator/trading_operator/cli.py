@@ -1,4 +1,4 @@
-"""`tmctl`: publish and inspect model versions, run the operator, the server or the local stack."""
+"""`tmctl`: publish and inspect model versions, run the operator or the server."""
 
 from __future__ import annotations
 
@@ -41,18 +41,6 @@ def _client(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _location(args: argparse.Namespace) -> ModelLocation:
     return ModelLocation.of(args.ticker, args.asset_class)
-
-
-def cmd_train_demo(args: argparse.Namespace) -> None:
-    from model_store.demo_model import train_demo_model
-
-    print(f"training a demo model ({args.rounds} rounds, 10 strategies, 84 features)…", file=sys.stderr)
-    model = train_demo_model(version=args.version, seed=args.seed, rounds=args.rounds, formats=tuple(args.format))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in model.files.items():
-        (out / name).write_bytes(data)
-    print(f"wrote {len(model.files)} files to {out} (accuracy {model.accuracy:.3f}, {model.training_samples} samples)")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -141,12 +129,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     sys.exit(serve())  # 2 for a configuration error, like `python -m model_serving`
 
 
-def cmd_up(args: argparse.Namespace) -> None:
-    from local_stack.stack import main as up
-
-    up(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tmctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,13 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
         return p
-
-    p = add("train-demo", cmd_train_demo, "train a small real LightGBM strategy model into a folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--version", default="v1.0")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--rounds", type=int, default=100)
-    p.add_argument("--format", action="append", choices=["native", "pickle"], default=None)
 
     p = add("publish", cmd_publish, "upload a model folder to archive/<version>/, manifest last")
     p.add_argument("folder")
@@ -182,17 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--verbose", action="store_true")
     add("serve", cmd_serve, "run the model server (configured from the environment)")
-    p = add("up", cmd_up, "start the embedded local stack: S3, Kubernetes API, operator, serving")
-    p.add_argument("--dir", default=".stack", help="where the stack keeps its kubeconfig, logs and caches")
-    p.add_argument("--demo", action="store_true", help="run the walkthrough (promote, roll back) and exit")
-    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus even if installed")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command == "train-demo" and args.format is None:
-        args.format = ["native"]
     if args.command not in ("operator", "serve"):  # those two log JSON lines of their own
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:

@@ -17,7 +17,6 @@ class OperatorConfig:
     serving_port: int = 8080
     retry_base_seconds: int = 5
     retry_max_seconds: int = 60  # a spec change made during a backoff waits for it (kopf)
-    kube_api_url: str = ""  # set by the local stack; real clusters use the service account or kubeconfig
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -31,5 +30,4 @@ class OperatorConfig:
             serving_port=env.integer("SERVING_PORT", cls.serving_port, 1, 65535),
             retry_base_seconds=env.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1, day),
             retry_max_seconds=env.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1, day),
-            kube_api_url=env.text("KUBE_API_URL"),
         )

@@ -33,14 +33,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-    kube = KubeApi.connect(CONFIG.kube_api_url)
+    kube = KubeApi.connect()
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube), config=CONFIG, emit=post_event)
 
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    if CONFIG.kube_api_url:  # the local stack's API server: plain HTTP, no credentials
-        return kopf.ConnectionInfo(server=CONFIG.kube_api_url, default_namespace="default")
     return kopf.login_via_client(**kwargs)
 
 

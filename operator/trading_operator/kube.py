@@ -21,12 +21,10 @@ class KubeApi:
         self._client = api_client
 
     @classmethod
-    def connect(cls, server_url: str = "") -> KubeApi:
-        """In-cluster service account, else KUBECONFIG/~/.kube/config, else a bare URL (local stack)."""
+    def connect(cls) -> KubeApi:
+        """In-cluster service account, else KUBECONFIG/~/.kube/config."""
         configuration = kubernetes.client.Configuration()
-        if server_url:
-            configuration.host = server_url
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
             kubernetes.config.load_kube_config(client_configuration=configuration)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the checkout: devstack (the demo model)
 
 import loadgen
 import servers
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from moto.server import ThreadedMotoServer
 
-        from model_store.demo_model import train_demo_model
+        from devstack.demo_model import train_demo_model
 
         say(f"step 1/7: training the demo model ({args.rounds} rounds, 10 classes, 84 features)")
         model = train_demo_model(version=VERSION, rounds=args.rounds)

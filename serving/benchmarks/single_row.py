@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the checkout: devstack (the demo model)
 
 
 def best_us_per_call(call: Callable[[int], object], calls: int, repeats: int) -> float:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="repeats; the best is reported (default 7)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    from model_store.demo_model import train_demo_model
+    from devstack.demo_model import train_demo_model
 
     print(f"training the demo model ({args.rounds} rounds, 10 classes, 84 features)", flush=True)
     text = train_demo_model(rounds=args.rounds).files["lightgbm_model.txt"].decode()

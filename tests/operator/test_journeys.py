@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from local_stack.stack import LocalStack as Stack
-from local_stack.stack import tradingmodel as tradingmodel_object
+from devstack.stack import LocalStack as Stack
+from devstack.stack import predict_at, running_notes
+from devstack.stack import tradingmodel as tradingmodel_object
 from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
 from model_store.manifest import Manifest
 from model_store.promotion import stage_manifest
@@ -21,6 +22,12 @@ from model_store.publish import publish_version
 from model_store.registry import deployment_history
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def operator_alive(stack: Stack) -> None:
+    """After the operator died, each journey fails at once with its exit code and the end of its log."""
+    stack.check_operator()
 
 
 def tradingmodel(name: str, ticker: str, version: str, stack: Stack) -> dict[str, Any]:
@@ -124,6 +131,25 @@ def test_new_version_promotes_and_rolls_out_then_rollback(stack: Stack) -> None:
     audit = [(e["action"], e["from_version"], e["to_version"]) for e in deployment_history(stack.s3, stack.bucket)
              if e["ticker"] == "QQQ"]
     assert audit == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1"), ("rollback", "v1.1", "v1.0")]
+
+
+def test_the_service_url_up_prints_keeps_answering_through_a_rollout(stack: Stack) -> None:
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("xle-production", "XLE", "v1.0", stack))
+    stack.wait_for("xle-production", lambda tm: tm["status"].get("phase") == "Ready")
+    printed = [line.split(": ", 1)[1] for line in running_notes(stack, ["xle-production"])
+               if line.strip().startswith("xle-production: ")]
+    assert printed == [stack.service_url("xle-production")], printed
+    url, pods = printed[0], stack.endpoints("xle-production")
+    assert url not in pods  # the Service's own address, not a pod's
+    assert predict_at(url, "XLE")["model_version"] == "v1.0"
+
+    stack.kubectl("patch", "tm", "xle-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
+    stack.wait_for("xle-production", lambda tm: tm["status"].get("activeVersion") == "v1.1"
+                   and tm["status"].get("phase") == "Ready")
+    stack.wait_until(lambda: (now := stack.endpoints("xle-production")) and not set(now) & set(pods),
+                     "the rollout to replace the pods")
+    assert stack.service_url("xle-production") == url  # pod URLs went stale; this one did not
+    assert [predict_at(url, "XLE")["model_version"] for _ in range(5)] == ["v1.1"] * 5
 
 
 def test_missing_version_is_reported_and_production_untouched(stack: Stack) -> None:

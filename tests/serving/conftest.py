@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_helpers import S3Log, Server, server_env
 
-from model_store.demo_model import DemoModel, train_demo_model
+from devstack.demo_model import DemoModel, train_demo_model
+from helpers.serving import S3Log, Server, server_env
 
 
 @pytest.fixture

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving_helpers import S3Log, booster_predict, feature_rows, publish, server_env
 
+from devstack.demo_model import STRATEGIES, DemoModel, train_demo_model
+from helpers.serving import S3Log, booster_predict, feature_rows, publish, server_env
 from model_serving.errors import LoadError
 from model_serving.loading.disk_cache import DiskCache
 from model_serving.loading.loader import ModelLoader
 from model_serving.loading.s3_source import ModelSpec, S3Source
 from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
-from model_store.demo_model import STRATEGIES, DemoModel, train_demo_model
 from model_store.layout import MODEL_NATIVE, MODEL_PICKLE, ModelLocation, Stage
 
 SPY = ModelLocation.of("SPY", "etf")

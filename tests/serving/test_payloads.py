@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving_helpers import served_model
 
+from devstack.demo_model import DemoModel
+from helpers.serving import served_model
 from model_serving.api import payloads
 from model_serving.errors import BadRequest
 from model_serving.loading.served_model import ServedModel
-from model_store.demo_model import DemoModel
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pytest
-from serving_helpers import served_model
 
+from devstack.demo_model import DemoModel
+from helpers.serving import served_model
 from model_serving.engines.lgbm_capi import CApiPredictor, LightGBMError, find_library
 from model_serving.engines.verify import TOLERANCE, probe_rows, split_thresholds, verify
 from model_serving.loading.engine_swap import try_swap
 from model_serving.metrics import Metrics
-from model_store.demo_model import DemoModel
 
 
 def model_text(demo: DemoModel) -> str:

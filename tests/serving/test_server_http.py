@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import (
+
+from devstack.demo_model import DemoModel
+from helpers.serving import (
     S3Log,
     Server,
     booster_predict,
@@ -25,8 +27,6 @@ from serving_helpers import (
     register_stocks,
     server_env,
 )
-
-from model_store.demo_model import DemoModel
 from model_store.s3 import S3Settings, make_client
 
 

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 import yaml
-from local_stack_helpers import WIDGET_CRD, HttpApi, Kubectl, wait_for
 
-from local_stack.kube_api import LocalKubeAPI
+from devstack.kube_api import LocalKubeAPI
+from helpers.kube import WIDGET_CRD, HttpApi, Kubectl, wait_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TRADINGMODEL_CRD = REPO / "crds" / "tradingmodel.yaml"

@@ -1,4 +1,4 @@
-"""Helpers for the local_stack tests: an HTTP client, a kubectl runner, a sample CRD, polling."""
+"""For the devstack tests: an HTTP client, a kubectl runner, a sample CRD, polling."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from local_stack.schemas import FieldError, format_path, type_name
+from devstack.schemas import FieldError, format_path, type_name
 
 try:
     import celpy

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from local_stack import schemas, tables
+from devstack import schemas, tables
 
 ResourceKey = tuple[str, str, str]  # (group, version, plural)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model_store.demo_model import train_demo_model
+from devstack.demo_model import train_demo_model
 from model_store.layout import ModelLocation
 from model_store.publish import publish_version, read_model_dir
 

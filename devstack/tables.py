@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from local_stack import jsonpath
-from local_stack.selectors import format_label_selector, selector_from_label_selector
+from devstack import jsonpath
+from devstack.selectors import format_label_selector, selector_from_label_selector
 
 _NAME_DESCRIPTION = (
     "Name must be unique within a namespace. Is required when creating resources, although some resources "

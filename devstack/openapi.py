@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from local_stack.kinds import ResourceType
+from devstack.kinds import ResourceType
 
 _OBJECT_META = {
     "type": "object",

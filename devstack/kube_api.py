@@ -32,10 +32,10 @@ import yaml
 from kmock._internal.apps import RawHandler
 from kmock._internal.parsing import ParsedPath, guess_k8s
 
-from local_stack import annotations, api_paths, errors, openapi, patching, tables
-from local_stack.kinds import ResourceType
-from local_stack.selectors import SelectorError, parse_field_selector, parse_label_selector
-from local_stack.store import CRD_KEY, ObjectStore, Selection, Watcher, WriteResult
+from devstack import annotation_keys, api_paths, errors, openapi, patching, tables
+from devstack.kinds import ResourceType
+from devstack.selectors import SelectorError, parse_field_selector, parse_label_selector
+from devstack.store import CRD_KEY, ObjectStore, Selection, Watcher, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     ) -> aiohttp.web.StreamResponse:
         """Pod logs from the file the local kubelet names in an annotation (only ``*.log`` files)."""
         pod = self.store.get(rt, namespace, name)
-        log_file = ((pod["metadata"].get("annotations") or {}).get(annotations.LOG_FILE) or "")
+        log_file = ((pod["metadata"].get("annotations") or {}).get(annotation_keys.LOG_FILE) or "")
         path = pathlib.Path(log_file)
         if not log_file or path.suffix != ".log" or not path.is_file():
             raise errors.bad_request(f'container in pod "{name}" has no logs yet: the local kubelet has not '

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from local_stack import cel_rules, defaults, errors, schemas
-from local_stack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
-from local_stack.selectors import FieldRequirement, Requirement, fields_match, labels_match
+from devstack import cel_rules, defaults, errors, schemas
+from devstack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
+from devstack.selectors import FieldRequirement, Requirement, fields_match, labels_match
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import urllib.request
 from typing import Any
 
 import pytest
-from local_stack_helpers import HttpApi
 
-from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
+from devstack.kube_api import BackgroundLoop, LocalKubeAPI
+from helpers.kube import HttpApi
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"

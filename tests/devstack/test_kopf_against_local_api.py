@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
-from local_stack_helpers import HttpApi, wait_for
 
-from local_stack.kube_api import LocalKubeAPI
+from devstack.kube_api import LocalKubeAPI
+from helpers.kube import HttpApi, wait_for
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 

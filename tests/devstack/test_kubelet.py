@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from local_stack_helpers import STANDIN, HttpApi, Kubectl, wait_for
 
-from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
-from local_stack.kubelet import LocalKubelet
+from devstack.kube_api import BackgroundLoop, LocalKubeAPI
+from devstack.kubelet import LocalKubelet
+from helpers.kube import STANDIN, HttpApi, Kubectl, wait_for
 
 DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
 PODS = "/api/v1/namespaces/default/pods"

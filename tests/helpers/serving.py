@@ -1,4 +1,4 @@
-"""Helpers for the serving tests: publish demo models, run and talk to real server processes.
+"""For the serving tests: publish demo models, run and talk to real server processes.
 
 Models are published with the store's own commands (model_store.publish and
 model_store.promotion), so the serving side reads exactly what the operator
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local_stack.pod_runtime import free_port
-from model_store.demo_model import DemoModel
+from devstack.demo_model import DemoModel
+from devstack.pod_runtime import free_port
 from model_store.layout import ASSET_REGISTRY_KEY, ModelLocation, Stage
 from model_store.promotion import promote_and_register
 from model_store.publish import publish_version
@@ -178,7 +178,7 @@ class Server:
 
 def feature_rows(demo: DemoModel, count: int, seed: int = 1) -> list[dict[str, float]]:
     """Rows as the seeds' callers send them: {feature name: value}."""
-    from model_store.demo_model import synthetic_market
+    from devstack.demo_model import synthetic_market
 
     names = json.loads(demo.files["feature_names.json"])
     x, _ = synthetic_market(count, seed, len(names))

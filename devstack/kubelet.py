@@ -36,11 +36,11 @@ from typing import Any
 
 import aiohttp
 
-from local_stack import annotations, deployments, kube_events
-from local_stack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
-from local_stack.pod_env import POD_IP, EnvError, resolve_env
-from local_stack.pod_runtime import ContainerProcess, Probe, free_port
-from local_stack.service_proxy import ServiceProxy
+from devstack import annotation_keys, deployments, kube_events
+from devstack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
+from devstack.pod_env import POD_IP, EnvError, resolve_env
+from devstack.pod_runtime import ContainerProcess, Probe, free_port
+from devstack.service_proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class PodWorker:
                  self.process.pid, self.port)
         with contextlib.suppress(KubeApiError, aiohttp.ClientError):  # the process runs even if the API blinks
             await self.kubelet.client.patch(self._pod_path, {"metadata": {"annotations": {
-                annotations.PORT: str(self.port), annotations.LOG_FILE: str(self.log_file)}}})
+                annotation_keys.PORT: str(self.port), annotation_keys.LOG_FILE: str(self.log_file)}}})
         await self._report()
         await self.kubelet.record(self.pod, "Started", f"Started container {self.container.get('name')} "
                                                        f"(pid {self.process.pid}, port {self.port})")
@@ -582,9 +582,9 @@ class LocalKubelet:
                 self._proxies[uid] = proxy
                 log.info("event=service_proxy_started service=%s/%s url=%s", namespace, name, proxy.url)
             url = self._proxies[uid].url
-            if (meta.get("annotations") or {}).get(annotations.URL) != url:
+            if (meta.get("annotations") or {}).get(annotation_keys.URL) != url:
                 await self.client.patch(resource_path("v1", "services", namespace, name),
-                                        {"metadata": {"annotations": {annotations.URL: url}}})
+                                        {"metadata": {"annotations": {annotation_keys.URL: url}}})
 
 
 def _differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from local_stack.pod_runtime import DIE_WITH_PARENT, free_port
+from devstack.pod_runtime import DIE_WITH_PARENT, free_port
 
 Targets = Callable[[], list[dict[str, Any]]]  # file_sd groups: [{"targets": [...], "labels": {...}}]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from local_stack import cel_rules, deployments, jsonpath, patching, schemas, selectors, tables
-from local_stack.api_paths import ApiPath, parse_api_path
-from local_stack.pod_env import EnvError, resolve_env
+from devstack import cel_rules, deployments, jsonpath, patching, schemas, selectors, tables
+from devstack.api_paths import ApiPath, parse_api_path
+from devstack.pod_env import EnvError, resolve_env
 
 # RFC 7386 appendix A: (target, patch, result).
 RFC7386_EXAMPLES = [

