@@ -56,7 +56,7 @@ def test_the_dockerfile_copies_only_the_product() -> None:
 def test_the_wheel_holds_no_devstack_or_emulator_code(wheel: zipfile.ZipFile) -> None:
     names = wheel.namelist()
     packages = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
-    assert packages == {"model_store", "trading_operator", "model_serving"}, packages
+    assert packages == {"model_store", "pod_contract", "trading_operator", "model_serving"}, packages
     assert not [n for n in names if "demo_model" in n or "devstack" in n or "local_stack" in n]
     imports = {
         (name, module)
