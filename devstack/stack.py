@@ -187,7 +187,8 @@ class LocalStack:
         """file_sd groups: the ready pods of every TradingModel, labelled like the PodMonitor does."""
         assert self.kube is not None and self.kubelet is not None
         groups = []
-        for tm in self.kube.list_tradingmodels():
+        listing = self.kube.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}") or {}
+        for tm in listing.get("items") or []:
             meta = tm["metadata"]
             urls = self.kubelet.endpoints(meta["namespace"], meta["name"])
             if urls:

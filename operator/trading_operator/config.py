@@ -12,7 +12,8 @@ from pod_contract import Env
 class OperatorConfig:
     serving_image: str = "ghcr.io/example/tradingmodel-operator:0.1.0"
     watch_namespace: str = ""  # empty: all namespaces
-    drift_check_seconds: int = 60
+    drift_check_seconds: int = 60  # list each stage: stray, missing or rewritten files
+    deep_check_seconds: int = 3600  # hash each stage file against its manifest
     history_limit: int = 10
     serving_port: int = 8080
     retry_base_seconds: int = 5
@@ -26,6 +27,7 @@ class OperatorConfig:
             serving_image=env.text("SERVING_IMAGE", cls.serving_image),
             watch_namespace=env.text("WATCH_NAMESPACE"),
             drift_check_seconds=env.integer("DRIFT_CHECK_SECONDS", cls.drift_check_seconds, 1, day),
+            deep_check_seconds=env.integer("DEEP_CHECK_SECONDS", cls.deep_check_seconds, 1, 7 * day),
             history_limit=env.integer("HISTORY_LIMIT", cls.history_limit, 1, 1000),
             serving_port=env.integer("SERVING_PORT", cls.serving_port, 1, 65535),
             retry_base_seconds=env.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1, day),

@@ -199,7 +199,7 @@ def decide(view: View, store: StoreOutcome) -> Plan:
     )
     service = build_service(view.name, view.namespace, model, view.config.serving_port)
     desired = int(deployment["spec"]["replicas"])
-    if _needs_write(view.deployment, deployment):
+    if needs_write(view.deployment, deployment):
         verb = "Created" if view.deployment is None else "Rolling out"
         plan_events.append(("Normal", "RollingOut", f"{verb} Deployment {view.name} with {model.version}"))
         ready, complete = 0, False
@@ -272,7 +272,8 @@ def _known_result(view: View, model: TradingModelSpec) -> PromotionResult | None
     return PromotionResult(False, False, model.version, view.old["digest"], None)
 
 
-def _needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+def needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """The live object lacks our spec (by its hash annotation) or our replica count."""
     if live is None:
         return True
     live_hash = (live["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)

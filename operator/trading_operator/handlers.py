@@ -8,9 +8,11 @@ from typing import Any
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION
+from trading_operator.claims import Claimant, claim_of
 from trading_operator.config import OperatorConfig
+from trading_operator.decide import Plan
 from trading_operator.kube import KubeApi
-from trading_operator.reconcile import Deps, Outcome, reconcile
+from trading_operator.reconcile import Deps, reconcile
 from trading_operator.storage import s3_factory
 
 CONFIG = OperatorConfig.from_env()
@@ -42,33 +44,46 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_via_client(**kwargs)
 
 
-def _raise_for(outcome: Outcome | None, retry: int) -> None:
-    if outcome is None:
+def _raise_for(plan: Plan | None, retry: int) -> None:
+    if plan is None:
         return
-    if outcome.retryable:
+    if plan.retryable:
         delay = min(CONFIG.retry_base_seconds * 2**retry, CONFIG.retry_max_seconds)
-        raise kopf.TemporaryError(outcome.message, delay=delay)
-    if outcome.permanent:
-        raise kopf.PermanentError(outcome.message)
+        raise kopf.TemporaryError(plan.message, delay=delay)
+    if plan.permanent:
+        raise kopf.PermanentError(plan.message)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None:
+    """Who claims which stage, kept up to date from the watch: no pass lists the cluster."""
+    found = claim_of(dict(body))
+    return {found[0]: found[1]} if found else None
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
-def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, **_: Any) -> None:
-    _raise_for(reconcile(namespace, name, memo.deps), retry)
+def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, tradingmodel_claims: kopf.Index, **_: Any) -> None:
+    _raise_for(reconcile(namespace, name, memo.deps, tradingmodel_claims), retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
-def drift_check(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Someone edited the stage prefix by hand, a conflict cleared, a retry is due: converge,
-    hashing every file of the stage against its manifest."""
-    reconcile(namespace, name, memo.deps, deep=True)
+def drift_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
+    """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge."""
+    reconcile(namespace, name, memo.deps, tradingmodel_claims)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.deep_check_seconds, initial_delay=CONFIG.deep_check_seconds)
+def deep_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
+    """Less often: hash every file of the stage against its manifest (an edit that kept the ETag)."""
+    reconcile(namespace, name, memo.deps, tradingmodel_claims, deep=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
-def on_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def on_deployment(body: kopf.Body, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
     """Rollout progress of an owned Deployment moves the owner's Ready condition."""
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            reconcile(body.metadata.namespace or "default", ref["name"], memo.deps, rollout_only=True)
+            namespace = body.metadata.namespace or "default"
+            reconcile(namespace, ref["name"], memo.deps, tradingmodel_claims, rollout_only=True)

@@ -67,14 +67,17 @@ class KubeApi:
     def get_tradingmodel(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.request("GET", self.tradingmodel_path(namespace, name))
 
-    def list_tradingmodels(self) -> list[dict[str, Any]]:
-        listing = self.request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}") or {}
-        return list(listing.get("items") or [])
-
     def patch_tradingmodel_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.request(
             "PATCH", self.tradingmodel_path(namespace, name) + "/status", {"status": status}, content_type=MERGE_PATCH
         )
+
+    def count_ready_pods(self, namespace: str, labels: dict[str, str]) -> int:
+        """Ready pods matching `labels` (selected by the API server)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        listing = self.request("GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": selector}) or {}
+        conditions = [(pod.get("status") or {}).get("conditions") or [] for pod in listing.get("items") or []]
+        return sum(any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod) for pod in conditions)
 
     # Owned objects
     @staticmethod

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from model_store.s3 import S3Settings, make_client
+from trading_operator.decide import SecretNotFound
 from trading_operator.kube import KubeApi
-from trading_operator.reconcile import S3Factory, SecretNotFound
 from trading_operator.spec import TradingModelSpec
 
 KEY_ID, SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
+S3Factory = Callable[[TradingModelSpec, str], Any]  # (spec, namespace) -> boto3 client
 
 
 def s3_factory(kube: KubeApi) -> S3Factory:
