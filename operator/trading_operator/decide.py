@@ -222,6 +222,22 @@ def decide(view: View, store: StoreOutcome) -> Plan:
     return plan
 
 
+def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
+    """The API server refused an owned object: a 4xx other than conflict/throttling will not heal."""
+    retryable = code in (409, 429) or code >= 500
+    message = f"the API server refused the serving Deployment/Service ({code}): {detail}"
+    if not retryable:
+        message += "; fix spec.serving"
+    conditions = set_condition(
+        plan.status.get("conditions") or [], "Ready", False, "DeploymentRejected", message, view.generation, view.now
+    )
+    events = [e for e in plan.events if e[1] != "Ready"]
+    if view.old.get("phase") != FAILED:
+        events.append(("Warning", FAILED, message))
+    status = dict(plan.status, phase=FAILED, conditions=conditions)
+    return Plan(FAILED, status, events=events, message=message, retryable=retryable, permanent=not retryable)
+
+
 def _archived(view: View, model: TradingModelSpec, status: _Status, store: StoreOutcome) -> Plan:
     if store.error is not None:
         return _storage_failure(view, model, status, store.error)

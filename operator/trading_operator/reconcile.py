@@ -35,12 +35,12 @@ from trading_operator.decide import (
     StoreOutcome,
     View,
     decide,
+    deployment_rejected,
     needs_write,
     status_changed,
     store_wanted,
 )
 from trading_operator.kube import KubeApi
-from trading_operator.status import FAILED, set_condition
 from trading_operator.storage import S3Factory
 
 log = logging.getLogger(__name__)
@@ -175,22 +175,10 @@ def _scale_to_zero(view: View, deps: Deps) -> None:
 
 
 def _api_failure(view: View, plan: Plan, exc: ApiException) -> Plan:
-    """The API server refused an owned object: a 4xx other than conflict/throttling will not heal."""
-    retryable = exc.status in (409, 429) or (exc.status or 500) >= 500
     detail = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or exc.reason)
     with contextlib.suppress(ValueError, AttributeError):
         detail = json.loads(detail).get("message", detail)
-    message = f"the API server refused the serving Deployment/Service ({exc.status}): {detail}"
-    if not retryable:
-        message += "; fix spec.serving"
-    conditions = set_condition(
-        plan.status.get("conditions") or [], "Ready", False, "DeploymentRejected", message, view.generation, view.now
-    )
-    status = dict(plan.status, phase=FAILED, conditions=conditions)
-    events = [e for e in plan.events if e[1] != "Ready"]
-    if view.old.get("phase") != FAILED:
-        events.append(("Warning", FAILED, message))
-    return Plan(FAILED, status, events=events, message=message, retryable=retryable, permanent=not retryable)
+    return deployment_rejected(view, plan, exc.status or 500, detail)
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,211 @@
+"""The pure decision of a reconcile pass, for every condition reason it reports: no processes, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from model_store.errors import CorruptVersion, RegistryError, VersionNotFound
+from model_store.promotion import PromotionResult
+from trading_operator.claims import Claimant, claim_of, rival
+from trading_operator.config import OperatorConfig
+from trading_operator.decide import (
+    Plan,
+    Promote,
+    RecordArchive,
+    SecretNotFound,
+    StoreOutcome,
+    View,
+    decide,
+    deployment_rejected,
+    store_wanted,
+)
+
+DIGEST = "sha256:" + "ab" * 32
+CONFIG = OperatorConfig()
+NOW = "2026-11-28T03:00:00Z"
+SPEC: dict[str, Any] = {
+    "ticker": "SPY",
+    "version": "v1.1",
+    "stage": "Production",
+    "storage": {"bucket": "models", "secretRef": {"name": "s3"}},
+    "serving": {"replicas": 2},
+}
+MOVE = {"id": "m1", "at": NOW, "action": "promote", "from_version": "v1.0", "to_version": "v1.1", "digest": DIGEST}
+
+
+def body(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "spy-production", "namespace": "trading", "uid": "u1", "generation": 3,
+                     "creationTimestamp": "2026-01-01T00:00:00Z", **meta},
+        "spec": {**SPEC, **(spec or {})},
+        "status": status or {},
+    }  # fmt: skip
+
+
+def view(b: dict[str, Any] | None = None, **kwargs: Any) -> View:
+    return View(body=b or body(), config=CONFIG, now=NOW, **kwargs)
+
+
+def promoted(copied: bool = True, recorded: bool = True, audit_error: str | None = None) -> StoreOutcome:
+    return StoreOutcome(result=PromotionResult(copied, recorded, "v1.1", DIGEST, MOVE, audit_error))
+
+
+def reasons(plan: Plan) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in plan.status["conditions"]}
+
+
+def live_deployment(plan: Plan, ready: int, updated: int | None = None) -> dict[str, Any]:
+    assert plan.deployment is not None
+    desired = plan.deployment["spec"]["replicas"]
+    return {
+        **plan.deployment,
+        "metadata": {**plan.deployment["metadata"], "generation": 1},
+        "status": {"observedGeneration": 1, "replicas": desired, "readyReplicas": ready,
+                   "updatedReplicas": desired if updated is None else updated},
+    }  # fmt: skip
+
+
+def test_a_new_version_is_promoted_then_rolled_out_then_ready() -> None:
+    first = view()
+    wanted = store_wanted(first)
+    assert isinstance(wanted, Promote) and wanted.model.version == "v1.1" and not wanted.deep
+    plan = decide(first, promoted())
+    assert plan.phase == "RollingOut" and plan.deployment is not None and plan.service is not None
+    assert reasons(plan) == {
+        "VersionVerified": ("True", "Verified"),
+        "Promoted": ("True", "Promoted"),
+        "RegistrySynced": ("True", "Synced"),
+        "Ready": ("False", "RollingOut"),
+    }
+    assert plan.status["claim"] == "s3://models/etfs/SPY/production/"
+    assert [(h["id"], h["from"], h["to"]) for h in plan.status["history"]] == [("m1", "v1.0", "v1.1")]
+    assert [e[1] for e in plan.events] == ["Promoted", "RollingOut"]
+    # the Deployment now runs the new template: complete once all its pods are ready
+    later = view(body(status=plan.status), deployment=live_deployment(plan, ready=2))
+    done = decide(later, promoted(copied=False, recorded=False))
+    assert done.phase == "Ready" and reasons(done)["Ready"] == ("True", "RolloutComplete")
+    assert done.events == [("Normal", "Ready", "2/2 pods serve v1.1")]
+    assert [h["id"] for h in done.status["history"]] == ["m1"]  # the same move is not added twice
+
+
+def test_ready_counts_only_pods_of_the_target_version() -> None:
+    plan = decide(view(), promoted())
+    rolling = view(body(status=plan.status), deployment=live_deployment(plan, ready=2, updated=1), target_ready=0)
+    again = decide(rolling, promoted(copied=False, recorded=False))
+    assert again.phase == "RollingOut" and again.status["readyReplicas"] == 0
+    assert "0/2 pods ready with v1.1" in again.status["conditions"][-1]["message"]
+
+
+def test_a_deployment_event_after_the_promotion_reads_no_s3() -> None:
+    plan = decide(view(), promoted())
+    settled = body(status={**plan.status, "observedGeneration": 3})
+    assert store_wanted(view(settled, rollout_only=True)) is None
+    assert isinstance(store_wanted(view(settled)), Promote)  # the timer and spec changes always check
+    assert decide(view(settled, rollout_only=True), StoreOutcome()).status["digest"] == DIGEST
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "retryable"),
+    [
+        (VersionNotFound("etfs/SPY v1.1 is not published"), "VersionNotFound", True),
+        (CorruptVersion("lightgbm_model.txt has 8 bytes"), "DigestMismatch", False),
+        (SecretNotFound("Secret trading/s3 does not exist"), "SecretNotFound", True),
+        (RegistryError("metadata/model_registry.json is not valid JSON"), "RegistryError", True),
+        (ClientError({"Error": {"Code": "NoSuchBucket"}}, "GetObject"), "StorageError", True),
+        (ClientError({"Error": {"Code": "SlowDown"}}, "GetObject"), "StorageError", True),
+        (EndpointConnectionError(endpoint_url="http://s3"), "StorageError", True),
+    ],
+)
+def test_storage_failures_name_the_reason_and_keep_serving_the_held_version(
+    error: Exception, reason: str, retryable: bool
+) -> None:
+    held = body(status={"activeVersion": "v1.0", "claim": "s3://models/etfs/SPY/production/", "phase": "Ready"})
+    plan = decide(view(held), StoreOutcome(error=error))
+    assert plan.phase == "Failed" and (plan.retryable, plan.permanent) == (retryable, not retryable)
+    assert reasons(plan)["Ready"] == ("False", reason) == reasons(plan)["VersionVerified"]
+    assert "Still serving v1.0" in plan.message
+    assert plan.status["claim"] == "s3://models/etfs/SPY/production/"  # it keeps its stage
+    assert plan.deployment is None and not plan.scale_to_zero  # the running pods are left alone
+    assert plan.events == [("Warning", "Failed", plan.message)]
+
+
+def test_a_missing_bucket_says_so() -> None:
+    plan = decide(view(), StoreOutcome(error=ClientError({"Error": {"Code": "NoSuchBucket"}}, "GetObject")))
+    assert "bucket models does not exist" in plan.message
+
+
+def test_a_broken_registry_or_audit_log_never_holds_the_rollout_back() -> None:
+    broken = StoreOutcome(result=PromotionResult(True, True, "v1.1", DIGEST, MOVE), registry_error="not valid JSON")
+    plan = decide(view(), broken)
+    assert plan.phase == "RollingOut" and plan.deployment is not None
+    assert reasons(plan)["RegistrySynced"] == ("False", "RegistryError")
+    unrecorded = decide(view(), promoted(recorded=False, audit_error="history is not valid JSON"))
+    assert reasons(unrecorded)["RegistrySynced"] == ("False", "RegistryError")
+    assert unrecorded.status["history"] == []  # status.history holds only what the audit log holds
+
+
+def test_an_invalid_spec_is_permanent_and_serves_nothing() -> None:
+    plan = decide(view(body({"stage": "Prod"})), StoreOutcome())
+    assert store_wanted(view(body({"stage": "Prod"}))) is None
+    assert plan.phase == "Failed" and plan.permanent and plan.scale_to_zero
+    assert reasons(plan)["Ready"] == ("False", "InvalidSpec") and "spec.stage" in plan.message
+    bad_name = decide(view(body(name="Not_A_Label")), StoreOutcome())
+    assert reasons(bad_name)["Ready"] == ("False", "InvalidSpec")
+
+
+def test_a_claimant_in_conflict_touches_no_s3_and_is_scaled_to_zero() -> None:
+    contested = view(rival="trading/spy-old")
+    assert store_wanted(contested) is None
+    plan = decide(contested, StoreOutcome())
+    assert plan.phase == "Conflict" and plan.scale_to_zero and plan.deployment is None
+    assert reasons(plan)["Ready"] == ("False", "Conflict") and "trading/spy-old" in plan.message
+    assert plan.status["claim"] is None
+    assert plan.events == [("Warning", "Conflict", plan.message)]
+
+
+def test_archived_is_recorded_once_per_generation_and_scales_to_zero() -> None:
+    archived = view(body({"stage": "Archived"}, {"activeVersion": "v1.1", "phase": "Ready"}))
+    wanted = store_wanted(archived)
+    assert isinstance(wanted, RecordArchive) and wanted.entry["id"] == "archive-u1-3"
+    assert wanted.entry["from_version"] == "v1.1" and wanted.entry["to_version"] is None
+    plan = decide(archived, StoreOutcome())
+    assert plan.phase == "Archived" and plan.scale_to_zero and plan.status["claim"] is None
+    assert reasons(plan)["Ready"] == ("False", "Archived")
+    assert [h["id"] for h in plan.status["history"]] == ["archive-u1-3"]
+    assert store_wanted(view(body({"stage": "Archived"}, plan.status))) is None  # recorded: never again
+
+
+def test_an_api_refusal_is_deployment_rejected() -> None:
+    plan = decide(view(), promoted())
+    refused = deployment_rejected(view(), plan, 422, "spec.template.spec.containers[0].resources: invalid")
+    assert refused.phase == "Failed" and refused.permanent and "fix spec.serving" in refused.message
+    assert reasons(refused)["Ready"] == ("False", "DeploymentRejected")
+    assert deployment_rejected(view(), plan, 503, "etcd is down").retryable
+
+
+def claimant(name: str, created: str, holds: bool = False) -> Claimant:
+    return Claimant("trading", name, name, created, holds)
+
+
+def test_the_holder_keeps_its_stage_whatever_the_age_of_newcomers() -> None:
+    a, b = claimant("a", "2026-01-01"), claimant("b", "2026-02-01", holds=True)
+    assert rival(a, [a, b]) == b  # A is older but B holds: A (back from Archived) is the one in Conflict
+    assert rival(b, [a, b]) is None
+    fresh_a, fresh_b = claimant("a", "2026-01-01"), claimant("b", "2026-02-01")
+    assert rival(fresh_b, [fresh_a, fresh_b]) == fresh_a  # nobody holds: the oldest takes it
+    assert rival(fresh_a, [fresh_a, fresh_b]) is None
+    both = [claimant("a", "2026-01-01", True), claimant("b", "2026-02-01", True)]
+    assert rival(both[1], both) == both[0] and rival(both[0], both) is None
+
+
+def test_claims_come_from_the_spec_and_the_status() -> None:
+    found = claim_of(body(status={"claim": "s3://models/etfs/SPY/production/"}))
+    assert found is not None and found[0] == "s3://models/etfs/SPY/production/" and found[1].holds
+    assert claim_of(body({"stage": "Archived"})) is None
+    assert claim_of(body({"stage": "Prod"})) is None
+    assert claim_of(body(deletionTimestamp=NOW)) is None
+    stock = claim_of(body({"assetClass": "stock", "ticker": "AAPL", "tickers": ["MSFT"]}))
+    assert stock is not None and stock[0] == "s3://models/stocks/universal/production/" and not stock[1].holds
