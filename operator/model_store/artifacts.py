@@ -19,7 +19,7 @@ OPTIONAL_FILES = ("stock_embeddings.pkl",)
 def native_header(model_text: bytes) -> dict[str, str]:
     """The key=value header of a LightGBM text model (before the first tree)."""
     head = model_text[: 1 << 16].split(b"\nTree=", 1)[0].decode("utf-8", "replace")
-    return dict(m.groups() for m in re.finditer(r"^([a-z_]+)=(.*)$", head, re.MULTILINE))
+    return {m.group(1): m.group(2) for m in re.finditer(r"^([a-z_]+)=(.*)$", head, re.MULTILINE)}
 
 
 _MODEL_CLASSES = {

@@ -83,7 +83,8 @@ def is_precondition_failed(exc: BaseException) -> bool:
 def get_bytes(client: Any, bucket: str, key: str) -> bytes | None:
     """The object's bytes, or None when it does not exist."""
     try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return data
     except ClientError as exc:
         if is_not_found(exc):
             return None

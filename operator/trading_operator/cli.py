@@ -58,7 +58,7 @@ def cmd_versions(args: argparse.Namespace) -> None:
 
     s3, bucket = _client(args)
     location = _location(args)
-    staged = {}
+    staged: dict[str, list[str]] = {}
     for stage in Stage:
         manifest = stage_manifest(s3, bucket, location, stage)
         if manifest:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -12,14 +12,16 @@ from trading_operator.claims import Claimant, claim_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import KubeApi
-from trading_operator.reconcile import Deps, reconcile
+from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
 
 CONFIG = OperatorConfig.from_env()
+# kopf passes its indexes as keyword arguments its handler protocols do not name: hence the default.
+NO_CLAIMS: Claims = {}
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message[:1000])
+    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message[:1000])  # a dict works
 
 
 @kopf.on.startup()
@@ -64,24 +66,27 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
-def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, tradingmodel_claims: kopf.Index, **_: Any) -> None:
-    _raise_for(reconcile(namespace, name, memo.deps, tradingmodel_claims), retry)
+def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
+            **_: Any) -> None:  # fmt: skip
+    _raise_for(reconcile(namespace or "default", name, memo.deps, tradingmodel_claims), retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
-def drift_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
+def drift_check(*, namespace: str | None, name: str, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS,
+                **_: Any) -> None:  # fmt: skip
     """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge."""
-    reconcile(namespace, name, memo.deps, tradingmodel_claims)
+    reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.deep_check_seconds, initial_delay=CONFIG.deep_check_seconds)
-def deep_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
+def deep_check(*, namespace: str | None, name: str, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS,
+               **_: Any) -> None:  # fmt: skip
     """Less often: hash every file of the stage against its manifest (an edit that kept the ETag)."""
-    reconcile(namespace, name, memo.deps, tradingmodel_claims, deep=True)
+    reconcile(namespace or "default", name, memo.deps, tradingmodel_claims, deep=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
-def on_deployment(body: kopf.Body, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
+def on_deployment(*, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any) -> None:
     """Rollout progress of an owned Deployment moves the owner's Ready condition."""
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):

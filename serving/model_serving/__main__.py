@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import Any
 
 from model_serving.config import ConfigError, Settings
 from model_serving.logs import setup_logging
@@ -18,7 +19,7 @@ from model_serving.logs import setup_logging
 log = logging.getLogger("model_serving")
 
 
-def build_app(settings: Settings) -> object:
+def build_app(settings: Settings) -> Any:
     """The ASGI app. The pod's own model starts loading in a thread before the web stack is
     imported: reading, hashing and parsing the model run in C while Python imports the rest."""
     from model_serving.loading.disk_cache import DiskCache

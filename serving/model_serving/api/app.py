@@ -47,6 +47,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Reply = tuple[int, bytes, bytes]  # status, body, content type
 Handler = Callable[[Scope, Receive, list[str]], Awaitable[Reply]]
+Route = tuple[str, dict[str, Handler]]  # (endpoint label for metrics, handler by method)
 
 _JSON = b"application/json"
 
@@ -81,9 +82,9 @@ class ServingApp:
             "ready": ("model_ready", {"GET": self._model_ready}),
             "infer": ("infer", {"POST": self._infer}),
         }
-        self._v1_model_route = ("v1_model", {"GET": self._v1_model})
-        self._v1_predict_route = ("predict", {"POST": self._v1_predict})
-        self._load_route = ("repository_load", {"POST": self._load})
+        self._v1_model_route: Route = ("v1_model", {"GET": self._v1_model})
+        self._v1_predict_route: Route = ("predict", {"POST": self._v1_predict})
+        self._load_route: Route = ("repository_load", {"POST": self._load})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -23,8 +23,8 @@ import numpy as np
 from model_serving.errors import BadRequest
 from model_serving.loading.served_model import ServedModel
 
-_NUMBERS = frozenset({int, float})
-_NUMBERS_OR_NULL = frozenset({int, float, type(None)})
+_NUMBERS: frozenset[type] = frozenset({int, float})
+_NUMBERS_OR_NULL: frozenset[type] = frozenset({int, float, type(None)})
 V2_NUMERIC = {"FP64": np.float64, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
 PROBABILITIES = "probabilities"
 LABEL = "strategy"
@@ -107,7 +107,7 @@ def instance_rows(model: ServedModel, instances: list[Any], null_as_missing: boo
     order (GET /v2/models/{name} lists it), as the seeds' batches and KServe's V1 protocol send them."""
     if len(instances) > max_rows:
         raise BadRequest(f'"instances" has {len(instances)} rows; send at most {max_rows} per request')
-    rows = []
+    rows: list[Any] = []
     for i, row in enumerate(instances):
         where = f"instances[{i}]"
         if type(row) is list:
