@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -382,6 +383,15 @@ def _walkthrough(stack: LocalStack) -> None:
     tm = stack.wait_for("spy-production", lambda t: _ready(t) and t["status"].get("activeVersion") == "v1.1")
     for entry in tm["status"]["history"]:
         _say(f"    {entry['at']}  {entry['action']:<9} {entry.get('from') or '-':>5} -> {entry.get('to')}")
+
+    _say(f"\n[{next(step)}] one universal stock model: stocks-production declares AAPL and MSFT (spec.tickers):")
+    for ticker in ("AAPL", "MSFT"):
+        answer = stack.predict("stocks-production", ticker)
+        _say(f"    {ticker} -> {answer['strategy']} (model {answer['model_path']} {answer['model_version']})")
+    try:
+        stack.predict("stocks-production", "TSLA")
+    except urllib.error.HTTPError as exc:
+        _say(f"    TSLA -> {exc.code}: {json.loads(exc.read())['error']}")
 
     _say(f"\n[{next(step)}] a version that was never published (v9.9) is refused and production is untouched:")
     stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec":{"version":"v9.9"}}')
