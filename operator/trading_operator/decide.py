@@ -228,9 +228,13 @@ def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
     message = f"the API server refused the serving Deployment/Service ({code}): {detail}"
     if not retryable:
         message += "; fix spec.serving"
-    conditions = set_condition(
-        plan.status.get("conditions") or [], "Ready", False, "DeploymentRejected", message, view.generation, view.now
-    )
+    conditions = plan.status.get("conditions") or []
+    for type_, value, reason, text in (
+        ("Ready", False, "DeploymentRejected", message),
+        ("Reconciling", retryable, "DeploymentRejected" if retryable else "Settled", message if retryable else ""),
+        ("Stalled", not retryable, "NotStalled" if retryable else "DeploymentRejected", "" if retryable else message),
+    ):
+        conditions = set_condition(conditions, type_, value, reason, text, view.generation, view.now)
     events = [e for e in plan.events if e[1] != "Ready"]
     if view.old.get("phase") != FAILED:
         events.append(("Warning", FAILED, message))
@@ -336,6 +340,7 @@ def _plan(
     permanent: bool = False,
     scale_to_zero: bool = False,
 ) -> Plan:
+    _kstatus(status, phase, message, retryable, permanent)
     new = status.render(phase)
     events = []
     news = view.old.get("phase") != phase or _reason(view.old) != _reason(new)
@@ -345,6 +350,16 @@ def _plan(
         phase, new, scale_to_zero=scale_to_zero, events=events, message=message, retryable=retryable,
         permanent=permanent,
     )  # fmt: skip
+
+
+def _kstatus(status: _Status, phase: str, message: str, retryable: bool, permanent: bool) -> None:
+    """kstatus' abnormal-true conditions, so Flux (and any kstatus reader) sees progress and dead ends."""
+    reconciling = phase == ROLLING_OUT or (phase == FAILED and retryable)
+    stalled = phase == CONFLICT or (phase == FAILED and permanent)
+    ready = condition(status.conditions, "Ready") or {}
+    why = str(ready.get("reason") or phase)
+    status.set("Reconciling", reconciling, why if reconciling else "Settled", message if reconciling else "")
+    status.set("Stalled", stalled, why if stalled else "NotStalled", message if stalled else "")
 
 
 def _reason(status: dict[str, Any]) -> str | None:
@@ -369,6 +384,10 @@ class _Status:
         self._history: list[dict[str, Any]] = list(old.get("history") or [])
         self.values: dict[str, Any] = {}
         self.claim: str | None = None  # the stage this TradingModel holds after the pass
+
+    @property
+    def conditions(self) -> list[dict[str, Any]]:
+        return self._conditions
 
     def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self._conditions = set_condition(self._conditions, type_, ok, reason, message, self.generation, self.now)

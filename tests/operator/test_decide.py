@@ -79,6 +79,8 @@ def test_a_new_version_is_promoted_then_rolled_out_then_ready() -> None:
         "Promoted": ("True", "Promoted"),
         "RegistrySynced": ("True", "Synced"),
         "Ready": ("False", "RollingOut"),
+        "Reconciling": ("True", "RollingOut"),  # kstatus: in progress
+        "Stalled": ("False", "NotStalled"),
     }
     assert plan.status["claim"] == "s3://models/etfs/SPY/production/"
     assert [(h["id"], h["from"], h["to"]) for h in plan.status["history"]] == [("m1", "v1.0", "v1.1")]
@@ -87,6 +89,7 @@ def test_a_new_version_is_promoted_then_rolled_out_then_ready() -> None:
     later = view(body(status=plan.status), deployment=live_deployment(plan, ready=2))
     done = decide(later, promoted(copied=False, recorded=False))
     assert done.phase == "Ready" and reasons(done)["Ready"] == ("True", "RolloutComplete")
+    assert reasons(done)["Reconciling"][0] == reasons(done)["Stalled"][0] == "False"  # kstatus: Current
     assert done.events == [("Normal", "Ready", "2/2 pods serve v1.1")]
     assert [h["id"] for h in done.status["history"]] == ["m1"]  # the same move is not added twice
 
@@ -96,7 +99,8 @@ def test_ready_counts_only_pods_of_the_target_version() -> None:
     rolling = view(body(status=plan.status), deployment=live_deployment(plan, ready=2, updated=1), target_ready=0)
     again = decide(rolling, promoted(copied=False, recorded=False))
     assert again.phase == "RollingOut" and again.status["readyReplicas"] == 0
-    assert "0/2 pods ready with v1.1" in again.status["conditions"][-1]["message"]
+    ready = next(c for c in again.status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == "0/2 pods ready with v1.1"
 
 
 def test_a_deployment_event_after_the_promotion_reads_no_s3() -> None:
@@ -126,6 +130,7 @@ def test_storage_failures_name_the_reason_and_keep_serving_the_held_version(
     plan = decide(view(held), StoreOutcome(error=error))
     assert plan.phase == "Failed" and (plan.retryable, plan.permanent) == (retryable, not retryable)
     assert reasons(plan)["Ready"] == ("False", reason) == reasons(plan)["VersionVerified"]
+    assert reasons(plan)["Reconciling" if retryable else "Stalled"] == ("True", reason)
     assert "Still serving v1.0" in plan.message
     assert plan.status["claim"] == "s3://models/etfs/SPY/production/"  # it keeps its stage
     assert plan.deployment is None and not plan.scale_to_zero  # the running pods are left alone
@@ -161,6 +166,7 @@ def test_a_claimant_in_conflict_touches_no_s3_and_is_scaled_to_zero() -> None:
     assert store_wanted(contested) is None
     plan = decide(contested, StoreOutcome())
     assert plan.phase == "Conflict" and plan.scale_to_zero and plan.deployment is None
+    assert reasons(plan)["Stalled"] == ("True", "Conflict")
     assert reasons(plan)["Ready"] == ("False", "Conflict") and "trading/spy-old" in plan.message
     assert plan.status["claim"] is None
     assert plan.events == [("Warning", "Conflict", plan.message)]
@@ -183,6 +189,8 @@ def test_an_api_refusal_is_deployment_rejected() -> None:
     refused = deployment_rejected(view(), plan, 422, "spec.template.spec.containers[0].resources: invalid")
     assert refused.phase == "Failed" and refused.permanent and "fix spec.serving" in refused.message
     assert reasons(refused)["Ready"] == ("False", "DeploymentRejected")
+    assert reasons(refused)["Stalled"] == ("True", "DeploymentRejected")
+    assert reasons(refused)["Reconciling"][0] == "False"
     assert deployment_rejected(view(), plan, 503, "etcd is down").retryable
 
 

@@ -15,6 +15,7 @@ import pytest
 from devstack.stack import LocalStack as Stack
 from devstack.stack import predict_at, running_notes
 from devstack.stack import tradingmodel as tradingmodel_object
+from helpers.gitops import argocd_health, kstatus
 from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
 from model_store.manifest import Manifest
 from model_store.promotion import stage_manifest
@@ -98,7 +99,10 @@ def test_apply_promotes_rolls_out_and_reports_ready(stack: Stack) -> None:
         "Promoted": "True",
         "RegistrySynced": "True",
         "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
     }
+    assert argocd_health(tm) == ("Healthy", "1/1 pods serve v1.0") and kstatus(tm) == "Current"
     # the pod really serves that version
     answer = stack.predict("spy-production", "SPY")
     assert answer["model_version"] == "v1.0"
@@ -162,6 +166,7 @@ def test_missing_version_is_reported_and_production_untouched(stack: Stack) -> N
     message = next(c["message"] for c in tm["status"]["conditions"] if c["type"] == "VersionVerified")
     assert "v9.9 is not published" in message and "v1.0" in message  # names what exists
     assert tm["status"]["phase"] == "Failed" and tm["status"]["activeVersion"] == "v1.0"
+    assert argocd_health(tm)[0] == "Degraded" and kstatus(tm) == "InProgress"  # retried: may heal
     assert objects(stack, "etfs/IWM/production/") == before
     assert deployment_env(stack, "iwm-production")["MODEL_VERSION"] == "v1.0"
     assert stack.predict("iwm-production", "IWM")["model_version"] == "v1.0"
@@ -197,6 +202,7 @@ def test_second_claim_on_a_stage_is_a_conflict_and_touches_nothing(stack: Stack)
     stack.kubectl("apply", "-f", "-", input=tradingmodel("smh-rival", "SMH", "v1.1", stack))
     tm = stack.wait_for("smh-rival", lambda tm: tm["status"].get("phase") == "Conflict")
     assert "smh-production" in next(c["message"] for c in tm["status"]["conditions"] if c["type"] == "Ready")
+    assert argocd_health(tm)[0] == "Degraded" and kstatus(tm) == "Failed"
     assert stack.get("apps/v1", "deployments", "smh-rival") is None
     assert objects(stack, "etfs/SMH/production/") == before
     assert production(stack, "SMH").version == "v1.0"  # type: ignore[union-attr]
