@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from crd_validation.structural import FieldError
 from devstack.kinds import ResourceType
-from devstack.schemas import FieldError
 
 
 class ApiError(Exception):

