@@ -141,9 +141,17 @@ def verify_files(client: Any, bucket: str, prefix: str, manifest: Manifest) -> d
 
 def verify_version(client: Any, bucket: str, location: ModelLocation, version: str) -> Manifest:
     """A published version whose files match its manifest and make a servable model."""
+    return verified_files(client, bucket, location, version)[0]
+
+
+def verified_files(
+    client: Any, bucket: str, location: ModelLocation, version: str
+) -> tuple[Manifest, dict[str, bytes]]:
+    """`verify_version`, with the verified files."""
     manifest = archived_manifest(client, bucket, location, version)
-    _check_servable(verify_files(client, bucket, location.archive_prefix(version), manifest), location, version)
-    return manifest
+    files = verify_files(client, bucket, location.archive_prefix(version), manifest)
+    _check_servable(files, location, version)
+    return manifest, files
 
 
 def _check_servable(files: dict[str, bytes], location: ModelLocation, version: str) -> None:

@@ -108,6 +108,29 @@ def _history_line(e: dict[str, Any]) -> str:
     )
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    from trading_operator.pr_check import Options, check, load_manifests, render_markdown
+
+    crd = next((d for _, d in load_manifests([args.crd]) if d.get("kind") == "CustomResourceDefinition"), None)
+    if crd is None:
+        raise ValueError(f"{args.crd} holds no CustomResourceDefinition: pass --crd crds/tradingmodel.yaml")
+    stdin = sys.stdin.read() if "-" in args.paths else None
+    documents = load_manifests(args.paths, stdin)
+
+    def s3_for(model: Any) -> Any:
+        endpoint = args.endpoint or model.endpoint
+        return make_client(S3Settings(bucket=model.bucket, endpoint_url=endpoint, region=model.region))
+
+    options = Options(require_staging=not args.no_require_staging, allow_feature_change=args.allow_feature_change)
+    checked = check(documents, crd, s3_for, options)
+    report = render_markdown(checked)
+    if args.report:
+        Path(args.report).write_text(report)
+    print(report)
+    if any(c.problems for c in checked):
+        sys.exit(1)
+
+
 def cmd_operator(args: argparse.Namespace) -> None:
     import kopf
 
@@ -151,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ticker")
     p.add_argument("--json", action="store_true")
     _bucket_args(p)
+
+    p = add("check", cmd_check, "the PR check: validate TradingModel manifests against the CRD and S3 (read-only)")
+    p.add_argument("paths", nargs="+", help="manifest files or folders (kustomize build output: -)")
+    p.add_argument("--crd", default="crds/tradingmodel.yaml", help="the CRD to validate against")
+    p.add_argument("--endpoint", default=os.environ.get("S3_ENDPOINT_URL"), help="S3 endpoint for every manifest")
+    p.add_argument("--report", help="also write the Markdown report to this file (e.g. for a PR comment)")
+    p.add_argument("--no-require-staging", action="store_true", help="allow Production without Staging first")
+    p.add_argument("--allow-feature-change", action="store_true", help="allow features/strategies to differ")
 
     p = add("operator", cmd_operator, "run the operator against the current cluster")
     p.add_argument("--namespace", help="watch one namespace (default: $WATCH_NAMESPACE or all)")
