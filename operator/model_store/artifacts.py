@@ -120,7 +120,10 @@ def check_artifacts(files: dict[str, bytes], version: str) -> dict[str, Any]:
                 f"({len(names)} vs {len(model_features)} names, first difference at "
                 f"{next((i for i, (a, b) in enumerate(zip(names, model_features, strict=False)) if a != b), 0)})"
             )
-        num_class = int(header.get("num_class", "1"))
+        try:
+            num_class = int(header.get("num_class", "1"))
+        except ValueError:
+            raise InvalidArtifacts(f"{MODEL_NATIVE} has num_class={header.get('num_class')!r}, not a number") from None
         if classes is not None and num_class > 1 and len(classes) != num_class:
             raise InvalidArtifacts(f"{METADATA} lists {len(classes)} classes, the model has {num_class}")
     check_model_loads(files, len(names))

@@ -31,3 +31,9 @@ class RegistryError(StoreError):
     """A metadata/*.json document that cannot be read or updated; the stage itself is fine."""
 
     retryable = True
+
+
+class PromotionInProgress(StoreError):
+    """Another writer started a move of the same stage at the same instant."""
+
+    retryable = True

@@ -19,6 +19,7 @@ manifest's files with the ETags of the copy (a `deep` check also hashes every fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -27,13 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from model_store.artifacts import check_artifacts
-from model_store.errors import CorruptVersion, InvalidArtifacts, RegistryError, VersionNotFound
+from model_store.errors import CorruptVersion, InvalidArtifacts, PromotionInProgress, RegistryError, VersionNotFound
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
 from model_store.registry import DETAILS, record_once, registered, sync_registries
-from model_store.s3 import get_bytes, read_manifest
+from model_store.s3 import get_bytes, is_not_found, is_precondition_failed, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -174,25 +177,34 @@ def stage_holds(
     """The stage prefix holds exactly the version of `manifest`: its manifest names that digest,
     the listing shows exactly its files with the sizes and the ETags the copy produced (any
     rewrite changes an ETag), and with `deep` every file hashes to the manifest's sha256."""
-    if current is None or current.digest != manifest.digest:
+    if current is None or (current.model, current.version, current.digest) != (
+        manifest.model,
+        manifest.version,
+        manifest.digest,
+    ):
         return False
     listing: dict[str, tuple[int, str]] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            listing[obj["Key"][len(prefix) :]] = (int(obj["Size"]), str(obj.get("ETag", "")))
+            listing[obj["Key"][len(prefix) :]] = (int(obj["Size"]), _etag(obj.get("ETag")))
     if set(listing) != set(manifest.files) | {MANIFEST_NAME}:
         return False
-    etags = current.extra.get("etags") or {}
-    for name, entry in manifest.files.items():
-        size, etag = listing[name]
-        if size != entry.size or etags.get(name, etag) != etag:
-            return False
-    if deep or set(etags) != set(manifest.files):  # stages copied before ETags were recorded: hash them
+    etags = {name: _etag(etag) for name, etag in (current.extra.get("etags") or {}).items()}
+    if any(listing[name][0] != entry.size for name, entry in manifest.files.items()):
+        return False
+    rewritten = any(etags.get(name) != listing[name][1] for name in manifest.files)
+    # A rewritten file, or a stage copied before ETags were recorded: the content decides (a store
+    # whose ETags are not stable across copies costs a download per check, never a false repair).
+    if deep or rewritten:
         try:
             verify_files(client, bucket, prefix, manifest)
         except CorruptVersion:
             return False
     return True
+
+
+def _etag(value: Any) -> str:
+    return str(value or "").strip('"').lower()
 
 
 def promote(
@@ -227,6 +239,16 @@ def promote(
     source = location.archive_prefix(version)
     files = verify_files(client, bucket, source, manifest)
     _check_servable(files, location, version)
+    last_move = current.extra.get("move") if current is not None else None
+    if isinstance(last_move, dict) and last_move.get("id") not in recorded:
+        # The stage manifest is the only record of its move until the history holds it: overwriting
+        # it before then would lose that move for good.
+        done, error = _record(client, bucket, last_move, location.intent_key(stage))
+        if error:
+            raise RegistryError(
+                f"the audit log cannot record the stage's last move ({error}); fix "
+                f"s3://{bucket}/metadata/deployment_history.json before the next move"
+            )
     move = _intended_move(client, bucket, location, stage, manifest, current, last_known, actor, reason)
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
@@ -288,8 +310,15 @@ def _intended_move(
     """The move this promotion performs: the one written down already if a previous attempt at
     the same version died half-way, else a new one, written down before the stage is touched."""
     key = location.intent_key(stage)
-    intent = _json_or_empty(get_bytes(client, bucket, key) or b"{}")
-    if intent.get("digest") == manifest.digest and intent.get("action") in ACTIONS and intent.get("id"):
+    intent, etag = _read_intent(client, bucket, key)
+    finished = current is not None and (current.extra.get("move") or {}).get("id") == intent.get("id")
+    if finished:
+        intent = {}  # the move it wrote down completed (its removal was lost): not a move to resume
+    if (
+        intent.get("id")
+        and intent.get("action") in ACTIONS
+        and (intent.get("digest"), intent.get("to_version")) == (manifest.digest, manifest.version)
+    ):
         return intent
     if current is not None:
         previous: str | None = current.version
@@ -310,8 +339,30 @@ def _intended_move(
         "actor": actor,
         **({"reason": reason} if reason else {}),
     }
-    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(move, indent=2).encode(), ContentType="application/json")
+    # Fenced: written only over what was read, so two writers starting moves of one stage at once
+    # cannot both go ahead; the loser retries and finds the winner's move.
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    try:
+        body = json.dumps(move, indent=2).encode()
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+    except ClientError as exc:
+        if is_precondition_failed(exc):
+            raise PromotionInProgress(
+                f"another move of {location.model_key} {stage.value} started at the same time "
+                f"(s3://{bucket}/{key}); retrying"
+            ) from None
+        raise
     return move
+
+
+def _read_intent(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str | None]:
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return {}, None
+        raise
+    return _json_or_empty(obj["Body"].read()), str(obj["ETag"])
 
 
 def _registered_version(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> str | None:
@@ -329,8 +380,10 @@ def _record(client: Any, bucket: str, move: dict[str, Any], intent_key: str) -> 
         done = record_once(client, bucket, move)
     except RegistryError as exc:
         return False, str(exc)
-    if done:
-        client.delete_object(Bucket=bucket, Key=intent_key)
+    # In the history now (just added, or found there): its intent, if still there, is spent.
+    with contextlib.suppress(ClientError, BotoCoreError):
+        if _read_intent(client, bucket, intent_key)[0].get("id") == move.get("id"):
+            client.delete_object(Bucket=bucket, Key=intent_key)
     return done, None
 
 

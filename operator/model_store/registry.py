@@ -116,7 +116,7 @@ def sync_registries(
         "by": holds.extra.get("promoted_by"),
     }
     declared = sorted(set(tickers))
-    if location.asset_class is AssetClass.STOCK:
+    if location.asset_class is AssetClass.STOCK and declared:
         promoted["tickers"] = declared
 
     def set_model(doc: Document) -> bool:
@@ -136,10 +136,12 @@ def sync_registries(
             stocks = _section(doc, "stocks", bucket, ASSET_REGISTRY_KEY)
             entry = stocks.setdefault("model_info", {})
             entry.update(type="universal", model_path=path, note="ONE model handles ALL stocks")
-            if stage is Stage.PRODUCTION:
+            if stage is Stage.PRODUCTION and declared:  # none declared (e.g. tmctl promote): left as they are
                 stocks["supported_tickers"] = {t: {"uses_model": location.model_key} for t in declared}
         if stage is Stage.PRODUCTION:
             details = holds.extra.get("details") or {}
+            for key in DETAILS:  # the version's own details, none left over from the one before
+                entry.pop(key, None)
             entry.update(status="active", version=holds.version, **{k: details[k] for k in DETAILS if k in details})
         else:
             entry.setdefault("status", "staging")

@@ -85,7 +85,9 @@ def cmd_promote(args: argparse.Namespace) -> None:
     s3, bucket = _client(args)
     stage = Stage.parse(args.stage)
     actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
-    result = promote_and_register(s3, bucket, _location(args), args.version, stage, actor, args.reason, [args.ticker])
+    # The stock model's declared tickers live in its TradingModel: the CLI leaves them as they are.
+    tickers = [args.ticker] if args.asset_class == "etf" else []
+    result = promote_and_register(s3, bucket, _location(args), args.version, stage, actor, args.reason, tickers)
     print(f"{result.action}: {args.version} in {stage.value} (was {result.previous_version})")
     if result.audit_error:
         print(f"warning: not yet in the audit log ({result.audit_error}); run this again to record it", file=sys.stderr)

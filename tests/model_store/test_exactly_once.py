@@ -7,6 +7,7 @@ raises at the k-th write, as SIGKILL would stop it there), then a fresh pass run
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from typing import Any
 
@@ -19,6 +20,7 @@ from model_store.layout import (
     ASSET_REGISTRY_KEY,
     DEPLOYMENT_HISTORY_KEY,
     MANIFEST_NAME,
+    METADATA,
     MODEL_NATIVE,
     MODEL_PICKLE,
     MODEL_REGISTRY_KEY,
@@ -86,6 +88,7 @@ def test_a_move_killed_at_any_write_is_recorded_once_with_the_right_versions(
     total = 0
     at = 1
     while True:
+        before = len(deployment_history(s3, bucket))
         dying = DiesAtWrite(s3, at)
         try:
             promote(dying, bucket, SPY, target, Stage.PRODUCTION, actor="operator", last_known="v1.1")
@@ -95,14 +98,14 @@ def test_a_move_killed_at_any_write_is_recorded_once_with_the_right_versions(
             total = dying.writes
             break
         result = promote(s3, bucket, SPY, target, Stage.PRODUCTION, actor="operator", last_known="v1.1")
-        assert moves(s3, bucket)[1:] == [expected], f"killed at write {at}"
+        assert moves(s3, bucket)[before:] == [expected], f"killed at write {at}"
         assert {n: stage_files(s3, bucket)[n] for n in files} == files
         assert set(stage_files(s3, bucket)) == set(files) | {MANIFEST_NAME}
         assert result.move is not None and result.move["to_version"] == target
-        # and the pass after that changes nothing
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="metadata/intents/"), "intent left"
+        # the pass after that changes nothing
         assert not promote(s3, bucket, SPY, target, Stage.PRODUCTION, actor="operator").changed
-        # reset to v1.1 with drift for the next instant, without touching the history
-        s3.delete_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY)
+        # back to v1.1 with drift for the next instant
         promote(s3, bucket, SPY, "v1.1", Stage.PRODUCTION, actor="setup")
         s3.put_object(Bucket=bucket, Key=PROD + "stray.bin", Body=b"x")
         at += 1
@@ -232,3 +235,64 @@ def test_a_version_uploaded_by_hand_that_is_no_model_is_refused_at_promotion(
     with pytest.raises(CorruptVersion, match="not a servable version"):
         promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=PROD)
+
+
+
+def test_an_intent_whose_removal_was_lost_never_hides_a_later_repair(
+    s3: Any, bucket: str, demo_v1: DemoModel
+) -> None:
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    done = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    assert done.move is not None
+    s3.put_object(Bucket=bucket, Key=SPY.intent_key(Stage.PRODUCTION), Body=json.dumps(done.move).encode())
+    s3.put_object(Bucket=bucket, Key=PROD + "stray.bin", Body=b"x")
+    repaired = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
+    assert (repaired.action, repaired.previous_version) == ("repair", "v1.0")
+    assert moves(s3, bucket) == [("promote", None, "v1.0"), ("repair", "v1.0", "v1.0")]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="metadata/intents/")
+
+
+def test_no_move_overwrites_one_the_history_has_not_recorded(
+    s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    from model_store.errors import RegistryError
+
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
+    first = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    assert first.move is not None
+    s3.put_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY, Body=b"{broken")
+    # the operator knows from its status that the v1.0 move is recorded
+    up = promote(s3, bucket, SPY, "v1.1", Stage.PRODUCTION, actor="operator", recorded=frozenset({first.move["id"]}))
+    assert up.copied and up.audit_error
+    with pytest.raises(RegistryError, match="cannot record the stage's last move"):
+        promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
+    assert Manifest.from_json(stage_files(s3, bucket)[MANIFEST_NAME]).version == "v1.1"  # still serving v1.1
+    s3.delete_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY)  # fixed (emptied) by hand
+    down = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
+    assert down.action == "rollback"
+    # (the setup's entry went with the document emptied by hand; both moves since are there)
+    assert moves(s3, bucket) == [("promote", "v1.0", "v1.1"), ("rollback", "v1.1", "v1.0")]
+
+
+def test_the_same_files_under_another_version_name_are_a_move(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
+    files = {**demo_v1.files, METADATA: json.dumps({"accuracy": 0.7}).encode()}  # no version in metadata
+    publish_version(s3, bucket, SPY, "v2.0-rc1", files)
+    publish_version(s3, bucket, SPY, "v2.0", files)
+    promote(s3, bucket, SPY, "v2.0-rc1", Stage.PRODUCTION, actor="setup")
+    final = promote(s3, bucket, SPY, "v2.0", Stage.PRODUCTION, actor="operator")
+    assert final.copied and (final.action, final.previous_version) == ("promote", "v2.0-rc1")
+    assert Manifest.from_json(stage_files(s3, bucket)[MANIFEST_NAME]).version == "v2.0"
+
+
+def test_a_stock_promotion_without_declared_tickers_keeps_the_registered_ones(
+    s3: Any, bucket: str, demo_v1: DemoModel
+) -> None:
+    stocks = ModelLocation.of("AAPL", "stock")
+    publish_version(s3, bucket, stocks, "v1.0", demo_v1.files)
+    result = promote(s3, bucket, stocks, "v1.0", Stage.PRODUCTION, actor="setup")
+    assert result.stage_manifest is not None
+    sync_registries(s3, bucket, stocks, Stage.PRODUCTION, result.stage_manifest, ["AAPL", "MSFT"])
+    sync_registries(s3, bucket, stocks, Stage.PRODUCTION, result.stage_manifest)  # e.g. tmctl promote
+    assets, _ = read_document(s3, bucket, ASSET_REGISTRY_KEY)
+    assert sorted(assets["stocks"]["supported_tickers"]) == ["AAPL", "MSFT"]
