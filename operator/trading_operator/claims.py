@@ -31,23 +31,35 @@ class Claimant:
         return (self.created, self.namespace, self.name)
 
 
-def claim_of(body: dict[str, Any]) -> tuple[str, Claimant] | None:
-    """The claim a TradingModel makes and how it stands on it; None when it claims nothing."""
+def claims_of(body: dict[str, Any]) -> dict[str, Claimant]:
+    """The claims a TradingModel makes and how it stands on each: the stage its spec names, and
+    the stage its status says it holds until a pass of its own releases it (after scaling down),
+    so an archive, a typo in the spec or a move to another stage never frees a stage early."""
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return None
+        return {}
+    held = (body.get("status") or {}).get("claim")
+
+    def claimant(holds: bool) -> Claimant:
+        return Claimant(
+            meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "",
+            meta.get("creationTimestamp") or "", holds,
+        )  # fmt: skip
+
+    found = {held: claimant(True)} if held else {}
+    wanted = spec_claim(body)
+    if wanted is not None:
+        found[wanted] = claimant(wanted == held)
+    return found
+
+
+def spec_claim(body: dict[str, Any]) -> str | None:
+    """The stage prefix the spec asks for (None: archived or not a valid spec)."""
     try:
         model = parse_spec(body.get("spec") or {})
     except InvalidSpec:
         return None
-    if model.archived:
-        return None
-    claim = model.claim()
-    holds = (body.get("status") or {}).get("claim") == claim
-    return claim, Claimant(
-        meta.get("namespace") or "", meta.get("name") or "", meta.get("uid") or "", meta.get("creationTimestamp") or "",
-        holds,
-    )  # fmt: skip
+    return None if model.archived else model.claim()
 
 
 def rival(me: Claimant, claimants: Iterable[Claimant]) -> Claimant | None:

@@ -125,15 +125,16 @@ def store_wanted(view: View) -> StoreWanted:
     old = view.old
     if model.archived:
         entry = _archive_entry(view, model)
-        if old.get("phase") == ARCHIVED or any(h.get("id") == entry["id"] for h in old.get("history") or []):
-            return None
+        if not old.get("claim") or _in_history(view, entry["id"]):
+            return None  # it held no stage (nothing to record), or the archive is recorded
         return RecordArchive(model, entry)
     if view.rollout_only and _promoted_this_generation(view, model):
         return None
     return Promote(
         model,
         actor=f"operator:{view.namespace}/{view.name}",
-        last_known=old.get("activeVersion"),
+        # what this TradingModel saw in this very stage (not in the one it held before a stage change)
+        last_known=old.get("activeVersion") if old.get("claim") == model.claim() else None,
         recorded=frozenset(h["id"] for h in old.get("history") or [] if h.get("id")),
         deep=view.deep,
     )
@@ -144,6 +145,8 @@ def decide(view: View, store: StoreOutcome) -> Plan:
     model = parsed(view)
     if isinstance(model, InvalidSpec):
         status.set("Ready", False, "InvalidSpec", f"{model}; fix the TradingModel spec")
+        status.claim = view.old.get("claim")  # a typo serves nothing, but does not hand the stage over
+        status.values.update(replicas=0, readyReplicas=0)
         return _plan(view, status, FAILED, str(model), permanent=True, scale_to_zero=True)
     if view.rival:
         where = model.location.root if model.archived else model.claim()
@@ -153,6 +156,7 @@ def decide(view: View, store: StoreOutcome) -> Plan:
         )
         status.set("Promoted", False, "Conflict", message)
         status.set("Ready", False, "Conflict", message)
+        status.values.update(replicas=0, readyReplicas=0)
         return _plan(view, status, CONFLICT, message, scale_to_zero=True)
     if model.archived:
         return _archived(view, model, status, store)
@@ -179,7 +183,7 @@ def decide(view: View, store: StoreOutcome) -> Plan:
                 "action": move["action"],
                 "from": move.get("from_version"),
                 "to": move["to_version"],
-                "stage": model.stage,
+                "stage": move.get("stage", model.s3_stage.value),
                 "digest": move["digest"],
             }
         )
@@ -224,10 +228,12 @@ def decide(view: View, store: StoreOutcome) -> Plan:
 
 def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
     """The API server refused an owned object: a 4xx other than conflict/throttling will not heal."""
-    retryable = code in (409, 429) or code >= 500
+    retryable = code in (403, 409, 429) or code >= 500
     message = f"the API server refused the serving Deployment/Service ({code}): {detail}"
-    if not retryable:
-        message += "; fix spec.serving"
+    if code == 403:
+        message += "; the operator lacks a permission (manifests/rbac) or an admission policy refused it: retrying"
+    elif not retryable:
+        message += "; fix spec.serving. Serving is scaled to zero until then"
     conditions = plan.status.get("conditions") or []
     for type_, value, reason, text in (
         ("Ready", False, "DeploymentRejected", message),
@@ -239,39 +245,54 @@ def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
     if view.old.get("phase") != FAILED:
         events.append(("Warning", FAILED, message))
     status = dict(plan.status, phase=FAILED, conditions=conditions)
-    return Plan(FAILED, status, events=events, message=message, retryable=retryable, permanent=not retryable)
+    return Plan(
+        FAILED, status, events=events, message=message, retryable=retryable, permanent=not retryable,
+        scale_to_zero=not retryable,
+    )  # fmt: skip
 
 
 def _archived(view: View, model: TradingModelSpec, status: _Status, store: StoreOutcome) -> Plan:
-    if store.error is not None:
-        return _storage_failure(view, model, status, store.error)
-    events = []
+    """Serving goes to zero at once; the stage it held is released once the archive is recorded."""
+    held = view.old.get("claim")
     entry = _archive_entry(view, model)
-    if view.old.get("phase") != ARCHIVED:
-        status.history({"id": entry["id"], "at": entry["at"], "action": "archive", "from": entry["from_version"],
-                        "to": None})  # fmt: skip
-        events.append(("Normal", "Archived", "Serving scaled to zero; archived versions are kept"))
+    events = []
+    message = ""
+    if store.error is not None:
+        message = f"the archive is not in the audit log yet ({store.error}); retrying, serving is scaled to zero"
+        status.set("RegistrySynced", False, "RegistryError", message)
+        status.claim = held
+    else:
+        if held and not _in_history(view, entry["id"]):
+            status.history({"id": entry["id"], "at": entry["at"], "action": "archive", "stage": entry["stage"],
+                            "from": entry["from_version"], "to": None})  # fmt: skip
+        if view.old.get("phase") != ARCHIVED:
+            events.append(("Normal", "Archived", "Serving scaled to zero; archived versions are kept"))
     status.values.update(replicas=0, readyReplicas=0)
     status.set("Promoted", False, "Archived", "Archived: the stage prefix is left as it was")
     status.set("Ready", False, "Archived", "Archived: serving scaled to zero, archive/ kept")
-    plan = _plan(view, status, ARCHIVED, scale_to_zero=True)
+    plan = _plan(view, status, ARCHIVED, message, retryable=store.error is not None, scale_to_zero=True)
     plan.events[:0] = events
     return plan
 
 
 def _archive_entry(view: View, model: TradingModelSpec) -> dict[str, Any]:
     # One archive per generation: the id is derived, so a retry after any failure finds it.
+    held = str(view.old.get("claim") or "")
     return {
         "id": f"archive-{view.body['metadata'].get('uid') or view.name}-{view.generation}",
         "at": view.now,
         "action": "archive",
         "model": model.location.model_key,
         "ticker": model.ticker,
-        "stage": "archived",
+        "stage": held.rstrip("/").rsplit("/", 1)[-1] if held else None,  # the stage it leaves
         "from_version": view.old.get("activeVersion"),
         "to_version": None,
         "actor": f"operator:{view.namespace}/{view.name}",
     }
+
+
+def _in_history(view: View, move_id: str) -> bool:
+    return any(h.get("id") == move_id for h in view.old.get("history") or [])
 
 
 def _promoted_this_generation(view: View, model: TradingModelSpec) -> bool:
@@ -323,9 +344,9 @@ def _storage_failure(view: View, model: TradingModelSpec, status: _Status, exc: 
     else:
         reason, retryable, message = "StorageError", True, f"S3 is unreachable: {exc}; retrying"
     status.set("VersionVerified", False, reason, message)
-    if view.old.get("activeVersion") and not model.archived:
+    status.claim = view.old.get("claim")  # it keeps the stage it holds while it cannot change it
+    if view.old.get("activeVersion"):
         message += f". Still serving {view.old['activeVersion']}"
-        status.claim = model.claim()  # it keeps the stage it holds while it cannot change it
     status.set("Ready", False, reason, message)
     return _plan(view, status, FAILED, message, retryable=retryable, permanent=not retryable)
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION
-from trading_operator.claims import Claimant, claim_of
+from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import KubeApi
@@ -59,8 +59,7 @@ def _raise_for(plan: Plan | None, retry: int) -> None:
 @kopf.index(GROUP, VERSION, PLURAL)
 def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None:
     """Who claims which stage, kept up to date from the watch: no pass lists the cluster."""
-    found = claim_of(dict(body))
-    return {found[0]: found[1]} if found else None
+    return claims_of(dict(body)) or None
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")

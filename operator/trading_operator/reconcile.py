@@ -26,7 +26,7 @@ from model_store.publish import utc_now
 from model_store.registry import record_once, sync_registries
 from trading_operator import GROUP, KIND, VERSION
 from trading_operator.builders import SPEC_HASH_ANNOTATION, rollout_state, selector
-from trading_operator.claims import Claimant, claim_of, rival
+from trading_operator.claims import Claimant, claims_of, rival, spec_claim
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import (
     Plan,
@@ -95,8 +95,8 @@ def reconcile(
 def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool) -> View:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    mine = claim_of(body)
-    holder = rival(mine[1], claims.get(mine[0], ())) if mine else None
+    wanted = spec_claim(body)
+    holder = rival(claims_of(body)[wanted], claims.get(wanted, ())) if wanted else None
     deployment = deps.kube.get("apps/v1", "Deployment", namespace, name)
     target_ready = None
     if deployment is not None and not rollout_state(deployment)[2]:
@@ -158,6 +158,9 @@ def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
             _apply_owned(body, plan.service, live, deps)
     except ApiException as exc:
         plan = _api_failure(view, plan, exc)
+        if plan.scale_to_zero:  # refused for good: nothing may serve a version it does not hold
+            with contextlib.suppress(ApiException):
+                _scale_to_zero(view, deps)
     for type_, reason, message in plan.events:
         deps.emit(body, type_, reason, message)
     if status_changed(view.old, plan.status):

@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from model_store.errors import CorruptVersion, RegistryError, VersionNotFound
 from model_store.promotion import PromotionResult
-from trading_operator.claims import Claimant, claim_of, rival
+from trading_operator.claims import Claimant, claims_of, rival
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import (
     Plan,
@@ -132,7 +132,7 @@ def test_storage_failures_name_the_reason_and_keep_serving_the_held_version(
     assert reasons(plan)["Ready"] == ("False", reason) == reasons(plan)["VersionVerified"]
     assert reasons(plan)["Reconciling" if retryable else "Stalled"] == ("True", reason)
     assert "Still serving v1.0" in plan.message
-    assert plan.status["claim"] == "s3://models/etfs/SPY/production/"  # it keeps its stage
+    assert plan.status["claim"] == HELD  # it keeps its stage
     assert plan.deployment is None and not plan.scale_to_zero  # the running pods are left alone
     assert plan.events == [("Warning", "Failed", plan.message)]
 
@@ -152,10 +152,15 @@ def test_a_broken_registry_or_audit_log_never_holds_the_rollout_back() -> None:
     assert unrecorded.status["history"] == []  # status.history holds only what the audit log holds
 
 
-def test_an_invalid_spec_is_permanent_and_serves_nothing() -> None:
-    plan = decide(view(body({"stage": "Prod"})), StoreOutcome())
-    assert store_wanted(view(body({"stage": "Prod"}))) is None
+HELD = "s3://models/etfs/SPY/production/"
+
+
+def test_an_invalid_spec_is_permanent_and_serves_nothing_but_keeps_its_stage() -> None:
+    typo = body({"stage": "Prod"}, {"claim": HELD, "activeVersion": "v1.0", "replicas": 2})
+    plan = decide(view(typo), StoreOutcome())
+    assert store_wanted(view(typo)) is None
     assert plan.phase == "Failed" and plan.permanent and plan.scale_to_zero
+    assert plan.status["claim"] == HELD and plan.status["replicas"] == 0  # a typo hands no stage over
     assert reasons(plan)["Ready"] == ("False", "InvalidSpec") and "spec.stage" in plan.message
     bad_name = decide(view(body(name="Not_A_Label")), StoreOutcome())
     assert reasons(bad_name)["Ready"] == ("False", "InvalidSpec")
@@ -173,10 +178,17 @@ def test_a_claimant_in_conflict_touches_no_s3_and_is_scaled_to_zero() -> None:
 
 
 def test_archived_is_recorded_once_per_generation_and_scales_to_zero() -> None:
-    archived = view(body({"stage": "Archived"}, {"activeVersion": "v1.1", "phase": "Ready"}))
+    archived = view(body({"stage": "Archived"}, {"activeVersion": "v1.1", "phase": "Ready", "claim": HELD}))
     wanted = store_wanted(archived)
     assert isinstance(wanted, RecordArchive) and wanted.entry["id"] == "archive-u1-3"
-    assert wanted.entry["from_version"] == "v1.1" and wanted.entry["to_version"] is None
+    assert (wanted.entry["stage"], wanted.entry["from_version"], wanted.entry["to_version"]) == (
+        "production", "v1.1", None,
+    )  # fmt: skip
+    # S3 down: serving goes to zero all the same, the stage stays held until the archive is recorded
+    failed = decide(archived, StoreOutcome(error=EndpointConnectionError(endpoint_url="http://s3")))
+    assert failed.phase == "Archived" and failed.scale_to_zero and failed.retryable
+    assert failed.status["claim"] == HELD and reasons(failed)["RegistrySynced"][0] == "False"
+    assert failed.status["history"] == []
     plan = decide(archived, StoreOutcome())
     assert plan.phase == "Archived" and plan.scale_to_zero and plan.status["claim"] is None
     assert reasons(plan)["Ready"] == ("False", "Archived")
@@ -184,14 +196,32 @@ def test_archived_is_recorded_once_per_generation_and_scales_to_zero() -> None:
     assert store_wanted(view(body({"stage": "Archived"}, plan.status))) is None  # recorded: never again
 
 
+def test_archiving_what_held_no_stage_records_nothing() -> None:
+    never_held = view(body({"stage": "Archived"}, {"phase": "Conflict", "activeVersion": "v1.0"}))
+    assert store_wanted(never_held) is None
+    plan = decide(never_held, StoreOutcome())
+    assert plan.phase == "Archived" and plan.scale_to_zero and plan.status["history"] == []
+
+
+def test_a_stage_change_gives_no_from_version_of_the_old_stage() -> None:
+    moved = view(body({"stage": "Staging"}, {"activeVersion": "v1.1", "claim": HELD}))
+    wanted = store_wanted(moved)
+    assert isinstance(wanted, Promote) and wanted.last_known is None
+    same = store_wanted(view(body(status={"activeVersion": "v1.0", "claim": HELD})))
+    assert isinstance(same, Promote) and same.last_known == "v1.0"
+
+
 def test_an_api_refusal_is_deployment_rejected() -> None:
     plan = decide(view(), promoted())
     refused = deployment_rejected(view(), plan, 422, "spec.template.spec.containers[0].resources: invalid")
     assert refused.phase == "Failed" and refused.permanent and "fix spec.serving" in refused.message
+    assert refused.scale_to_zero  # nothing serves a version the TradingModel does not hold
     assert reasons(refused)["Ready"] == ("False", "DeploymentRejected")
     assert reasons(refused)["Stalled"] == ("True", "DeploymentRejected")
     assert reasons(refused)["Reconciling"][0] == "False"
     assert deployment_rejected(view(), plan, 503, "etcd is down").retryable
+    forbidden = deployment_rejected(view(), plan, 403, "deployments.apps is forbidden")
+    assert forbidden.retryable and not forbidden.scale_to_zero and "lacks a permission" in forbidden.message
 
 
 def claimant(name: str, created: str, holds: bool = False) -> Claimant:
@@ -210,10 +240,14 @@ def test_the_holder_keeps_its_stage_whatever_the_age_of_newcomers() -> None:
 
 
 def test_claims_come_from_the_spec_and_the_status() -> None:
-    found = claim_of(body(status={"claim": "s3://models/etfs/SPY/production/"}))
-    assert found is not None and found[0] == "s3://models/etfs/SPY/production/" and found[1].holds
-    assert claim_of(body({"stage": "Archived"})) is None
-    assert claim_of(body({"stage": "Prod"})) is None
-    assert claim_of(body(deletionTimestamp=NOW)) is None
-    stock = claim_of(body({"assetClass": "stock", "ticker": "AAPL", "tickers": ["MSFT"]}))
-    assert stock is not None and stock[0] == "s3://models/stocks/universal/production/" and not stock[1].holds
+    found = claims_of(body(status={"claim": HELD}))
+    assert list(found) == [HELD] and found[HELD].holds
+    assert claims_of(body({"stage": "Archived"})) == {}
+    assert claims_of(body({"stage": "Prod"})) == {}
+    assert claims_of(body(deletionTimestamp=NOW)) == {}
+    stock = claims_of(body({"assetClass": "stock", "ticker": "AAPL", "tickers": ["MSFT"]}))
+    assert list(stock) == ["s3://models/stocks/universal/production/"] and not stock[next(iter(stock))].holds
+    # a holder keeps its stage while archived, after a typo or while moving to another stage
+    for change in ({"stage": "Archived"}, {"stage": "Prod"}, {"stage": "Staging"}):
+        still = claims_of(body(change, {"claim": HELD}))
+        assert still[HELD].holds, change
