@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION
+from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics
 from trading_operator.claims import Claimant, claim_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
@@ -37,6 +37,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     kube = KubeApi.connect()
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube), config=CONFIG, emit=post_event)
+    metrics.serve(CONFIG.metrics_port)
 
 
 @kopf.on.login()
@@ -65,19 +66,23 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
 def on_spec(namespace: str, name: str, memo: kopf.Memo, retry: int, tradingmodel_claims: kopf.Index, **_: Any) -> None:
-    _raise_for(reconcile(namespace, name, memo.deps, tradingmodel_claims), retry)
+    with metrics.timed_pass("spec"):
+        plan = reconcile(namespace, name, memo.deps, tradingmodel_claims)
+    _raise_for(plan, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
 def drift_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
     """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge."""
-    reconcile(namespace, name, memo.deps, tradingmodel_claims)
+    with metrics.timed_pass("drift"):
+        reconcile(namespace, name, memo.deps, tradingmodel_claims)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.deep_check_seconds, initial_delay=CONFIG.deep_check_seconds)
 def deep_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
     """Less often: hash every file of the stage against its manifest (an edit that kept the ETag)."""
-    reconcile(namespace, name, memo.deps, tradingmodel_claims, deep=True)
+    with metrics.timed_pass("deep"):
+        reconcile(namespace, name, memo.deps, tradingmodel_claims, deep=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
@@ -86,4 +91,5 @@ def on_deployment(body: kopf.Body, memo: kopf.Memo, tradingmodel_claims: kopf.In
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             namespace = body.metadata.namespace or "default"
-            reconcile(namespace, ref["name"], memo.deps, tradingmodel_claims, rollout_only=True)
+            with metrics.timed_pass("rollout"):
+                reconcile(namespace, ref["name"], memo.deps, tradingmodel_claims, rollout_only=True)

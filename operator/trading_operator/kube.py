@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from trading_operator import GROUP, PLURAL, VERSION
+from trading_operator import GROUP, MANAGER, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -28,7 +28,9 @@ class KubeApi:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
             kubernetes.config.load_kube_config(client_configuration=configuration)
-        return cls(kubernetes.client.ApiClient(configuration))
+        client = kubernetes.client.ApiClient(configuration)
+        client.user_agent = MANAGER  # how API server audit logs (and the local API's counts) name us
+        return cls(client)
 
     def request(
         self,

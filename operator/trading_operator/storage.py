@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from model_store.s3 import S3Settings, make_client
+from trading_operator import metrics
 from trading_operator.decide import SecretNotFound
 from trading_operator.kube import KubeApi
 from trading_operator.spec import TradingModelSpec
@@ -36,7 +37,7 @@ def s3_factory(kube: KubeApi) -> S3Factory:
         with guard:
             if cache_key not in clients:
                 settings = S3Settings(bucket=model.bucket, endpoint_url=model.endpoint, region=model.region)
-                clients[cache_key] = make_client(settings, *keys)
+                clients[cache_key] = metrics.count_s3_requests(make_client(settings, *keys))
             return clients[cache_key]
 
     return s3_for
