@@ -6,7 +6,7 @@
 For each N, on a fresh embedded stack whose parts each run in a process of their own (so every
 CPU second and megabyte below belongs to one of them):
 
-  - S3: `python -m moto.server` on 127.0.0.1;
+  - S3: moto's S3 app on 127.0.0.1, behind uvicorn (keep-alive: see _serve_s3);
   - the local Kubernetes API (devstack.kube_api) with the CRD; it counts the requests it serves
     by client (User-Agent), verb and resource;
   - the local kubelet with *hollow* pods (as kubemark's hollow nodes): Deployments get
@@ -123,7 +123,36 @@ def peak_rss_mb(pid: int) -> float:
 # -- the stack's parts, each run as `python -m devstack.bench_operator --serve PART` --------------------
 
 
+def _serve_s3(port: int) -> None:
+    """moto's S3 app behind uvicorn (WSGI interface), S3 only.
+
+    The embedded stack serves moto with werkzeug's development server, which closes the
+    connection after every response ("Connection: close": a new TCP connection and a new server
+    thread per request, and the client reconnecting every time), and moto's dispatcher guesses the
+    AWS service of every request anew. Real S3 keeps connections alive; so does this, so that
+    what the benchmark charges to S3 and to the operator is not the emulator's HTTP handling."""
+    import warnings
+
+    import uvicorn
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    class S3Only(DomainDispatcherApplication):
+        def get_application(self, environ: dict[str, Any]) -> Any:
+            if "s3" not in self.app_instances:
+                with self.lock:
+                    self.app_instances.setdefault("s3", self.create_app("s3"))
+            return self.app_instances["s3"]
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # uvicorn's WSGI interface is deprecated, not gone
+    uvicorn.run(S3Only(create_backend_app), host="127.0.0.1", port=port, interface="wsgi", log_level="warning",
+                access_log=False)  # fmt: skip
+
+
 def _serve(part: str, workdir: Path, api_url: str) -> None:
+    if part == "s3":
+        _serve_s3(int(api_url))
+        return
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -320,7 +349,8 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
     try:
         say(f"\n=== N = {n} ({'hollow pods' if args.replicas else 'no pods'}, replicas {args.replicas}) ===")
         s3_port = free_port()
-        s3 = children.start("s3", [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], env)
+        s3 = children.start("s3", [python, "-m", "devstack.bench_operator", "--serve", "s3", "--dir", str(workdir),
+                                   "--api", str(s3_port)], env)  # fmt: skip
         api_proc = children.start("api", [python, "-m", "devstack.bench_operator", "--serve", "api",
                                           "--dir", str(workdir)], env)  # fmt: skip
         endpoint = f"http://127.0.0.1:{s3_port}"
@@ -567,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="give up waiting after this many seconds")
     parser.add_argument("--dir", help="keep the runs' logs here (default: a temporary folder, removed)")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--serve", choices=["api", "kubelet"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["api", "kubelet", "s3"], help=argparse.SUPPRESS)
     parser.add_argument("--api", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:

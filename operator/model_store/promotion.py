@@ -37,7 +37,7 @@ from model_store.s3 import get_bytes, read_manifest
 
 log = logging.getLogger(__name__)
 
-_PARALLEL = 4
+PARALLEL = 4  # files verified or copied at once by one promotion
 ACTIONS = ("promote", "rollback", "repair")
 
 
@@ -135,7 +135,7 @@ def verify_files(client: Any, bucket: str, prefix: str, manifest: Manifest) -> d
             raise CorruptVersion(f"{exc} (s3://{bucket}/{prefix}{name})") from None
         return name, data
 
-    with ThreadPoolExecutor(_PARALLEL) as pool:
+    with ThreadPoolExecutor(PARALLEL) as pool:
         return dict(pool.map(fetch, sorted(manifest.files)))
 
 
@@ -223,7 +223,7 @@ def promote(
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
     client.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
-    with ThreadPoolExecutor(_PARALLEL) as pool:
+    with ThreadPoolExecutor(PARALLEL) as pool:
         etags = dict(
             pool.map(
                 lambda name: (name, _copy(client, bucket, source + name, prefix + name, manifest.files[name].sha256)),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics
+from trading_operator.builders import rollout_progress
 from trading_operator.claims import Claimant, claim_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
@@ -32,11 +34,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # kopf's timer needs one to stop cleanly
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = CONFIG.workers
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-    kube = KubeApi.connect()
-    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube), config=CONFIG, emit=post_event)
+    kube = KubeApi.connect(pool=CONFIG.workers)
+    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, CONFIG.workers), config=CONFIG, emit=post_event)
     metrics.serve(CONFIG.metrics_port)
 
 
@@ -85,11 +87,36 @@ def deep_check(namespace: str, name: str, memo: kopf.Memo, tradingmodel_claims: 
         reconcile(namespace, name, memo.deps, tradingmodel_claims, deep=True)
 
 
+_progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on
+_progress_guard = threading.Lock()
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
-def on_deployment(body: kopf.Body, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any) -> None:
-    """Rollout progress of an owned Deployment moves the owner's Ready condition."""
+def on_deployment(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, tradingmodel_claims: kopf.Index, **_: Any
+) -> None:
+    """Rollout progress of an owned Deployment moves the owner's Ready condition.
+
+    A rollout is a stream of Deployment events (our own write, the controller observing it, each
+    pod created, ready, retired…); only those that change what the owner's status shows start a
+    pass: a status that has not observed the Deployment's spec yet, or shows the same progress as
+    the last one passed on, is skipped. A deleted Deployment always starts one (it is re-created)."""
+    uid = str(body.metadata.get("uid") or "")
+    progress = None
+    if type != "DELETED":
+        progress = rollout_progress(dict(body))
+        if progress is None:
+            return
+        with _progress_guard:
+            if _progress_seen.get(uid) == progress:
+                return
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             namespace = body.metadata.namespace or "default"
             with metrics.timed_pass("rollout"):
                 reconcile(namespace, ref["name"], memo.deps, tradingmodel_claims, rollout_only=True)
+    with _progress_guard:
+        if progress is None:
+            _progress_seen.pop(uid, None)
+        else:
+            _progress_seen[uid] = progress

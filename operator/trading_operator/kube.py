@@ -21,9 +21,12 @@ class KubeApi:
         self._client = api_client
 
     @classmethod
-    def connect(cls) -> KubeApi:
-        """In-cluster service account, else KUBECONFIG/~/.kube/config."""
+    def connect(cls, pool: int | None = None) -> KubeApi:
+        """In-cluster service account, else KUBECONFIG/~/.kube/config. `pool`: connections kept
+        for reuse, at least the threads that call at once (the library keeps 5 per CPU)."""
         configuration = kubernetes.client.Configuration()
+        if pool:
+            configuration.connection_pool_maxsize = pool
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from model_store.promotion import PARALLEL
 from model_store.s3 import S3Settings, make_client
 from trading_operator import metrics
 from trading_operator.decide import SecretNotFound
@@ -16,7 +17,9 @@ KEY_ID, SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 S3Factory = Callable[[TradingModelSpec, str], Any]  # (spec, namespace) -> boto3 client
 
 
-def s3_factory(kube: KubeApi) -> S3Factory:
+def s3_factory(kube: KubeApi, workers: int = 8) -> S3Factory:
+    """Clients shared by every pass: one per endpoint, region and keys, with a connection for each
+    request that `workers` passes (each copying or verifying PARALLEL files at once) may send."""
     clients: dict[tuple[Any, ...], Any] = {}
     guard = threading.Lock()
 
@@ -37,7 +40,8 @@ def s3_factory(kube: KubeApi) -> S3Factory:
         with guard:
             if cache_key not in clients:
                 settings = S3Settings(bucket=model.bucket, endpoint_url=model.endpoint, region=model.region)
-                clients[cache_key] = metrics.count_s3_requests(make_client(settings, *keys))
+                client = make_client(settings, *keys, pool=workers * PARALLEL)
+                clients[cache_key] = metrics.count_s3_requests(client)
             return clients[cache_key]
 
     return s3_for

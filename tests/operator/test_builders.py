@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from trading_operator.builders import build_deployment, build_service, rollout_state
+from trading_operator.builders import build_deployment, build_service, rollout_progress, rollout_state
 from trading_operator.spec import InvalidSpec, parse_spec
 from trading_operator.status import append_history, set_condition
 
@@ -94,6 +94,21 @@ def test_rollout_state_needs_the_new_generation_observed_and_all_replicas_ready(
     dep["status"]["replicas"] = 3  # an old pod still terminating
     assert rollout_state(dep)[2] is False
     assert rollout_state(None) == (0, 0, False)
+
+
+def test_rollout_progress_ignores_unobserved_specs_and_tells_rollouts_apart() -> None:
+    dep: dict[str, Any] = {"metadata": {"generation": 3}, "spec": {"replicas": 1}}
+    dep["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    assert rollout_progress(dep) is None  # our own write, not looked at by the controller yet
+    dep["status"]["observedGeneration"] = 3
+    done = rollout_progress(dep)
+    assert done == (3, 1, 1, 1, 1)
+    dep["status"]["readyReplicas"] = 0
+    assert rollout_progress(dep) != done
+    # the next rollout ends with the same counts, but a later generation: never mistaken for "seen"
+    dep["metadata"]["generation"] = dep["status"]["observedGeneration"] = 4
+    dep["status"]["readyReplicas"] = 1
+    assert rollout_progress(dep) not in (None, done)
 
 
 def test_conditions_keep_their_transition_time_until_the_status_flips() -> None:
