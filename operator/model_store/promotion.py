@@ -205,9 +205,11 @@ def promote(
     `last_known` is the version the caller last saw in the stage (the "from" of a repair when the
     stage manifest is gone and no registry says more); `recorded` are move ids the caller knows
     are in the history already (so a pass that changes nothing reads no history)."""
-    manifest = archived_manifest(client, bucket, location, version)
     prefix = location.stage_prefix(stage)
-    current = stage_manifest(client, bucket, location, stage)
+    with ThreadPoolExecutor(1) as other:  # both manifests at once: one round trip, not two
+        staged = other.submit(stage_manifest, client, bucket, location, stage)
+        manifest = archived_manifest(client, bucket, location, version)
+        current = staged.result()
     if stage_holds(client, bucket, prefix, manifest, current, deep):
         assert current is not None
         move = current.extra.get("move")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,16 +18,32 @@ KEY_ID, SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 S3Factory = Callable[[TradingModelSpec, str], Any]  # (spec, namespace) -> boto3 client
 
 
-def s3_factory(kube: KubeApi, workers: int = 8) -> S3Factory:
+def s3_factory(kube: KubeApi, workers: int = 8, secret_ttl: float = 10.0) -> S3Factory:
     """Clients shared by every pass: one per endpoint, region and keys, with a connection for each
-    request that `workers` passes (each copying or verifying PARALLEL files at once) may send."""
+    request that `workers` passes (each copying or verifying PARALLEL files at once) may send.
+
+    A Secret read is kept `secret_ttl` seconds (a thousand TradingModels usually share one Secret:
+    not a GET per pass); a rotated key is used, a missing Secret reported, that much later at most."""
     clients: dict[tuple[Any, ...], Any] = {}
+    secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
     guard = threading.Lock()
+
+    def secret_data(namespace: str, name: str) -> dict[str, str] | None:
+        now = time.monotonic()
+        kept = secrets.get((namespace, name))
+        if kept is not None and now - kept[0] < secret_ttl:
+            return kept[1]
+        data = kube.secret_data(namespace, name)
+        if data is None:
+            secrets.pop((namespace, name), None)
+        else:
+            secrets[(namespace, name)] = (now, data)
+        return data
 
     def s3_for(model: TradingModelSpec, namespace: str) -> Any:
         keys: tuple[str | None, str | None] = (None, None)
         if model.secret_name:
-            data = kube.secret_data(namespace, model.secret_name)
+            data = secret_data(namespace, model.secret_name)
             if data is None:
                 raise SecretNotFound(
                     f"Secret {namespace}/{model.secret_name} (spec.storage.secretRef) does not exist: "
