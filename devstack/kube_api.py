@@ -16,6 +16,7 @@ that resume), with Table responses and ``/openapi/v3`` for kubectl.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import json
 import logging
@@ -43,6 +44,7 @@ SERVER_VERSION = "v1.36.0+local-stack"
 _DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _WATCH_IDLE_SECONDS = 5.0
+REQUEST_COUNTS_PATH = "/local-stack/requests"  # GET: the requests served so far, by client, verb and resource
 T = TypeVar("T")
 
 
@@ -78,6 +80,8 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     store: ObjectStore = attrs.field(factory=ObjectStore)
     max_recorded_requests: int = 2000  # kmock records every request; keep a long session's memory bounded
     object_history: int = 10  # versions kept per object in the kmock ``objects`` mirror
+    # (client, verb, resource) -> requests served: what a benchmark divides by the work done.
+    request_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _openapi_documents: dict[tuple[str, str], dict[str, Any]] | None = attrs.field(default=None, init=False)
 
@@ -105,9 +109,14 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         """Parse API paths ourselves: kmock's parser fails on ``/api/v1/namespaces``."""
         path = raw_request.path
+        if path == REQUEST_COUNTS_PATH:
+            return _json([{"client": c, "verb": v, "resource": r, "count": n}
+                          for (c, v, r), n in sorted(self.request_counts.items())])
         parsed = api_paths.parse_api_path(path)
         if parsed is None and not path.startswith("/openapi/"):
             return await super().__call__(raw_request)
+        if parsed is not None:
+            self.request_counts[_count_key(raw_request, parsed)] += 1
         body = await raw_request.read()
         media_type = raw_request.headers.get("Content-Type", "").split(";")[0].strip()
         if body and not (media_type.endswith(("json", "yaml")) or media_type in ("", "text/plain")):
@@ -531,6 +540,21 @@ def _kmock_request(
         namespace=parsed.namespace if parsed else None, name=parsed.name if parsed else None,
         subresource=parsed.subresource if parsed else None,
     )
+
+
+def _count_key(raw_request: aiohttp.web.BaseRequest, parsed: api_paths.ApiPath) -> tuple[str, str, str]:
+    """(client, verb, resource) as an audit log would name them: the client is the User-Agent's
+    first product token (kopf, tradingmodel-operator, local-kubelet, kubectl…)."""
+    client = raw_request.headers.get("User-Agent", "").split("/", 1)[0].split(" ", 1)[0] or "unknown"
+    method = raw_request.method.upper()
+    if method == "GET":
+        verb = "get" if parsed.name else "watch" if raw_request.query.get("watch") in ("true", "1") else "list"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+        if method == "DELETE" and not parsed.name:
+            verb = "deletecollection"
+    resource = parsed.plural + (f"/{parsed.subresource}" if parsed.subresource else "")
+    return client, verb, resource
 
 
 def _method(request: kmock.Request) -> str:

@@ -38,13 +38,15 @@ def resource_path(api_version: str, plural: str, namespace: str | None = None, n
 
 
 class KubeClient:
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0, user_agent: str = "local-kubelet") -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
+        self._user_agent = user_agent  # names this client in the local API's request counts
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self._timeout))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self._timeout),
+                                              headers={"User-Agent": self._user_agent})
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -14,7 +14,8 @@ components do:
   e.g. for an operator Deployment that runs elsewhere); env resolved from the pod spec and
   Secrets/ConfigMaps in the API, plus ``PORT`` (a free local port) and ``MODEL_CACHE_DIR``;
   readiness and liveness probes; restarts with back-off; output in one log file per pod
-  (``kubectl logs`` reads it through the local API); SIGTERM then SIGKILL on stop.
+  (``kubectl logs`` reads it through the local API); SIGTERM then SIGKILL on stop. With
+  ``run_pods=False`` pods are hollow: Running and Ready at once, no process (for benchmarks).
 - Services: a stable local proxy URL per Service (annotation ``local-stack.trading.io/url``)
   and ``endpoints(namespace, name)`` for the ready pod URLs.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import os
 import pathlib
@@ -53,6 +55,7 @@ _DEPLOYMENTS = "/apis/apps/v1/deployments"
 _REPLICA_SETS = "/apis/apps/v1/replicasets"
 _PODS = "/api/v1/pods"
 _SERVICES = "/api/v1/services"
+_FULL_PASS_SECONDS = 10.0  # every object, not only the changed ones (progress deadlines are time-based)
 
 
 def default_command(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
@@ -81,6 +84,61 @@ class _Snapshot:
     replica_sets: list[dict[str, Any]] = field(default_factory=list)
     pods: list[dict[str, Any]] = field(default_factory=list)
     services: list[dict[str, Any]] = field(default_factory=list)
+    # owner uid -> the ReplicaSets / Pods it owns: a pass is linear in the objects, not quadratic
+    replica_sets_of: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    pods_of: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for items, index in ((self.replica_sets, self.replica_sets_of), (self.pods, self.pods_of)):
+            for obj in items:
+                for ref in _meta(obj).get("ownerReferences") or []:
+                    index.setdefault(ref.get("uid", ""), []).append(obj)
+
+    def owned_pods(self, replica_sets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [pod for rs in replica_sets for pod in self.pods_of.get(_meta(rs).get("uid", ""), [])]
+
+
+class _Informer:
+    """A local copy of one collection: listed once, then kept by a watch, and updated at once by
+    our own writes (so a pass never acts twice on what it already did), like client-go's informers."""
+
+    def __init__(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}  # uid -> object
+        self.synced = False
+        self._gone: set[str] = set()  # uids deleted (a uid never comes back)
+        self._on_change = on_change
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        self.objects = {_meta(obj)["uid"]: obj for obj in items if _meta(obj).get("uid")}
+        self.synced = True
+        for obj in items:
+            self._on_change(obj)
+
+    def apply(self, obj: Mapping[str, Any] | None, *, deleted: bool = False) -> None:
+        if not isinstance(obj, dict) or not _meta(obj).get("uid"):
+            return
+        uid = _meta(obj)["uid"]
+        if deleted:
+            self._gone.add(uid)
+            self.objects.pop(uid, None)
+        elif uid in self._gone:
+            return
+        else:
+            current = self.objects.get(uid)
+            if current is not None and _rv(current) > _rv(obj):
+                return  # a watch event older than what our own write returned
+            self.objects[uid] = obj
+        self._on_change(obj)
+
+    def items(self) -> list[dict[str, Any]]:
+        return sorted(self.objects.values(), key=lambda o: (_meta(o).get("namespace") or "", _meta(o)["name"]))
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(_meta(obj).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 class PodWorker:
@@ -120,6 +178,11 @@ class PodWorker:
 
     async def _run(self) -> None:
         try:
+            if not self.kubelet.run_pods:  # a hollow pod: Running and Ready at once, no process
+                self._set_ready(True)
+                await self._report()
+                self.kubelet.wake()
+                await asyncio.Event().wait()  # until the pod goes away
             if not self.kubelet.command_factory(self.pod, self.container):
                 await self._report(waiting=("NotRunLocally", "the local kubelet has no command for this container"),
                                    phase="Pending")
@@ -306,6 +369,7 @@ class LocalKubelet:
         max_backoff_seconds: float = 30.0,
         config_retry_seconds: float = 2.0,
         service_proxies: bool = True,
+        run_pods: bool = True,
     ) -> None:
         self.api_url = api_url
         self.node_name = node_name
@@ -321,6 +385,9 @@ class LocalKubelet:
         self.max_backoff_seconds = max_backoff_seconds
         self.config_retry_seconds = config_retry_seconds
         self.service_proxies = service_proxies
+        # False: "hollow" pods (as kubemark's hollow nodes) that report Running and Ready without
+        # a process, so that a benchmark measures the operator and the API, not a thousand servers.
+        self.run_pods = run_pods
         self._client: KubeClient | None = None
         self._http: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -329,6 +396,10 @@ class LocalKubelet:
         self._proxies: dict[str, ServiceProxy] = {}
         self._rollouts: dict[str, tuple[str, datetime.datetime]] = {}
         self._snapshot = _Snapshot()
+        self._informers = {path: _Informer(self._mark_dirty) for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS,
+                                                                            _SERVICES)}
+        self._dirty: set[str] = set()  # uids of Deployments and ReplicaSets a watch event may concern
+        self._last_full_pass = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -350,7 +421,8 @@ class LocalKubelet:
         self._client = await KubeClient(self.api_url).__aenter__()
         self._http = aiohttp.ClientSession()
         self._tasks = [asyncio.create_task(self._control_loop(), name="kubelet-control")]
-        for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES):
+        for path in self._informers:
+            self._informers[path] = _Informer(self._mark_dirty)
             self._tasks.append(asyncio.create_task(retry_forever(path, lambda p=path: self._watch(p)),
                                                    name=f"kubelet-watch:{path}"))
         log.info("event=kubelet_started api=%s state_dir=%s", self.api_url, self.state_dir)
@@ -455,8 +527,39 @@ class LocalKubelet:
     # -- reconciliation -------------------------------------------------------------------
 
     async def _watch(self, path: str) -> None:
-        async for _ in self.client.watch(path):
-            self._wake.set()
+        """List, then follow the watch from the listing's resourceVersion (list again when it ends)."""
+        informer = self._informers[path]
+        listing = await self.client.get(path)
+        informer.replace(listing.get("items") or [])
+        self._wake.set()
+        params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"],
+                  "allowWatchBookmarks": "true"}
+        async with self.client.session.get(self.client.base_url + path, params=params) as response:
+            if response.status >= 400:
+                raise KubeApiError(response.status, await response.text())
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    raise KubeApiError(int((event.get("object") or {}).get("code") or 500), event.get("object") or {})
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    informer.apply(event.get("object"), deleted=event["type"] == "DELETED")
+                    self._wake.set()
+
+    def _mark_dirty(self, obj: Mapping[str, Any]) -> None:
+        """A change to obj may move its own rollout and its owners' (a pod -> its ReplicaSet -> its Deployment)."""
+        meta = _meta(obj)
+        self._dirty.add(meta.get("uid", ""))
+        for ref in meta.get("ownerReferences") or []:
+            self._dirty.add(ref.get("uid", ""))
+            owner = self._informers[_REPLICA_SETS].objects.get(ref.get("uid", ""))
+            for owner_ref in _meta(owner or {}).get("ownerReferences") or []:
+                self._dirty.add(owner_ref.get("uid", ""))
+
+    def _wrote(self, path: str, obj: Any) -> None:
+        """What our own write returned goes into the local copy at once."""
+        self._informers[path].apply(obj)
 
     async def _control_loop(self) -> None:
         while True:
@@ -472,54 +575,71 @@ class LocalKubelet:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
 
-    async def _load(self) -> _Snapshot:
-        deploys, replica_sets, pods, services = await asyncio.gather(
-            self.client.list(_DEPLOYMENTS), self.client.list(_REPLICA_SETS),
-            self.client.list(_PODS), self.client.list(_SERVICES))
-        return _Snapshot(deploys, replica_sets, pods, services)
+    def _load(self) -> _Snapshot:
+        return _Snapshot(*(self._informers[path].items() for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS,
+                                                                       _SERVICES)))
 
     async def _reconcile(self) -> None:
-        snapshot = await self._load()
-        if await self._reconcile_deployments(snapshot) | await self._reconcile_replica_sets(snapshot):
-            snapshot = await self._load()
+        """One pass over what changed since the last (every object now and then, for time-based
+        conditions): the work of a pass follows the changes, not the size of the cluster."""
+        if not all(informer.synced for informer in self._informers.values()):
+            return
+        loop = asyncio.get_running_loop()
+        full = loop.time() - self._last_full_pass >= max(self.resync_seconds, _FULL_PASS_SECONDS)
+        if full:
+            self._last_full_pass = loop.time()
+        dirty, self._dirty = self._dirty, set()
+        snapshot = self._load()
+
+        def wanted(obj: Mapping[str, Any]) -> bool:
+            return full or _meta(obj).get("uid") in dirty
+
+        changed = await self._reconcile_deployments(snapshot, wanted)
+        changed |= await self._reconcile_replica_sets(snapshot, wanted)
+        if changed:
+            snapshot = self._load()
         self._snapshot = snapshot
         await self._sync_workers(snapshot)
-        await self._report_statuses(snapshot)
+        await self._report_statuses(snapshot, wanted)
         if self.service_proxies:
             await self._sync_proxies(snapshot)
 
-    async def _reconcile_deployments(self, snapshot: _Snapshot) -> bool:
+    async def _reconcile_deployments(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> bool:
         changed = False
         for deployment in snapshot.deployments:
-            if deployments.is_deleting(deployment):
+            if deployments.is_deleting(deployment) or not wanted(deployment):
                 continue
-            plan = deployments.plan_rollout(deployment, snapshot.replica_sets, snapshot.pods)
+            owned = snapshot.replica_sets_of.get(_meta(deployment)["uid"], [])
+            plan = deployments.plan_rollout(deployment, owned, snapshot.owned_pods(owned))
             namespace = _meta(deployment).get("namespace")
             if plan.create is not None:
                 with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
-                    await self.client.create(resource_path("apps/v1", "replicasets", namespace), plan.create)
+                    created = await self.client.create(resource_path("apps/v1", "replicasets", namespace),
+                                                       plan.create)
+                    self._wrote(_REPLICA_SETS, created)
                     log.info("event=replicaset_created name=%s/%s", namespace, plan.create["metadata"]["name"])
                     await self.record(deployment, "ScalingReplicaSet", f"Scaled up replica set "
                                       f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}")
                 changed = True
             for name, replicas in plan.scale.items():
-                await self.client.patch(resource_path("apps/v1", "replicasets", namespace, name),
-                                        {"spec": {"replicas": replicas}})
+                self._wrote(_REPLICA_SETS, await self.client.patch(
+                    resource_path("apps/v1", "replicasets", namespace, name), {"spec": {"replicas": replicas}}))
                 log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
                 await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
                 changed = True
         return changed
 
-    async def _reconcile_replica_sets(self, snapshot: _Snapshot) -> bool:
+    async def _reconcile_replica_sets(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> bool:
         changed = False
         for replica_set in snapshot.replica_sets:
-            if deployments.is_deleting(replica_set):
+            if deployments.is_deleting(replica_set) or not wanted(replica_set):
                 continue
             namespace = _meta(replica_set).get("namespace")
-            plan = deployments.plan_pods(replica_set, snapshot.pods)
+            plan = deployments.plan_pods(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
             for _ in range(plan.create):
                 created = await self.client.create(resource_path("v1", "pods", namespace),
                                                    deployments.new_pod(replica_set, self.node_name))
+                self._wrote(_PODS, created)
                 await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
                 changed = True
             for name in plan.delete:
@@ -544,25 +664,32 @@ class LocalKubelet:
                 self._workers[uid] = worker
                 worker.start()
 
-    async def _report_statuses(self, snapshot: _Snapshot) -> None:
+    async def _report_statuses(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> None:
         for replica_set in snapshot.replica_sets:
-            status = deployments.replica_set_status(replica_set, snapshot.pods)
+            if not wanted(replica_set):
+                continue
+            status = deployments.replica_set_status(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
             if _differs(replica_set.get("status"), status):
                 path = resource_path("apps/v1", "replicasets", _meta(replica_set).get("namespace"),
                                      _meta(replica_set)["name"], "status")
-                await self.client.patch(path, {"status": _replacing(replica_set.get("status"), status)})
+                self._wrote(_REPLICA_SETS, await self.client.patch(
+                    path, {"status": _replacing(replica_set.get("status"), status)}))
         now = _now()
         for deployment in snapshot.deployments:
+            if not wanted(deployment):  # a template change is an event: it makes the Deployment wanted
+                continue
             meta = _meta(deployment)
             hash_ = deployments.template_hash((deployment.get("spec") or {}).get("template") or {})
             started = self._rollouts.get(meta["uid"])
             if started is None or started[0] != hash_:
                 started = self._rollouts[meta["uid"]] = (hash_, now)
-            status = deployments.deployment_status(deployment, snapshot.replica_sets, snapshot.pods,
+            owned = snapshot.replica_sets_of.get(meta["uid"], [])
+            status = deployments.deployment_status(deployment, owned, snapshot.owned_pods(owned),
                                                    rollout_started=started[1], now=now)
             if _differs(deployment.get("status"), status):
                 path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
-                await self.client.patch(path, {"status": _replacing(deployment.get("status"), status)})
+                self._wrote(_DEPLOYMENTS, await self.client.patch(
+                    path, {"status": _replacing(deployment.get("status"), status)}))
         known = {_meta(d)["uid"] for d in snapshot.deployments}
         for uid in [uid for uid in self._rollouts if uid not in known]:
             del self._rollouts[uid]

@@ -40,7 +40,7 @@ from model_store.s3 import get_bytes, is_not_found, is_precondition_failed, read
 
 log = logging.getLogger(__name__)
 
-_PARALLEL = 4
+PARALLEL = 4  # files verified or copied at once by one promotion
 ACTIONS = ("promote", "rollback", "repair")
 
 
@@ -138,7 +138,7 @@ def verify_files(client: Any, bucket: str, prefix: str, manifest: Manifest) -> d
             raise CorruptVersion(f"{exc} (s3://{bucket}/{prefix}{name})") from None
         return name, data
 
-    with ThreadPoolExecutor(_PARALLEL) as pool:
+    with ThreadPoolExecutor(PARALLEL) as pool:
         return dict(pool.map(fetch, sorted(manifest.files)))
 
 
@@ -225,9 +225,11 @@ def promote(
     `last_known` is the version the caller last saw in the stage (the "from" of a repair when the
     stage manifest is gone and no registry says more); `recorded` are move ids the caller knows
     are in the history already (so a pass that changes nothing reads no history)."""
-    manifest = archived_manifest(client, bucket, location, version)
     prefix = location.stage_prefix(stage)
-    current = stage_manifest(client, bucket, location, stage)
+    with ThreadPoolExecutor(1) as other:  # both manifests at once: one round trip, not two
+        staged = other.submit(stage_manifest, client, bucket, location, stage)
+        manifest = archived_manifest(client, bucket, location, version)
+        current = staged.result()
     if stage_holds(client, bucket, prefix, manifest, current, deep):
         assert current is not None
         move = current.extra.get("move")
@@ -253,7 +255,7 @@ def promote(
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
     client.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
-    with ThreadPoolExecutor(_PARALLEL) as pool:
+    with ThreadPoolExecutor(PARALLEL) as pool:
         etags = dict(
             pool.map(
                 lambda name: (name, _copy(client, bucket, source + name, prefix + name, manifest.files[name].sha256)),

@@ -14,6 +14,7 @@ from model_store.layout import MANIFEST_NAME
 from model_store.manifest import Manifest
 
 # Throttling and 5xx are retried by botocore itself with exponential backoff.
+POOL = 10  # botocore's default number of kept connections
 _CLIENT_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=5,
@@ -46,16 +47,21 @@ class S3Settings:
         )
 
 
-def make_client(settings: S3Settings, access_key: str | None = None, secret_key: str | None = None) -> Any:
+def make_client(
+    settings: S3Settings, access_key: str | None = None, secret_key: str | None = None, *, pool: int = POOL
+) -> Any:
     """A boto3 S3 client; without explicit keys, credentials come from the usual AWS chain
-    (environment, IRSA / instance role, profile)."""
+    (environment, IRSA / instance role, profile). `pool`: connections kept for reuse, at least
+    the number of threads that use the client at once (more threads than that reconnect and log
+    "Connection pool is full")."""
+    config = _CLIENT_CONFIG if pool == POOL else _CLIENT_CONFIG.merge(Config(max_pool_connections=pool))
     return boto3.client(
         "s3",
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        config=_CLIENT_CONFIG,
+        config=config,
     )
 
 

@@ -147,6 +147,21 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def rollout_progress(deployment: dict[str, Any]) -> tuple[int, ...] | None:
+    """What an owner's status follows of its Deployment (the generation its status describes,
+    desired, total, updated and ready replicas), or None while the status does not describe the
+    spec yet (the controller has not observed this generation: a write just made, ours or anyone's).
+    With the generation in it, a rollout whose in-between states were never seen (events coalesce)
+    still ends in a progress that differs from the one before it."""
+    status = deployment.get("status") or {}
+    generation = int(deployment.get("metadata", {}).get("generation") or 0)
+    observed = int(status.get("observedGeneration") or 0)
+    if observed < generation:
+        return None
+    fields = ("replicas", "updatedReplicas", "readyReplicas")
+    return (observed, int(deployment.get("spec", {}).get("replicas", 1)), *(int(status.get(f) or 0) for f in fields))
+
+
 def rollout_state(deployment: dict[str, Any] | None) -> tuple[int, int, bool]:
     """(desired replicas, ready replicas, rollout complete) as the Deployment reports them."""
     if deployment is None:

@@ -18,6 +18,8 @@ class OperatorConfig:
     serving_port: int = 8080
     retry_base_seconds: int = 5
     retry_max_seconds: int = 60  # a spec change made during a backoff waits for it (kopf)
+    metrics_port: int = 0  # the operator's own /metrics (reconciles, S3 requests); 0: off
+    workers: int = 16  # reconcile passes at once (kopf's thread pool); the connection pools follow it
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -32,4 +34,6 @@ class OperatorConfig:
             serving_port=env.integer("SERVING_PORT", cls.serving_port, 1, 65535),
             retry_base_seconds=env.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1, day),
             retry_max_seconds=env.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1, day),
+            metrics_port=env.integer("METRICS_PORT", cls.metrics_port, 0, 65535),
+            workers=env.integer("WORKERS", cls.workers, 1, 256),
         )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
 
-from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION
+from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics
+from trading_operator.builders import rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
-from trading_operator.decide import Plan
+from trading_operator.decide import Plan, spec_change_pending
 from trading_operator.kube import KubeApi
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
@@ -18,6 +24,20 @@ from trading_operator.storage import s3_factory
 CONFIG = OperatorConfig.from_env()
 # kopf passes its indexes as keyword arguments its handler protocols do not name: hence the default.
 NO_CLAIMS: Claims = {}
+# Rollout passes are short (no S3 once promoted) and what moves a TradingModel to Ready: a lane
+# of their own, so that they never queue behind a thousand promotions in kopf's pool.
+ROLLOUT_LANE = max(2, CONFIG.workers // 4)
+_rollout_lane = ThreadPoolExecutor(ROLLOUT_LANE, thread_name_prefix="rollout")
+# The timers' passes too: with a thousand TradingModels the drift timer alone fills any pool, and
+# a spec change (what someone waits for) must not queue behind a minute's worth of drift checks.
+TIMER_LANE = max(2, CONFIG.workers // 4)
+_timer_lane = ThreadPoolExecutor(TIMER_LANE, thread_name_prefix="timers")
+
+
+async def _in_lane(lane: ThreadPoolExecutor, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking pass in `lane` with kopf's context (kopf.event reads its settings from it)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(lane, context.run, functools.partial(fn, *args, **kwargs))
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -34,11 +54,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # kopf's timer needs one to stop cleanly
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = CONFIG.workers
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
-    kube = KubeApi.connect()
-    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube), config=CONFIG, emit=post_event)
+    threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
+    kube = KubeApi.connect(pool=threads)
+    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
+    metrics.serve(CONFIG.metrics_port)
 
 
 @kopf.on.login()
@@ -67,27 +89,70 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
 def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
             **_: Any) -> None:  # fmt: skip
-    _raise_for(reconcile(namespace or "default", name, memo.deps, tradingmodel_claims), retry)
+    with metrics.timed_pass("spec"):
+        plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+    _raise_for(plan, retry)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
-def drift_check(*, namespace: str | None, name: str, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS,
-                **_: Any) -> None:  # fmt: skip
-    """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge."""
-    reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+async def drift_check(
+    *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
+) -> None:
+    """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge.
+    Not while a spec change waits for its own pass (that pass converges everything anyway)."""
+    if not spec_change_pending(dict(body)):
+        await _in_lane(_timer_lane, _timed, "drift", namespace or "default", name, memo.deps, tradingmodel_claims)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.deep_check_seconds, initial_delay=CONFIG.deep_check_seconds)
-def deep_check(*, namespace: str | None, name: str, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS,
-               **_: Any) -> None:  # fmt: skip
+async def deep_check(
+    *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
+) -> None:
     """Less often: hash every file of the stage against its manifest (an edit that kept the ETag)."""
-    reconcile(namespace or "default", name, memo.deps, tradingmodel_claims, deep=True)
+    if not spec_change_pending(dict(body)):
+        where = namespace or "default"
+        await _in_lane(_timer_lane, _timed, "deep", where, name, memo.deps, tradingmodel_claims, deep=True)
+
+
+def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:
+    with metrics.timed_pass(trigger):
+        reconcile(namespace, name, deps, claims, **options)
+
+
+_progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on
+_progress_guard = threading.Lock()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
-def on_deployment(*, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any) -> None:
-    """Rollout progress of an owned Deployment moves the owner's Ready condition."""
-    for ref in body.metadata.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            namespace = body.metadata.namespace or "default"
-            reconcile(namespace, ref["name"], memo.deps, tradingmodel_claims, rollout_only=True)
+async def on_deployment(
+    *, type: str | None, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
+) -> None:
+    """Rollout progress of an owned Deployment moves the owner's Ready condition.
+
+    A rollout is a stream of Deployment events (our own write, the controller observing it, each
+    pod created, ready, retired…); only those that change what the owner's status shows start a
+    pass: a status that has not observed the Deployment's spec yet, or shows the same progress as
+    the last one passed on, is skipped (here, in the event loop: no thread for them). A deleted
+    Deployment always starts one (it is re-created)."""
+    owner = next(
+        (ref["name"] for ref in body.metadata.get("ownerReferences") or []
+         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")),
+        None,
+    )  # fmt: skip
+    if owner is None:
+        return
+    uid = str(body.metadata.get("uid") or "")
+    progress = None
+    if type != "DELETED":
+        progress = rollout_progress(dict(body))
+        if progress is None or _progress_seen.get(uid) == progress:
+            return
+    namespace = body.metadata.namespace or "default"
+    await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
+                   rollout_only=True)  # fmt: skip
+    with _progress_guard:
+        if progress is None:
+            _progress_seen.pop(uid, None)
+        else:
+            _progress_seen[uid] = progress
+

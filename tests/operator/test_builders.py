@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from trading_operator.builders import build_deployment, build_service, rollout_state
+from trading_operator.builders import build_deployment, build_service, rollout_progress, rollout_state
 from trading_operator.spec import InvalidSpec, parse_spec
 from trading_operator.status import append_history, set_condition
 
@@ -96,6 +96,21 @@ def test_rollout_state_needs_the_new_generation_observed_and_all_replicas_ready(
     assert rollout_state(None) == (0, 0, False)
 
 
+def test_rollout_progress_ignores_unobserved_specs_and_tells_rollouts_apart() -> None:
+    dep: dict[str, Any] = {"metadata": {"generation": 3}, "spec": {"replicas": 1}}
+    dep["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}
+    assert rollout_progress(dep) is None  # our own write, not looked at by the controller yet
+    dep["status"]["observedGeneration"] = 3
+    done = rollout_progress(dep)
+    assert done == (3, 1, 1, 1, 1)
+    dep["status"]["readyReplicas"] = 0
+    assert rollout_progress(dep) != done
+    # the next rollout ends with the same counts, but a later generation: never mistaken for "seen"
+    dep["metadata"]["generation"] = dep["status"]["observedGeneration"] = 4
+    dep["status"]["readyReplicas"] = 1
+    assert rollout_progress(dep) not in (None, done)
+
+
 def test_conditions_keep_their_transition_time_until_the_status_flips() -> None:
     first = set_condition([], "Ready", False, "RollingOut", "0/2", 1, "t1")
     again = set_condition(first, "Ready", False, "RollingOut", "1/2", 1, "t2")
@@ -112,3 +127,13 @@ def test_names_that_cannot_name_a_service_are_refused(name: str) -> None:
     with pytest.raises(InvalidSpec, match="DNS label"):
         check_name(name)
     check_name("spy-production")
+
+
+def test_a_timer_pass_waits_while_a_spec_change_is_pending() -> None:
+    from trading_operator.decide import spec_change_pending
+
+    body: dict[str, Any] = {"metadata": {"generation": 2}, "status": {"observedGeneration": 1}}
+    assert spec_change_pending(body)  # the update handler's pass is due
+    body["status"]["observedGeneration"] = 2
+    assert not spec_change_pending(body)
+    assert spec_change_pending({"metadata": {"generation": 1}})  # never handled yet: the create handler's

@@ -1,0 +1,105 @@
+"""Group commit of the metadata documents: many concurrent updates, one read and one write each
+batch, every change recorded exactly once, and a document changed by someone else seen at once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from model_store.errors import RegistryError
+from model_store.layout import DEPLOYMENT_HISTORY_KEY, MODEL_REGISTRY_KEY
+from model_store.registry import deployment_history, read_document, record_once, update_document
+from model_store.s3 import S3Settings, make_client
+
+
+def counting_client(endpoint: str, bucket: str) -> tuple[Any, Counter[str]]:
+    client = make_client(S3Settings(bucket=bucket, endpoint_url=endpoint))
+    sent: Counter[str] = Counter()
+    guard = threading.Lock()
+
+    def count(event_name: str = "", **_: Any) -> None:
+        with guard:
+            sent[event_name.rsplit(".", 1)[-1]] += 1
+
+    client.meta.events.register("before-send.s3", count)
+    return client, sent
+
+
+def entry(i: int) -> dict[str, Any]:
+    return {"id": f"move-{i}", "action": "promote", "model": f"etfs/T{i}", "to_version": "v1.1"}
+
+
+def test_concurrent_appends_are_each_recorded_once_in_fewer_writes(s3_endpoint: str, bucket: str) -> None:
+    client, sent = counting_client(s3_endpoint, bucket)
+    start = threading.Barrier(32)
+
+    def append(i: int) -> list[bool]:
+        start.wait()
+        return [record_once(client, bucket, entry(i)), record_once(client, bucket, entry(i))]
+
+    with ThreadPoolExecutor(32) as pool:
+        outcomes = list(pool.map(append, range(32)))
+    assert all(first and not again for first, again in outcomes)  # True once, then the id is there
+    ids = [e["id"] for e in deployment_history(client, bucket)]
+    assert sorted(ids) == sorted(f"move-{i}" for i in range(32))
+    assert sent["PutObject"] < 32, f"{sent['PutObject']} writes for 32 concurrent appends: no batching"
+
+
+def test_a_writer_in_another_process_is_neither_lost_nor_overwritten(s3_endpoint: str, bucket: str) -> None:
+    ours, _ = counting_client(s3_endpoint, bucket)
+    theirs = make_client(S3Settings(bucket=bucket, endpoint_url=s3_endpoint))  # no shared committer
+    assert record_once(ours, bucket, entry(1))
+    assert record_once(theirs, bucket, entry(2))  # our cached ETag is stale now
+    assert record_once(ours, bucket, entry(3))
+    assert [e["id"] for e in deployment_history(ours, bucket)] == ["move-1", "move-2", "move-3"]
+
+
+def test_an_unchanged_document_is_read_without_its_body(s3_endpoint: str, bucket: str) -> None:
+    client, _ = counting_client(s3_endpoint, bucket)
+    assert update_document(client, bucket, MODEL_REGISTRY_KEY, lambda doc: doc.setdefault("models", {}) == {})
+    bodies: list[int] = []
+    client.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: bodies.append(
+        len(http_response.content or b"")))  # fmt: skip
+    assert not update_document(client, bucket, MODEL_REGISTRY_KEY, lambda doc: False)
+    assert bodies == [0]  # 304 Not Modified: what we wrote last is what S3 holds
+
+
+def test_a_document_broken_by_hand_is_reported_and_then_repaired(s3_endpoint: str, bucket: str) -> None:
+    client, _ = counting_client(s3_endpoint, bucket)
+    assert record_once(client, bucket, entry(1))
+    client.put_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY, Body=b"[not an object")
+    with pytest.raises(RegistryError, match="not valid JSON"):
+        record_once(client, bucket, entry(2))
+    client.delete_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY)
+    assert record_once(client, bucket, entry(2))
+    doc, _ = read_document(client, bucket, DEPLOYMENT_HISTORY_KEY)
+    assert [e["id"] for e in doc["entries"]] == ["move-2"]
+
+
+def test_one_callers_error_is_its_own(s3_endpoint: str, bucket: str) -> None:
+    client, _ = counting_client(s3_endpoint, bucket)
+    start = threading.Barrier(8)
+
+    def change(i: int) -> bool:
+        start.wait()
+
+        def apply(doc: dict[str, Any]) -> bool:
+            if i == 3:
+                raise RegistryError("caller 3 refuses")
+            doc.setdefault("seen", []).append(i)
+            return True
+
+        try:
+            return update_document(client, bucket, MODEL_REGISTRY_KEY, apply)
+        except RegistryError:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(change, range(8)))
+    assert results == [i != 3 for i in range(8)]
+    doc, _ = read_document(client, bucket, MODEL_REGISTRY_KEY)
+    assert sorted(doc["seen"]) == [0, 1, 2, 4, 5, 6, 7]
