@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -208,3 +209,35 @@ def booster_predict(demo: DemoModel, rows: list[dict[str, float]]) -> Any:
     booster = lgb.Booster(model_str=demo.files["lightgbm_model.txt"].decode())
     names = booster.feature_name()
     return booster.predict(np.array([[row[n] for n in names] for row in rows], dtype=np.float64))
+
+
+def evil_pickle(marker: Path) -> bytes:
+    """A pickle whose loading creates `marker` (what any code from the bucket could do)."""
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Exploit())
+
+
+def put_legacy_version(s3: Any, bucket: str, version: str, demo: DemoModel, model_pickle: bytes) -> str:
+    """archive/<version>/ as an older publisher (or anyone with write access) left it: pickles and a
+    manifest that vouches for them, written without model_store's checks. Returns the digest."""
+    from model_store.manifest import Manifest
+
+    metadata = json.loads(demo.files["metadata.json"])
+    metadata.pop("classes", None)
+    metadata["version"] = version
+    files = {
+        "lightgbm_model.pkl": model_pickle,
+        "label_encoder.pkl": model_pickle,
+        "feature_names.json": demo.files["feature_names.json"],
+        "metadata.json": json.dumps(metadata).encode(),
+    }
+    manifest = Manifest.build("etfs/SPY", version, files, created="2024-01-01T00:00:00Z")
+    prefix = f"etfs/SPY/archive/{version}/"
+    for name, data in files.items():
+        s3.put_object(Bucket=bucket, Key=prefix + name, Body=data)
+    s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=manifest.to_json())
+    return manifest.digest

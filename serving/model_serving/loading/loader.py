@@ -3,7 +3,7 @@
 Thread-safe. Concurrent `load` calls for the same spec share one load (the
 first caller does the work, the others wait for its result). Every artifact
 is checked against the version's manifest before it is used, whichever tier
-it came from; pickles are only opened after that (model_files).
+it came from; only text and JSON are read, nothing is unpickled (model_files).
 
 A pinned digest that is complete in the disk cache is loaded without any S3
 call: the digest names the exact bytes, so where they were published does
