@@ -87,6 +87,7 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "OMP_NUM_THREADS": "1",
         "SERVING_COMPILE_TREES": "0",
         "SERVING_GRACEFUL_TIMEOUT_SECONDS": "10",
+        "SERVING_DRAIN_SECONDS": "0",  # tests that drain ask for it
         **extra,
     }
 
@@ -150,6 +151,13 @@ class Server:
                 pass
             time.sleep(0.01)
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def rss_mb(self) -> float:
+        """The server process's resident memory now, in MB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
 
     def log(self) -> str:
         self._log.flush()

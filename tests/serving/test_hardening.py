@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devstack.demo_model import STRATEGIES, DemoModel, train_demo_model
-from helpers.serving import evil_pickle, feature_rows, put_legacy_version
+from helpers.serving import Server, evil_pickle, feature_rows, publish, put_legacy_version
 
 # -- no code from the bucket ----------------------------------------------------------------------
 
@@ -78,3 +81,139 @@ def test_a_pickle_in_the_bucket_is_never_run_in_the_pod(
     cached = list((tmp_path / "cache").rglob("*.pkl")) if (tmp_path / "cache").exists() else []
     assert not cached, "no pickle is even downloaded"
     assert server.stop() == 0
+
+
+# -- bounded memory under hostile input ------------------------------------------------------------
+
+LIMITS = {
+    "SERVING_HEADER_TIMEOUT_SECONDS": "2",
+    "SERVING_BODY_TIMEOUT_SECONDS": "2",
+}
+
+
+@pytest.fixture
+def limited(start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel) -> Server:
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    return start_server(bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf", **LIMITS)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send `data` (as far as the server reads it) and return everything it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.sendall(data)
+        reply = b""
+        try:
+            while chunk := conn.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+        return reply
+
+
+def send_slowly(port: int, data: bytes, chunk: int = 1 << 20) -> bytes:
+    """Stream `data` in chunks until the server answers or closes; what it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        try:
+            for start in range(0, len(data), chunk):
+                conn.sendall(data[start : start + chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        try:
+            while piece := conn.recv(65536):
+                reply += piece
+        except ConnectionResetError:
+            pass
+        return reply
+
+
+def predict_ok(server: Server, demo: DemoModel) -> float:
+    started = time.monotonic()
+    reply = server.post("/v1/predict", {"features": feature_rows(demo, 1)[0]})
+    assert reply.status == 200, reply.body
+    return time.monotonic() - started
+
+
+def warm_rss(server: Server, demo: DemoModel) -> float:
+    for _ in range(50):
+        predict_ok(server, demo)
+    return server.rss_mb()
+
+
+def test_oversized_request_lines_and_headers_are_refused_and_memory_is_bounded(
+    limited: Server, demo_v1: DemoModel
+) -> None:
+    before = warm_rss(limited, demo_v1)
+    big = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (200 << 20) + b"\r\n\r\n"
+    reply = send_slowly(limited.port, big)
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    during = limited.rss_mb()
+    line = raw_exchange(limited.port, b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert line.startswith(b"HTTP/1.1 414 "), line[:200]
+    many = b"GET /v2/health/live HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n"
+    assert raw_exchange(limited.port, many).startswith(b"HTTP/1.1 431 ")
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda _: send_slowly(limited.port, big[: 20 << 20]), range(20)))
+    assert all(r.startswith(b"HTTP/1.1 431 ") for r in replies)
+    after = limited.rss_mb()
+    predict_ok(limited, demo_v1)
+    print(f"oversized headers: rss {before:.0f} MB before, {during:.0f} MB after a 200 MiB header, "
+          f"{after:.0f} MB after twenty 20 MiB headers")  # fmt: skip
+    assert after - before < 30, (before, during, after)
+    assert limited.get("/v2/health/live").status == 200
+
+
+def test_slowloris_and_stalled_bodies_time_out_while_normal_requests_answer(
+    limited: Server, demo_v1: DemoModel
+) -> None:
+    before = warm_rss(limited, demo_v1)
+    body_head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    slow = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(200)]
+    stalled = [socket.create_connection(("127.0.0.1", limited.port)) for _ in range(300)]
+    try:
+        for conn in slow:
+            conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+        for conn in stalled:
+            conn.sendall(body_head % (1 << 20) + b"[" + b"1," * (400 << 10))
+        time.sleep(0.5)
+        during = limited.rss_mb()
+        latencies = [predict_ok(limited, demo_v1) for _ in range(20)]
+        for conn in slow:
+            conn.sendall(b"X-Slow: 1\r\n")  # still trickling: the header timeout counts from the first byte
+        deadline = time.monotonic() + 10
+        closed = 0
+        for conn in slow + stalled:
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                data = conn.recv(65536)
+                closed += 1
+                # 408: headers too slow; 503: the bodies being received together exceed
+                # SERVING_MAX_BUFFERED_BYTES; nothing: a body timed out
+                assert data == b"" or data.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 503 ")), data[:100]
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed += 1
+        assert closed == 500, f"{closed} of 500 hostile connections closed by the server"
+    finally:
+        for conn in slow + stalled:
+            conn.close()
+    time.sleep(0.5)
+    after = limited.rss_mb()
+    predict_ok(limited, demo_v1)
+    print(f"200 slowloris + 300 stalled bodies: rss {before:.0f} MB before, {during:.0f} MB during, "
+          f"{after:.0f} MB after; single-row latency while open: median {sorted(latencies)[10] * 1000:.1f} ms, "
+          f"max {max(latencies) * 1000:.1f} ms")  # fmt: skip
+    assert max(latencies) < 1.0
+    assert during - before < 128 + 60, "SERVING_MAX_BUFFERED_BYTES (128 MiB) bounds the bodies held"
+    assert after - before < 40, (before, during, after)
+
+
+def test_a_body_over_the_limit_gets_413_and_the_connection_closes(limited: Server) -> None:
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (5 << 20)
+    assert raw_exchange(limited.port, head + b"1" * 1000).startswith(b"HTTP/1.1 413 ")
+    chunked = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    piece = b"10000\r\n" + b"1" * 0x10000 + b"\r\n"
+    reply = send_slowly(limited.port, chunked + piece * 40, chunk=1 << 16)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]

@@ -30,7 +30,8 @@ import orjson
 
 from model_serving.api import payloads
 from model_serving.api.service import ModelService
-from model_serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge
+from model_serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, Unavailable
+from model_serving.http_limits import DRAIN
 from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
 
@@ -67,6 +68,7 @@ class ServingApp:
         self.settings = service.settings
         self.batch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
         self._in_flight = metrics.in_flight
+        self._buffered = 0  # bytes of request bodies being received, all connections together
         # path -> (endpoint label for metrics, {method: handler})
         self._fixed: dict[str, tuple[str, dict[str, Handler]]] = {
             "/v1/predict": ("predict", {"POST": self._predict}),
@@ -168,19 +170,35 @@ class ServingApp:
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 raise too_large if value.isdigit() else BadRequest("the Content-Length header is not a number")
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        if not message.get("more_body", False):  # the usual case: the whole body in one message
+            first: bytes = message.get("body", b"")
+            if len(first) > limit:
+                raise too_large
+            return first
+        # A body in several parts: all such bodies together stay within SERVING_MAX_BUFFERED_BYTES.
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        budget = self.settings.max_buffered_bytes
+        try:
+            while True:
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                self._buffered += len(chunk)
+                if size > limit:
+                    raise too_large
+                if self._buffered > budget:
+                    raise Unavailable("too many large request bodies are arriving at once; retry shortly")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+        finally:
+            self._buffered -= size
 
     async def _json_body(self, scope: Scope, receive: Receive) -> Any:
         body = await self._body(scope, receive)
@@ -270,6 +288,8 @@ class ServingApp:
         return _json(200, {"live": True})
 
     async def _ready(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        if DRAIN.active:
+            return _json(503, {"ready": False, "reason": "shutting down (draining connections)"})
         if self.service.ready:
             return _json(200, {"ready": True})
         return _json(503, {"ready": False, "reason": self.service.not_ready_reason})
