@@ -217,3 +217,28 @@ def test_a_body_over_the_limit_gets_413_and_the_connection_closes(limited: Serve
     piece = b"10000\r\n" + b"1" * 0x10000 + b"\r\n"
     reply = send_slowly(limited.port, chunked + piece * 40, chunk=1 << 16)
     assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+
+
+# -- reload needs a credential ---------------------------------------------------------------------
+
+
+def test_reload_is_off_by_default_and_needs_the_token_when_on(
+    start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel
+) -> None:
+    from test_server_http import metric
+
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    closed = start_server(bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf")
+    s3_requests = metric(closed, "tradingmodel_s3_requests_total")
+    refused = [closed.post("/v2/repository/models/SPY/load", {}) for _ in range(50)]
+    assert {r.status for r in refused} == {403}
+    assert "disabled" in refused[0].json()["error"]
+    assert metric(closed, "tradingmodel_s3_requests_total") == s3_requests, "a refused reload reads nothing"
+
+    guarded = start_server(bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf", SERVING_RELOAD_TOKEN="s3cret")
+    path = "/v2/repository/models/SPY/load"
+    assert guarded.post(path, {}).status == 401
+    wrong = guarded.request("POST", path, {}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+    right = guarded.request("POST", path, {}, headers={"Authorization": "Bearer s3cret"})
+    assert right.status == 200 and right.json()["version"] == "v1.0"

@@ -18,6 +18,7 @@ fix; a 5xx means the server cannot answer now (e.g. 503 while the model loads).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -30,7 +31,16 @@ import orjson
 
 from model_serving.api import payloads
 from model_serving.api.service import ModelService
-from model_serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge, Unavailable
+from model_serving.errors import (
+    BadRequest,
+    Forbidden,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from model_serving.http_limits import DRAIN
 from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
@@ -154,6 +164,8 @@ class ServingApp:
             status, body, content_type = _json(exc.status, {"error": exc.message})
             if isinstance(exc, MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allow).encode()))
+            elif isinstance(exc, Unauthorized):
+                headers.append((b"www-authenticate", b'Bearer realm="reload"'))
         except ClientGone:
             return
         except Exception:
@@ -314,7 +326,25 @@ class ServingApp:
             )
         return _json(200, models)
 
+    def _check_reload_credential(self, scope: Scope) -> None:
+        """Reload re-reads S3 and swaps models: only with SERVING_RELOAD_TOKEN set, and only for a
+        request that presents it (`Authorization: Bearer <token>`). The operator never sets it: it
+        changes versions by rolling pods."""
+        token = self.settings.reload_token
+        if not token:
+            raise Forbidden(
+                "reload over HTTP is disabled: versions change by rolling pods (the operator does it); "
+                "set SERVING_RELOAD_TOKEN to enable it with a bearer token, or send SIGHUP inside the pod"
+            )
+        presented = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+        if not hmac.compare_digest(presented, token.encode()):
+            raise Unauthorized("reload needs the token of SERVING_RELOAD_TOKEN as `Authorization: Bearer <token>`")
+
     async def _load(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        self._check_reload_credential(scope)
         name = args[0]
         model = await self.service.reload(self.service.ticker_for_name(name))
         return _json(
