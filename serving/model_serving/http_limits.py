@@ -35,6 +35,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from model_serving import memory
 
+SHUTDOWN_BODY_SECONDS = 1.0
 BIG_BODY_BYTES = 256 << 10  # a connection that received this much body asks glibc to trim when it closes
 
 __all__ = ["DRAIN", "Drain", "LimitedHttpToolsProtocol", "Limits", "limited_protocol"]
@@ -114,6 +115,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """From now on: `Connection: close` on every response, including one being answered."""
         if self.cycle is not None and not self.cycle.response_started:
             self.cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        """uvicorn's stop (after the drain): a body still arriving gets one more second, then the
+        connection closes (its request was stalled through the whole drain)."""
+        if self._body_incomplete and not self.transport.is_closing():
+            self._disarm()
+            self._timer = self.loop.call_later(SHUTDOWN_BODY_SECONDS, self._timed_out)
+            self._timer_kind = "body"
+        super().shutdown()
 
     # -- parser callbacks --------------------------------------------------------------------------
 

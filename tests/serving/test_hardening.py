@@ -242,3 +242,49 @@ def test_reload_is_off_by_default_and_needs_the_token_when_on(
     assert wrong.status == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
     right = guarded.request("POST", path, {}, headers={"Authorization": "Bearer s3cret"})
     assert right.status == 200 and right.json()["version"] == "v1.0"
+
+
+# -- draining on SIGTERM ---------------------------------------------------------------------------
+
+
+def test_sigterm_drains_keep_alive_clients_and_stops_without_tracebacks(
+    start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel
+) -> None:
+    import http.client
+    import signal
+
+    publish(s3, bucket, "SPY", "etf", demo_v1)
+    server = start_server(bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf", SERVING_DRAIN_SECONDS="2", **LIMITS)
+    body = json.dumps({"features": feature_rows(demo_v1, 1)[0]})
+    keep_alive = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    keep_alive.request("POST", "/v1/predict", body)
+    first = keep_alive.getresponse()
+    first.read()
+    assert first.status == 200 and first.getheader("connection") is None
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
+    for conn in stalled[:15]:
+        conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n[1,")
+    for conn in stalled[15:]:
+        conn.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+    time.sleep(0.2)
+
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert server.get("/v2/health/ready").status == 503, "readiness goes false first"
+    keep_alive.request("POST", "/v1/predict", body)
+    during = keep_alive.getresponse()
+    during.read()
+    assert during.status == 200, "still answering while draining"
+    assert during.getheader("connection") == "close", "keep-alive clients are told to reconnect elsewhere"
+    keep_alive.close()
+    assert server.proc.wait(30) == 0
+    stopped = time.monotonic() - started
+    assert stopped < 6, "the stalled clients do not hold the stop up to the graceful timeout"
+    for conn in stalled:
+        conn.close()
+    lines = server.log_lines()
+    errors = [line for line in lines if str(line.get("level", "")).lower() in ("error", "critical")]
+    errors += [line for line in lines if "Traceback" in str(line)]
+    assert not errors, errors[:3]
+    print(f"SIGTERM with 30 stalled clients: stopped in {stopped:.1f} s, exit 0, no ERROR lines")
