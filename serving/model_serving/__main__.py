@@ -34,7 +34,12 @@ def build_app(settings: Settings) -> Any:
     from model_store.layout import ModelLocation
 
     metrics = Metrics()
-    cache = DiskCache(settings.cache_dir, on_corrupt=lambda _path: metrics.cache_corrupt.inc())
+    cache = DiskCache(
+        settings.cache_dir,
+        on_corrupt=lambda _path: metrics.cache_corrupt.inc(),
+        versions=settings.cache_versions,
+        max_bytes=settings.cache_max_bytes,
+    )
     s3 = S3Source(settings.bucket, settings.endpoint_url, settings.region, metrics, settings.manifest_wait_seconds)
     loader = ModelLoader(s3, cache, metrics)
     early = None

@@ -29,6 +29,8 @@ class Settings(PodModel):
     graceful_timeout_seconds: float
     load_retry_max_seconds: float
     max_buffered_bytes: int
+    cache_versions: int
+    cache_max_bytes: int
     max_request_line_bytes: int
     max_header_bytes: int
     max_header_count: int
@@ -54,6 +56,8 @@ class Settings(PodModel):
             manifest_wait_seconds=env.seconds("SERVING_MANIFEST_WAIT_SECONDS", 10.0),
             graceful_timeout_seconds=env.seconds(GRACEFUL_SECONDS.name, float(GRACEFUL_SECONDS.default)),
             load_retry_max_seconds=env.seconds("SERVING_LOAD_RETRY_MAX_SECONDS", 60.0),
+            cache_versions=env.integer("SERVING_CACHE_VERSIONS", 2, 1, 1000),
+            cache_max_bytes=env.integer("SERVING_CACHE_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40),
             max_buffered_bytes=env.integer("SERVING_MAX_BUFFERED_BYTES", 128 << 20, 1 << 20, 1 << 34),
             max_request_line_bytes=env.integer("SERVING_MAX_REQUEST_LINE_BYTES", 8192, 256, 1 << 20),
             max_header_bytes=env.integer("SERVING_MAX_HEADER_BYTES", 32768, 1024, 1 << 22),

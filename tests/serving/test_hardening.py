@@ -288,3 +288,53 @@ def test_sigterm_drains_keep_alive_clients_and_stops_without_tracebacks(
     errors += [line for line in lines if "Traceback" in str(line)]
     assert not errors, errors[:3]
     print(f"SIGTERM with 30 stalled clients: stopped in {stopped:.1f} s, exit 0, no ERROR lines")
+
+
+# -- the disk cache stays bounded; reloads from memory are labelled memory -------------------------
+
+
+def test_the_disk_cache_keeps_the_current_and_previous_versions_and_memory_reloads_say_memory(
+    start_server: Any, s3: Any, bucket: str, tmp_path: Path, demo_v1: DemoModel, demo_v2: DemoModel,
+    demo_stock: DemoModel,
+) -> None:  # fmt: skip
+    from test_server_http import metric
+
+    from model_store.layout import ModelLocation, Stage
+    from model_store.promotion import promote
+
+    versions = [publish(s3, bucket, "SPY", "etf", demo, stage=None) for demo in (demo_v1, demo_v2, demo_stock)]
+    spy = ModelLocation.of("SPY", "etf")
+    promote(s3, bucket, spy, versions[0].version, Stage.PRODUCTION, actor="tests")
+    server = start_server(bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf", SERVING_RELOAD_TOKEN="t")
+    bearer = {"Authorization": "Bearer t"}
+    cache = tmp_path / "cache"
+
+    def cached() -> set[str]:
+        return {p.name for p in cache.iterdir() if p.is_dir() and len(p.name) == 64}
+
+    for published in versions[1:]:
+        promote(s3, bucket, spy, published.version, Stage.PRODUCTION, actor="tests")
+        reply = server.request("POST", "/v2/repository/models/SPY/load", {}, headers=bearer)
+        assert reply.status == 200 and reply.json()["version"] == published.version, reply.body
+    assert cached() == {v.digest.removeprefix("sha256:") for v in versions[1:]}, "the current and the previous"
+
+    promote(s3, bucket, spy, versions[1].version, Stage.PRODUCTION, actor="tests")  # a rollback
+    before = metric(server, "tradingmodel_model_load_seconds_count", source="memory")
+    reply = server.request("POST", "/v2/repository/models/SPY/load", {}, headers=bearer)
+    assert reply.status == 200 and reply.json()["version"] == versions[1].version
+    assert metric(server, "tradingmodel_model_load_seconds_count", source="memory") == before + 1
+
+
+def test_a_pinned_reload_from_memory_is_labelled_memory(
+    start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel
+) -> None:
+    from test_server_http import metric
+
+    v1 = publish(s3, bucket, "SPY", "etf", demo_v1)
+    pin = {"MODEL_TICKER": "SPY", "MODEL_ASSET_CLASS": "etf", "MODEL_VERSION": v1.version, "MODEL_DIGEST": v1.digest}
+    server = start_server(bucket, SERVING_RELOAD_TOKEN="t", **pin)
+    assert metric(server, "tradingmodel_model_load_seconds_count", source="s3") == 1
+    reply = server.request("POST", "/v2/repository/models/SPY/load", {}, headers={"Authorization": "Bearer t"})
+    assert reply.status == 200
+    assert metric(server, "tradingmodel_model_load_seconds_count", source="memory") == 1
+    assert metric(server, "tradingmodel_model_load_seconds_count", source="s3") == 1
