@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from model_serving.api import payloads
+from model_serving.api.offload import INLINE_BODY_BYTES, Offloader, parse_json
 from model_serving.api.service import ModelService
 from model_serving.errors import (
     BadRequest,
@@ -52,9 +53,6 @@ SERVER_VERSION = "0.1.0"
 # Batches larger than this are predicted in a worker thread (the C call releases the GIL),
 # so one big request does not stall the single-row traffic behind it.
 INLINE_ROWS = 64
-# Bodies larger than this are parsed, checked and answered in a worker thread too: parsing a
-# 6,000-row batch on the event loop held single-row requests up for milliseconds.
-INLINE_BODY_BYTES = 64 << 10
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -74,21 +72,13 @@ def _json(status: int, doc: Any) -> Reply:
     return status, orjson.dumps(doc), _JSON
 
 
-def _parse_json(body: bytes) -> Any:
-    if not body:
-        raise BadRequest("the body is empty: send a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON (NaN and Infinity are not JSON either): {exc}") from None
-
-
 class ServingApp:
     def __init__(self, service: ModelService, metrics: Metrics) -> None:
         self.service = service
         self.metrics = metrics
         self.settings = service.settings
         self.batch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
+        self.offload = Offloader()  # bodies over INLINE_BODY_BYTES: parsed and answered in a helper process
         self._in_flight = metrics.in_flight
         self._buffered = 0  # bytes of request bodies being received, all connections together
         # path -> (endpoint label for metrics, {method: handler})
@@ -224,17 +214,6 @@ class ServingApp:
         finally:
             self._buffered -= size
 
-    async def _json_body(self, scope: Scope, receive: Receive) -> tuple[Any, bool]:
-        """The parsed body, and whether it is large (then the rest of its handling runs off the loop too)."""
-        body = await self._body(scope, receive)
-        if len(body) <= INLINE_BODY_BYTES:
-            return _parse_json(body), False
-        return await self._off_loop(_parse_json, body), True
-
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) in the batch pool: the event loop keeps answering single rows meanwhile."""
-        return await asyncio.get_running_loop().run_in_executor(self.batch_pool, fn, *args)
-
     async def _predict_rows(self, model: ServedModel, rows: np.ndarray) -> np.ndarray:
         if rows.shape[0] <= INLINE_ROWS:
             probabilities = model.predict_proba(rows)
@@ -260,57 +239,58 @@ class ServingApp:
     # -- handlers --------------------------------------------------------------------------------
 
     async def _predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
-        doc, big = await self._json_body(scope, receive)
-        ticker, payload, batch = payloads.predict_envelope(doc, self.settings.ticker)
+        body = await self._body(scope, receive)
+        null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
+        if len(body) > INLINE_BODY_BYTES:
+            return await self._predict_large(body, null_ok, max_rows)
+        ticker, payload, batch = payloads.predict_envelope(parse_json(body), self.settings.ticker)
         model = self.service.cached(ticker) or await self.service.model_for(ticker)
-        null_ok = self.settings.null_as_missing
         if batch:
-            if big:
-                rows = await self._off_loop(
-                    payloads.instance_rows, model, payload, null_ok, self.settings.max_batch_rows
-                )
-            else:
-                rows = payloads.instance_rows(model, payload, null_ok, self.settings.max_batch_rows)
+            rows = payloads.instance_rows(model, payload, null_ok, max_rows)
         else:
             rows = np.array([payloads.named_row(model, payload, '"features"', null_ok)], dtype=np.float64)
         probabilities = await self._predict_rows(model, rows)
-        if big:
-            return await self._off_loop(
-                lambda: _json(200, payloads.predict_response(model, ticker, probabilities, batch))
-            )
         return _json(200, payloads.predict_response(model, ticker, probabilities, batch))
+
+    async def _predict_large(self, body: bytes, null_ok: bool, max_rows: int) -> Reply:
+        offload = self.offload
+        known = dict(self.service.loaded())
+        ticker, batch, rows = await offload.predict_rows(body, self.settings.ticker, known, null_ok, max_rows)
+        model = self.service.cached(ticker) or await self.service.model_for(ticker)
+        if rows is None or known.get(ticker) is not model:  # rows must follow this model's feature order
+            ticker, batch, rows = await offload.predict_rows(body, ticker, {ticker: model}, null_ok, max_rows)
+            assert rows is not None
+        probabilities = await self._predict_rows(model, rows)
+        return 200, await offload.respond("predict", model, probabilities, ticker, batch), _JSON
 
     async def _infer(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
         name, version = args
         model, _ = await self._model(name, version)
-        doc, big = await self._json_body(scope, receive)
+        body = await self._body(scope, receive)
         null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
-        if big:
-            rows, outputs = await self._off_loop(payloads.infer_rows, model, doc, null_ok, max_rows)
-        else:
-            rows, outputs = payloads.infer_rows(model, doc, null_ok, max_rows)
+        if len(body) > INLINE_BODY_BYTES:
+            rows, outputs, request_id = await self.offload.infer_rows(body, model, null_ok, max_rows)
+            probabilities = await self._predict_rows(model, rows)
+            request_id = request_id or os.urandom(16).hex()
+            return 200, await self.offload.respond("infer", model, probabilities, name, outputs, request_id), _JSON
+        doc = parse_json(body)
+        rows, outputs = payloads.infer_rows(model, doc, null_ok, max_rows)
         probabilities = await self._predict_rows(model, rows)
         request_id = doc.get("id")
         if type(request_id) is not str:
             request_id = os.urandom(16).hex()
-        if big:
-            return await self._off_loop(
-                lambda: _json(200, payloads.infer_response(model, name, probabilities, outputs, request_id))
-            )
         return _json(200, payloads.infer_response(model, name, probabilities, outputs, request_id))
 
     async def _v1_predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
         model, _ = await self._model(*args)
-        doc, big = await self._json_body(scope, receive)
-        instances = payloads.v1_instances(doc)
+        body = await self._body(scope, receive)
         null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
-        if big:
-            rows = await self._off_loop(payloads.instance_rows, model, instances, null_ok, max_rows)
-        else:
-            rows = payloads.instance_rows(model, instances, null_ok, max_rows)
+        if len(body) > INLINE_BODY_BYTES:
+            rows = await self.offload.v1_rows(body, model, null_ok, max_rows)
+            probabilities = await self._predict_rows(model, rows)
+            return 200, await self.offload.respond("v1", model, probabilities), _JSON
+        rows = payloads.instance_rows(model, payloads.v1_instances(parse_json(body)), null_ok, max_rows)
         probabilities = await self._predict_rows(model, rows)
-        if big:
-            return await self._off_loop(lambda: _json(200, {"predictions": probabilities.tolist()}))
         return _json(200, {"predictions": probabilities.tolist()})
 
     async def _v1_model(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
@@ -407,9 +387,11 @@ class ServingApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.service.start()
+                self.offload.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.service.stop()
                 self.batch_pool.shutdown(wait=False, cancel_futures=True)
+                self.offload.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
