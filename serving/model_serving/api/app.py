@@ -387,7 +387,6 @@ class ServingApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.service.start()
-                self.offload.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.service.stop()

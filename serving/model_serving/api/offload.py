@@ -3,7 +3,8 @@
 A worker thread is not enough: orjson parses a body in one C call that holds the GIL (61 ms for a
 1 MiB batch on a busy 2-core machine, 240 ms for 8.6 MB), and the row checks are Python loops, so
 single-row requests on the event loop waited behind them. One helper process (spawned, so nothing
-of the server's threads or event loop is copied) takes bodies over `INLINE_BODY_BYTES`:
+of the server's threads or event loop is copied; started by the first large body, so a pod that
+only ever sees single rows never pays for it) takes bodies over `INLINE_BODY_BYTES`:
 
     rows(kind, body, ...)        JSON -> checked float64 rows (numpy arrays cross the pipe as bytes)
     respond(kind, view, ...)     probabilities -> the response body (bytes)
