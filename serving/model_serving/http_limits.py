@@ -15,7 +15,8 @@ one size limit costs far more throughput: serving/benchmarks/README.md) and adds
   body not complete `body_timeout` seconds after
   its headers                                          connection closed (the app sees a disconnect)
   an answer sent before the whole body arrived
-  (e.g. 413 from the app)                              connection closed after it: the rest is not read
+  (e.g. 413 from the app)                              the rest is read and dropped (not kept), up to
+                                                       64 MiB and within the body timeout, then closed
 
 Counting happens per received chunk before httptools keeps any more of a partial header, so what a
 connection can hold is bounded by the limit plus one read (256 KiB at most).
@@ -36,6 +37,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from model_serving import memory
 
 SHUTDOWN_BODY_SECONDS = 1.0
+DISCARD_MAX_BYTES = 64 << 20  # the rest of a body already answered (413) that is read and dropped
 BIG_BODY_BYTES = 256 << 10  # a connection that received this much body asks glibc to trim when it closes
 
 __all__ = ["DRAIN", "Drain", "LimitedHttpToolsProtocol", "Limits", "limited_protocol"]
@@ -80,6 +82,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._timer_kind: str | None = None
         self._body_incomplete = False
         self._body_bytes = 0
+        self._discarded = 0
 
     # -- connection --------------------------------------------------------------------------------
 
@@ -165,9 +168,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
-        if self._refusal is None:
-            self._body_bytes += len(body)
-            super().on_body(body)
+        if self._refusal is not None:
+            return
+        if self.cycle is not None and self.cycle.response_complete:
+            self._discarded += len(body)
+            if self._discarded > DISCARD_MAX_BYTES and not self.transport.is_closing():
+                self.transport.close()
+            return
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._refusal is not None:
@@ -176,12 +185,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if self._body_incomplete and not self.transport.is_closing():
-            # Answered before the whole body arrived (413, 404 before reading, ...): the rest of the
-            # body is not read, and the connection cannot be reused without reading it.
-            self._disarm()
-            self.transport.close()
-            return
+        if self._body_incomplete:
+            # Answered before the whole body arrived (413, or 404 before reading it): the rest is read
+            # and dropped as it comes, so the client, which may still be sending, gets the answer
+            # rather than a reset; up to DISCARD_MAX_BYTES, within the body timeout, then closed.
+            self._discarded = 0
         super().on_response_complete()
 
     # -- limits ------------------------------------------------------------------------------------

@@ -216,13 +216,26 @@ def test_slowloris_and_stalled_bodies_time_out_while_normal_requests_answer(
     assert after - before < 40, (before, during, after)
 
 
-def test_a_body_over_the_limit_gets_413_and_the_connection_closes(limited: Server) -> None:
+def first_reply(port: int, data: bytes, chunk: int = 1 << 16) -> bytes:
+    """Send `data` in chunks (the server may answer before it all arrived), then read its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+        for start in range(0, len(data), chunk):
+            conn.sendall(data[start : start + chunk])
+        return conn.recv(65536)
+
+
+def test_a_body_over_the_limit_gets_413_without_being_kept(limited: Server, demo_v1: DemoModel) -> None:
+    before = warm_rss(limited, demo_v1)
     head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (5 << 20)
-    assert raw_exchange(limited.port, head + b"1" * 1000).startswith(b"HTTP/1.1 413 ")
+    assert first_reply(limited.port, head + b"1" * (5 << 20)).startswith(b"HTTP/1.1 413 ")
     chunked = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     piece = b"10000\r\n" + b"1" * 0x10000 + b"\r\n"
-    reply = send_slowly(limited.port, chunked + piece * 40, chunk=1 << 16)
-    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert first_reply(limited.port, chunked + piece * 40 + b"0\r\n\r\n").startswith(b"HTTP/1.1 413 ")
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda _: first_reply(limited.port, head + b"1" * (5 << 20)), range(20)))
+    assert all(r.startswith(b"HTTP/1.1 413 ") for r in replies)
+    assert limited.rss_mb() - before < 30, "the refused bodies were dropped as they came"
+    predict_ok(limited, demo_v1)
 
 
 # -- reload needs a credential ---------------------------------------------------------------------
