@@ -131,9 +131,9 @@ def train_demo_model(
     files: dict[str, bytes] = {}
     if "native" in formats:
         files[MODEL_NATIVE] = clf.booster_.model_to_string().encode()
-    if "pickle" in formats:
+    if "pickle" in formats:  # the seeds' files: `tmctl publish` converts both (serving pods never unpickle)
         files[MODEL_PICKLE] = _joblib_bytes(clf)
-    files[LABEL_ENCODER] = _joblib_bytes(encoder)
+        files[LABEL_ENCODER] = _joblib_bytes(encoder)
     files[FEATURE_NAMES] = json.dumps(names, indent=2).encode()
     metadata = {
         "version": version,

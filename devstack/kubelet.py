@@ -14,7 +14,8 @@ components do:
   e.g. for an operator Deployment that runs elsewhere); env resolved from the pod spec and
   Secrets/ConfigMaps in the API, plus ``PORT`` (a free local port) and ``MODEL_CACHE_DIR``;
   readiness and liveness probes; restarts with back-off; output in one log file per pod
-  (``kubectl logs`` reads it through the local API); SIGTERM then SIGKILL on stop. With
+  (``kubectl logs`` reads it through the local API); on stop: not ready at once, the preStop
+  pause (``sleep`` hooks), then SIGTERM and SIGKILL after terminationGracePeriodSeconds. With
   ``run_pods=False`` pods are hollow: Running and Ready at once, no process (for benchmarks).
 - Services: a stable local proxy URL per Service (annotation ``local-stack.trading.io/url``)
   and ``endpoints(namespace, name)`` for the ready pod URLs.
@@ -158,6 +159,7 @@ class PodWorker:
         self.process: ContainerProcess | None = None
         self.task: asyncio.Task[None] | None = None
         self._ready_since: str | None = None
+        self._pre_stop = True  # stop(pre_stop=False): the stack's own shutdown skips the preStop pause
         self._last_state: dict[str, Any] = {}
         self._started_at = _timestamp()
         self._status_path = resource_path("v1", "pods", self.namespace, self.name, "status")
@@ -170,11 +172,33 @@ class PodWorker:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"pod:{self.namespace}/{self.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, *, pre_stop: bool = True) -> None:
+        """Not ready at once (the Service stops sending new connections), then the container's preStop
+        pause (sleep only), then SIGTERM and SIGKILL after terminationGracePeriodSeconds (what is left
+        of it), as a kubelet does. The stack's own shutdown skips the preStop pause."""
+        self._pre_stop = pre_stop
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+
+    def _pre_stop_seconds(self) -> float:
+        hook = ((self.container.get("lifecycle") or {}).get("preStop")) or {}
+        if "sleep" in hook:
+            return float((hook["sleep"] or {}).get("seconds", 0))
+        command = (hook.get("exec") or {}).get("command") or []
+        if len(command) == 2 and command[0].rsplit("/", 1)[-1] == "sleep":
+            return float(command[1])
+        if hook:
+            log.warning("event=pre_stop_unsupported pod=%s/%s hook=%s (only sleep runs locally)",
+                        self.namespace, self.name, hook)
+        return 0.0
+
+    def _grace_seconds(self, spent: float) -> float:
+        spec = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        if spec is None:
+            return self.kubelet.grace_seconds
+        return max(1.0, float(spec) - spent)
 
     async def _run(self) -> None:
         try:
@@ -220,8 +244,13 @@ class PodWorker:
                 await asyncio.sleep(delay)
         finally:
             if self.process is not None:
+                self._set_ready(False)
                 await self.kubelet.record(self.pod, "Killing", f"Stopping container {self.container.get('name')}")
-                await self.process.stop(self.kubelet.grace_seconds)
+                pause = self._pre_stop_seconds() if self._pre_stop else 0.0
+                if pause:
+                    log.info("event=pre_stop pod=%s/%s sleep=%.0fs", self.namespace, self.name, pause)
+                    await asyncio.sleep(pause)
+                await self.process.stop(self._grace_seconds(pause))
                 log.info("event=container_stopped pod=%s/%s", self.namespace, self.name)
 
     async def _run_once(self, env: dict[str, str]) -> int:
@@ -393,6 +422,7 @@ class LocalKubelet:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._workers: dict[str, PodWorker] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self._proxies: dict[str, ServiceProxy] = {}
         self._rollouts: dict[str, tuple[str, datetime.datetime]] = {}
         self._snapshot = _Snapshot()
@@ -432,8 +462,10 @@ class LocalKubelet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await asyncio.gather(*(worker.stop() for worker in self._workers.values()), return_exceptions=True)
+        await asyncio.gather(*(worker.stop(pre_stop=False) for worker in self._workers.values()),
+                             return_exceptions=True)
         self._workers.clear()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
         await asyncio.gather(*(proxy.stop() for proxy in self._proxies.values()), return_exceptions=True)
         self._proxies.clear()
         if self._http is not None:
@@ -657,7 +689,10 @@ class LocalKubelet:
         gone = [self._workers.pop(uid) for uid in list(self._workers) if uid not in live]
         for worker in gone:
             log.info("event=pod_stopping pod=%s/%s", worker.namespace, worker.name)
-        await asyncio.gather(*(worker.stop() for worker in gone), return_exceptions=True)
+            # In the background: a stopping pod's preStop pause and drain must not hold up the rollout.
+            stopping = asyncio.create_task(worker.stop(), name=f"stop:{worker.namespace}/{worker.name}")
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
         for uid, pod in live.items():
             if uid not in self._workers:
                 worker = PodWorker(self, pod)

@@ -22,7 +22,7 @@ def native_header(model_text: bytes) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^([a-z_]+)=(.*)$", head, re.MULTILINE)}
 
 
-_MODEL_CLASSES = {
+MODEL_CLASSES = {
     "lightgbm.sklearn LGBMClassifier",
     "lightgbm.sklearn LGBMModel",
     "lightgbm.basic Booster",
@@ -63,7 +63,7 @@ def check_model_loads(files: dict[str, bytes], feature_count: int) -> None:
             )
     else:
         found = pickled_class(files[MODEL_PICKLE])
-        if found not in _MODEL_CLASSES:
+        if found not in MODEL_CLASSES:
             raise InvalidArtifacts(
                 f"{MODEL_PICKLE} is not a pickled LightGBM model (it builds {found or 'no object of a class'}); "
                 f"publish {MODEL_NATIVE} (booster.save_model) or a joblib-pickled LGBMClassifier"

@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from model_store.artifacts import KNOWN_FILES, OPTIONAL_FILES, check_artifacts
+from model_store.convert import convert_pickles
 from model_store.errors import CorruptVersion, PublishConflict
 from model_store.layout import MANIFEST_NAME, ModelLocation, check_version
 from model_store.manifest import Manifest, ManifestError
@@ -27,6 +28,7 @@ class PublishResult:
     version: str
     digest: str
     created: bool  # False when the identical version was there already
+    warnings: tuple[str, ...] = ()  # e.g. pickles converted to text and JSON on this machine
 
 
 def content_type(key: str) -> str:
@@ -81,8 +83,17 @@ def publish_version(
     client: Any, bucket: str, location: ModelLocation, version: str, files: dict[str, bytes]
 ) -> PublishResult:
     """Upload the files, then the manifest. Publishing the same content again is a no-op;
-    different content under an existing version is refused (archive versions are immutable)."""
+    different content under an existing version is refused (archive versions are immutable).
+
+    A pickled model and label encoder are converted here, on the publisher's machine, to LightGBM's
+    text model and a `classes` list in metadata.json (model_store.convert): serving pods never
+    unpickle, so only text and JSON are uploaded (the result's `warnings` say what was converted)."""
     check_version(version)
+    check_artifacts(files, version)  # before converting: a pickle of the wrong class is never unpickled
+    converted = convert_pickles(files)
+    for warning in converted.warnings:
+        log.warning("converted", extra={"detail": warning})
+    files = converted.files
     check_artifacts(files, version)
     prefix = location.archive_prefix(version)
     manifest = Manifest.build(location.model_key, version, files, created=utc_now())
@@ -95,7 +106,7 @@ def publish_version(
         if existing.digest == manifest.digest:
             _check_archive_holds(client, bucket, prefix, files)
             log.info("already published", extra={"model": location.model_key, "version": version})
-            return PublishResult(location, version, existing.digest, created=False)
+            return PublishResult(location, version, existing.digest, created=False, warnings=tuple(converted.warnings))
         raise PublishConflict(
             f"{location.model_key} {version} is already published with different content "
             f"({existing.digest[:19]}…, yours {manifest.digest[:19]}…); archived versions are "
@@ -121,4 +132,4 @@ def publish_version(
         if is_precondition_failed(exc):
             raise PublishConflict(f"{location.model_key} {version} was published by someone else meanwhile") from None
         raise
-    return PublishResult(location, version, manifest.digest, created=True)
+    return PublishResult(location, version, manifest.digest, created=True, warnings=tuple(converted.warnings))

@@ -14,7 +14,20 @@ from typing import Any
 from model_store.layout import AssetClass, InvalidName, Stage, check_ticker, check_version
 from pod_contract.env import ConfigError, Env
 
-__all__ = ["CONTRACT", "MODEL_CACHE_DIR", "ConfigError", "Env", "PodModel", "Var", "read_pod_model", "render_env"]
+__all__ = [
+    "CONTRACT",
+    "DRAIN_SECONDS",
+    "GRACEFUL_SECONDS",
+    "MODEL_CACHE_DIR",
+    "PRESTOP_SECONDS",
+    "ConfigError",
+    "Env",
+    "PodModel",
+    "Var",
+    "read_pod_model",
+    "render_env",
+    "termination_grace_seconds",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,20 @@ CONTRACT = (
     MODEL_NAME, MODEL_TICKER, MODEL_TICKERS, MODEL_ASSET_CLASS, MODEL_STAGE, MODEL_VERSION, MODEL_DIGEST,
     S3_BUCKET, S3_ENDPOINT_URL, AWS_REGION, MODEL_CACHE_DIR, PORT, OMP_NUM_THREADS,
 )  # fmt: skip
+
+# Stopping a serving pod without failing a request, in order: the Deployment's preStop pause (the
+# endpoints drop the pod while it still answers), then SIGTERM: the server drains (readiness 503,
+# `Connection: close` on every response) and then waits for requests in progress. The server reads
+# the two SERVING_* defaults from here and the Deployment's terminationGracePeriodSeconds covers all.
+PRESTOP_SECONDS = 5
+DRAIN_SECONDS = Var("SERVING_DRAIN_SECONDS", "SIGTERM: answer with Connection: close and readiness 503 first", "5")
+GRACEFUL_SECONDS = Var("SERVING_GRACEFUL_TIMEOUT_SECONDS", "SIGTERM: then wait this long for requests", "25")
+
+
+def termination_grace_seconds() -> int:
+    """The pod's terminationGracePeriodSeconds: preStop + drain + graceful wait + 5 s to exit."""
+    return PRESTOP_SECONDS + int(float(DRAIN_SECONDS.default)) + int(float(GRACEFUL_SECONDS.default)) + 5
+
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 

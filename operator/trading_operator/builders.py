@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store.layout import Stage
-from pod_contract import MODEL_CACHE_DIR, PodModel, render_env
+from pod_contract import MODEL_CACHE_DIR, PRESTOP_SECONDS, PodModel, render_env, termination_grace_seconds
 from trading_operator import MANAGER
 from trading_operator.spec import TradingModelSpec
 
@@ -72,6 +72,8 @@ def build_deployment(
         "readinessProbe": probe,
         "startupProbe": {**probe, "failureThreshold": 60, "periodSeconds": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
+        # A stopping pod keeps answering while the endpoints drop it; then SIGTERM drains it (pod_contract).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
         "volumeMounts": [{"name": "model-cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -102,7 +104,7 @@ def build_deployment(
                     "fsGroup": 10001,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                "terminationGracePeriodSeconds": 30,
+                "terminationGracePeriodSeconds": termination_grace_seconds(),
                 "volumes": [
                     {"name": "model-cache", "emptyDir": {"sizeLimit": "2Gi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},

@@ -49,6 +49,8 @@ def cmd_publish(args: argparse.Namespace) -> None:
     s3, bucket = _client(args)
     files = read_model_dir(Path(args.folder))
     result = publish_version(s3, bucket, _location(args), args.version, files)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     verb = "published" if result.created else "already published (identical)"
     print(f"{verb}: s3://{bucket}/{_location(args).archive_prefix(args.version)} {result.digest}")
 

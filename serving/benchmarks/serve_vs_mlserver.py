@@ -40,6 +40,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -84,6 +85,52 @@ def request_rows(count: int, n_features: int, seed: int = 2024) -> np.ndarray:
 def v2_body(row: np.ndarray) -> bytes:
     doc = {"inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row.tolist()}]}
     return json.dumps(doc).encode()
+
+
+def v2_batch_body(rows: np.ndarray) -> bytes:
+    doc = {
+        "inputs": [
+            {"name": "input-0", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().round(6).tolist()}
+        ]
+    }
+    return json.dumps(doc).encode()
+
+
+def batch_interference(
+    server: servers.Server, tool: str, single: list[bytes], batch: bytes, seconds: float
+) -> dict[str, Any]:
+    """Single-row latency at concurrency 1, alone and while one other client sends large batches back to back."""
+    alone = loadgen.run_load(tool, server.port, V2_PATH, single, 1, seconds)
+    stop = threading.Event()
+    batches = [0, 0]  # answered 200, other
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                status, _ = servers.http_post(server.port, V2_PATH, batch, timeout=60)
+            except OSError:
+                status = 0
+            batches[0 if status == 200 else 1] += 1
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        loaded = loadgen.run_load(tool, server.port, V2_PATH, single, 1, seconds)
+    finally:
+        stop.set()
+        thread.join(120)
+    return {
+        "alone": {"p50_ms": alone.p50_ms, "p99_ms": alone.p99_ms, "requests_per_second": alone.requests_per_second},
+        "with_batches": {
+            "p50_ms": loaded.p50_ms,
+            "p99_ms": loaded.p99_ms,
+            "requests_per_second": loaded.requests_per_second,
+            "errors": loaded.errors,
+        },
+        "batches_answered": batches[0],
+        "batches_failed": batches[1],
+    }
 
 
 def v1_body(row: np.ndarray, names: list[str]) -> bytes:
@@ -246,6 +293,20 @@ def format_report(results: dict[str, Any]) -> str:
         lines.append(
             f"same row through every server: max |p - p_mlserver| = {results['outputs_max_abs_difference']:.3g}"
         )
+    if results.get("batch_interference"):
+        bi = results["batch_interference"]
+        lines.append("")
+        lines.append(
+            f"== single rows beside large batches (concurrency 1; another client sends {bi['rows']}-row V2 "
+            f"batches of {bi['body_bytes'] / 1e6:.1f} MB back to back) =="
+        )
+        lines.append(f"{'server':9} {'p50 alone':>10} {'p99 alone':>10} {'p50 w/ batches':>15} {'p99 w/ batches':>15}"
+                     f" {'batches':>8}")  # fmt: skip
+        for name, f in bi["servers"].items():
+            lines.append(
+                f"{name:9} {f['alone']['p50_ms']:10.2f} {f['alone']['p99_ms']:10.2f} "
+                f"{f['with_batches']['p50_ms']:15.2f} {f['with_batches']['p99_ms']:15.2f} {f['batches_answered']:8d}"
+            )
     if results.get("single_row"):
         lines.append("")
         lines.append("== single-row compute in-process (us per call, best of repeats) ==")
@@ -268,6 +329,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--mlserver-venv", type=Path, default=servers.DEFAULT_MLSERVER_VENV)
     parser.add_argument("--skip-mlserver", action="store_true", help="benchmark our server only")
+    parser.add_argument(
+        "--batch-rows",
+        type=int,
+        default=6000,
+        help="step 5b: single-row p99 beside a client sending batches of this many rows (0 skips; default 6000)",
+    )
     parser.add_argument("--skip-ours", action="store_true", help="benchmark MLServer only")
     parser.add_argument("--skip-single-row", action="store_true", help="skip the in-process engine timings")
     parser.add_argument(
@@ -338,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  {describe_start(cold_facts)}")
             procs.stop(cold)
             say("step 2/7: our server, warm start (model and compiled trees from the disk cache)")
-            ours, warm_facts = time_ours_start(procs, work, env_args, "ours-warm", args.engine_timeout)
+            big_bodies = {"SERVING_MAX_BODY_BYTES": str(64 << 20)} if args.batch_rows else None  # for step 5b
+            ours, warm_facts = time_ours_start(
+                procs, work, env_args, "ours-warm", args.engine_timeout, extra=big_bodies
+            )
             say(f"  {describe_start(warm_facts)}")
             results["servers"]["ours"] = {"starts": {"cold_from_s3": cold_facts, "warm_disk_cache": warm_facts}}
             running["ours"] = ours
@@ -387,6 +457,22 @@ def main(argv: list[str] | None = None) -> int:
         say(f"step 5/7: load, concurrency {concurrencies}")
         results["load"] = load_matrix(targets, concurrencies, tool, args.seconds, args.warmup)
         results["ratio_to_mlserver"] = ratios(results["load"])
+
+        if args.batch_rows:
+            batch = v2_batch_body(request_rows(args.batch_rows, len(names), seed=7))
+            results["batch_interference"] = {"rows": args.batch_rows, "body_bytes": len(batch), "servers": {}}
+            for name in ("ours", "mlserver"):
+                if name in running:
+                    say(
+                        f"step 5b/7: {name}: single-row p99 at concurrency 1, alone and beside a client sending "
+                        f"{args.batch_rows}-row batches ({len(batch) / 1e6:.1f} MB)"
+                    )
+                    figures = batch_interference(running[name], tool, v2_bodies, batch, args.seconds)
+                    results["batch_interference"]["servers"][name] = figures
+                    say(
+                        f"  p99 {figures['alone']['p99_ms']:.2f} ms alone, {figures['with_batches']['p99_ms']:.2f} ms "
+                        f"with batches ({figures['batches_answered']} batches answered)"
+                    )
 
         say("step 6/7: memory after load, stopping the servers")
         for name, server in running.items():

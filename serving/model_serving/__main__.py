@@ -1,9 +1,12 @@
 """`python -m model_serving`: the serving process of one pod, configured from the environment.
 
-uvicorn (httptools + uvloop when installed) runs the plain ASGI app; there is
-no access log (requests are counted in /metrics). SIGTERM stops accepting
-connections, lets in-flight requests finish (SERVING_GRACEFUL_TIMEOUT_SECONDS)
-and exits; SIGHUP reloads the loaded models.
+uvicorn (httptools + uvloop) runs the plain ASGI app behind the size and time
+limits of http_limits; there is no access log (requests are counted in
+/metrics). SIGTERM first drains for SERVING_DRAIN_SECONDS: readiness answers
+503 and every response carries `Connection: close`, while requests are still
+answered; then it stops accepting connections, lets in-flight requests finish
+(SERVING_GRACEFUL_TIMEOUT_SECONDS) and exits. A second SIGTERM skips the
+drain. SIGHUP reloads the loaded models.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
+from types import FrameType
 from typing import Any
 
 from model_serving.config import ConfigError, Settings
@@ -29,7 +34,12 @@ def build_app(settings: Settings) -> Any:
     from model_store.layout import ModelLocation
 
     metrics = Metrics()
-    cache = DiskCache(settings.cache_dir, on_corrupt=lambda _path: metrics.cache_corrupt.inc())
+    cache = DiskCache(
+        settings.cache_dir,
+        on_corrupt=lambda _path: metrics.cache_corrupt.inc(),
+        versions=settings.cache_versions,
+        max_bytes=settings.cache_max_bytes,
+    )
     s3 = S3Source(settings.bucket, settings.endpoint_url, settings.region, metrics, settings.manifest_wait_seconds)
     loader = ModelLoader(s3, cache, metrics)
     early = None
@@ -51,25 +61,62 @@ def main() -> int:
         log.error("configuration error", extra={"error": str(exc)})
         return 2
     setup_logging(settings.log_level)
+    from model_serving import memory
+
+    memory.configure()  # large request bodies go back to the system when freed
     app = build_app(settings)
 
     import uvicorn
+
+    from model_serving.http_limits import DRAIN, Limits, limited_protocol
+
+    limits = Limits(
+        max_request_line_bytes=settings.max_request_line_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        header_timeout=settings.header_timeout_seconds,
+        body_timeout=settings.body_timeout_seconds,
+    )
+
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM: drain first (readiness 503, `Connection: close`, still answering), then uvicorn's stop."""
+
+        drain_until: float | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.drain_until is None and settings.drain_seconds > 0 and self.started:
+                self.drain_until = time.monotonic() + settings.drain_seconds
+                DRAIN.active = True  # readiness answers 503 from now on
+                log.info("draining", extra={"seconds": settings.drain_seconds, "signal": signal.Signals(sig).name})
+                self._captured_signals.append(sig)
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_until is not None:
+                if DRAIN.active and not getattr(self, "_drain_started", False):
+                    self._drain_started = True
+                    DRAIN.start()  # in the loop: responses in progress get `Connection: close` too
+                if time.monotonic() >= self.drain_until:
+                    self.should_exit = True
+            return await super().on_tick(counter)
 
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=limited_protocol(limits),  # httptools with size and time limits (http_limits)
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         proxy_headers=False,  # the client address is not used; the middleware costs ~6 us a request
         timeout_graceful_shutdown=int(settings.graceful_timeout_seconds) or None,
+        timeout_keep_alive=max(1, int(settings.keepalive_timeout_seconds)),
         backlog=2048,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     log.info(
         "starting",
         extra={

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from pod_contract import ConfigError, Env, PodModel, read_pod_model
+from pod_contract import DRAIN_SECONDS, GRACEFUL_SECONDS, ConfigError, Env, PodModel, read_pod_model
 
 __all__ = ["ConfigError", "Settings"]
 
@@ -28,6 +28,17 @@ class Settings(PodModel):
     manifest_wait_seconds: float
     graceful_timeout_seconds: float
     load_retry_max_seconds: float
+    max_buffered_bytes: int
+    cache_versions: int
+    cache_max_bytes: int
+    max_request_line_bytes: int
+    max_header_bytes: int
+    max_header_count: int
+    header_timeout_seconds: float
+    body_timeout_seconds: float
+    keepalive_timeout_seconds: float
+    drain_seconds: float
+    reload_token: str
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> Settings:
@@ -43,6 +54,17 @@ class Settings(PodModel):
             null_as_missing=env.flag("SERVING_NULL_AS_MISSING", False),
             registry_ttl_seconds=env.seconds("SERVING_REGISTRY_TTL_SECONDS", 60.0),
             manifest_wait_seconds=env.seconds("SERVING_MANIFEST_WAIT_SECONDS", 10.0),
-            graceful_timeout_seconds=env.seconds("SERVING_GRACEFUL_TIMEOUT_SECONDS", 25.0),
+            graceful_timeout_seconds=env.seconds(GRACEFUL_SECONDS.name, float(GRACEFUL_SECONDS.default)),
             load_retry_max_seconds=env.seconds("SERVING_LOAD_RETRY_MAX_SECONDS", 60.0),
+            cache_versions=env.integer("SERVING_CACHE_VERSIONS", 2, 1, 1000),
+            cache_max_bytes=env.integer("SERVING_CACHE_MAX_BYTES", 1 << 30, 1 << 20, 1 << 40),
+            max_buffered_bytes=env.integer("SERVING_MAX_BUFFERED_BYTES", 128 << 20, 1 << 20, 1 << 34),
+            max_request_line_bytes=env.integer("SERVING_MAX_REQUEST_LINE_BYTES", 8192, 256, 1 << 20),
+            max_header_bytes=env.integer("SERVING_MAX_HEADER_BYTES", 32768, 1024, 1 << 22),
+            max_header_count=env.integer("SERVING_MAX_HEADER_COUNT", 100, 8, 10_000),
+            header_timeout_seconds=env.seconds("SERVING_HEADER_TIMEOUT_SECONDS", 10.0),
+            body_timeout_seconds=env.seconds("SERVING_BODY_TIMEOUT_SECONDS", 15.0),
+            keepalive_timeout_seconds=env.seconds("SERVING_KEEPALIVE_TIMEOUT_SECONDS", 5.0),
+            drain_seconds=env.seconds(DRAIN_SECONDS.name, float(DRAIN_SECONDS.default)),
+            reload_token=env.text("SERVING_RELOAD_TOKEN", ""),
         )

@@ -15,6 +15,14 @@ class BadRequest(HttpError):
     status = 400
 
 
+class Unauthorized(HttpError):
+    status = 401
+
+
+class Forbidden(HttpError):
+    status = 403
+
+
 class NotFound(HttpError):
     status = 404
 

@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "OMP_NUM_THREADS": "1",
         "SERVING_COMPILE_TREES": "0",
         "SERVING_GRACEFUL_TIMEOUT_SECONDS": "10",
+        "SERVING_DRAIN_SECONDS": "0",  # tests that drain ask for it
         **extra,
     }
 
@@ -150,6 +152,13 @@ class Server:
             time.sleep(0.01)
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
 
+    def rss_mb(self) -> float:
+        """The server process's resident memory now, in MB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -208,3 +217,35 @@ def booster_predict(demo: DemoModel, rows: list[dict[str, float]]) -> Any:
     booster = lgb.Booster(model_str=demo.files["lightgbm_model.txt"].decode())
     names = booster.feature_name()
     return booster.predict(np.array([[row[n] for n in names] for row in rows], dtype=np.float64))
+
+
+def evil_pickle(marker: Path) -> bytes:
+    """A pickle whose loading creates `marker` (what any code from the bucket could do)."""
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    return pickle.dumps(Exploit())
+
+
+def put_legacy_version(s3: Any, bucket: str, version: str, demo: DemoModel, model_pickle: bytes) -> str:
+    """archive/<version>/ as an older publisher (or anyone with write access) left it: pickles and a
+    manifest that vouches for them, written without model_store's checks. Returns the digest."""
+    from model_store.manifest import Manifest
+
+    metadata = json.loads(demo.files["metadata.json"])
+    metadata.pop("classes", None)
+    metadata["version"] = version
+    files = {
+        "lightgbm_model.pkl": model_pickle,
+        "label_encoder.pkl": model_pickle,
+        "feature_names.json": demo.files["feature_names.json"],
+        "metadata.json": json.dumps(metadata).encode(),
+    }
+    manifest = Manifest.build("etfs/SPY", version, files, created="2024-01-01T00:00:00Z")
+    prefix = f"etfs/SPY/archive/{version}/"
+    for name, data in files.items():
+        s3.put_object(Bucket=bucket, Key=prefix + name, Body=data)
+    s3.put_object(Bucket=bucket, Key=prefix + "manifest.json", Body=manifest.to_json())
+    return manifest.digest

@@ -276,7 +276,8 @@ def test_no_move_overwrites_one_the_history_has_not_recorded(
 
 
 def test_the_same_files_under_another_version_name_are_a_move(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
-    files = {**demo_v1.files, METADATA: json.dumps({"accuracy": 0.7}).encode()}  # no version in metadata
+    metadata = {k: v for k, v in json.loads(demo_v1.files[METADATA]).items() if k != "version"}
+    files = {**demo_v1.files, METADATA: json.dumps(metadata).encode()}  # no version in metadata
     publish_version(s3, bucket, SPY, "v2.0-rc1", files)
     publish_version(s3, bucket, SPY, "v2.0", files)
     promote(s3, bucket, SPY, "v2.0-rc1", Stage.PRODUCTION, actor="setup")

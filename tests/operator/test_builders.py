@@ -39,6 +39,16 @@ def test_deployment_pins_version_and_digest_and_reads_keys_from_the_secret() -> 
     assert "trading.io/version" not in selector  # selectors are immutable; versions change
 
 
+def test_a_stopping_pod_pauses_then_drains_within_its_grace_period() -> None:
+    from pod_contract import DRAIN_SECONDS, GRACEFUL_SECONDS, PRESTOP_SECONDS
+
+    pod = build_deployment("m", "ns", parse_spec(SPEC), DIGEST, "img:1", 8080)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}
+    needed = PRESTOP_SECONDS + float(DRAIN_SECONDS.default) + float(GRACEFUL_SECONDS.default)
+    assert pod["terminationGracePeriodSeconds"] > needed, "SIGKILL never cuts the drain or the graceful wait short"
+
+
 def test_a_new_version_changes_the_pod_template_and_the_spec_hash() -> None:
     one = build_deployment("m", "ns", parse_spec(SPEC), DIGEST, "img:1", 8080)
     two = build_deployment("m", "ns", parse_spec({**SPEC, "version": "v1.3"}), "sha256:" + "cd" * 32, "img:1", 8080)

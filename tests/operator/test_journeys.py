@@ -267,3 +267,72 @@ def test_prometheus_scrapes_the_serving_pods(stack: Stack) -> None:
     assert float(result[0]["value"][1]) >= 5
     info = stack.prometheus.query('tradingmodel_model_info{tradingmodel="gld-production"}')
     assert info and info[0]["metric"]["version"] == "v1.0" and info[0]["metric"]["ticker"] == "GLD"
+
+
+def test_a_rollout_under_keep_alive_load_fails_no_request(stack: Stack) -> None:
+    """Two replicas behind their Service, hammered by keep-alive clients through a version change:
+    every request answers 200, from the old version or the new one, never an error."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    from devstack.demo_model import feature_names
+
+    manifest = tradingmodel_object("tlt-production", "TLT", "v1.0", stack.s3_endpoint, serving={"replicas": 2})
+    stack.kubectl("apply", "-f", "-", input=manifest)
+    stack.wait_for("tlt-production", lambda tm: tm["status"].get("phase") == "Ready")
+    stack.wait_until(lambda: len(stack.endpoints("tlt-production")) == 2, "two ready replicas")
+    old_pods = set(stack.endpoints("tlt-production"))
+    url = stack.service_url("tlt-production")
+    assert url is not None
+    address = urlsplit(url)
+    body = json.dumps({"ticker": "TLT", "features": {n: 0.1 * (i % 7) for i, n in enumerate(feature_names())}})
+
+    stop = threading.Event()
+    lock = threading.Lock()
+    versions: dict[str, int] = {}
+    failures: list[str] = []
+    closes = [0]
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(address.hostname, address.port, timeout=15)
+        while not stop.is_set():
+            try:
+                conn.request("POST", "/v1/predict", body, {"Content-Type": "application/json"})
+                reply = conn.getresponse()
+                data = reply.read()
+                outcome = json.loads(data)["model_version"] if reply.status == 200 else f"HTTP {reply.status}"
+                if reply.getheader("connection") == "close":
+                    with lock:
+                        closes[0] += 1
+            except Exception as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+                conn.close()
+            with lock:
+                if outcome.startswith("v"):
+                    versions[outcome] = versions.get(outcome, 0) + 1
+                else:
+                    failures.append(outcome)
+        conn.close()
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        stack.kubectl("patch", "tm", "tlt-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
+        stack.wait_for("tlt-production", lambda tm: tm["status"].get("activeVersion") == "v1.1"
+                       and tm["status"].get("phase") == "Ready", timeout=120)
+        stack.wait_until(lambda: len(now := stack.endpoints("tlt-production")) == 2 and not set(now) & old_pods,
+                         "the rollout to replace both pods", timeout=120)
+        time.sleep(15)  # the old pods' preStop pause and drain end while the clients keep asking
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+    total = sum(versions.values()) + len(failures)
+    print(f"\nrollout under load: {total} requests, {len(failures)} failed, by version {versions}, "
+          f"{closes[0]} answers with Connection: close")  # fmt: skip
+    assert not failures, failures[:5]
+    assert set(versions) == {"v1.0", "v1.1"}
+    assert total > 200

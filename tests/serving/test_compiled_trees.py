@@ -209,6 +209,24 @@ def test_second_call_loads_the_cached_library_without_a_compiler(tmp_path: Path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")], "no build leftovers"
 
 
+def test_a_cached_library_is_opened_only_with_the_hash_this_process_built(tmp_path: Path) -> None:
+    import model_serving.engines.compiled_trees as ct
+
+    text = train({"objective": "binary"}, *binary_data(0.1), rounds=10)
+    first = compile_trees(text, tmp_path)
+    assert first is not None and first.origin == "built"
+    # Someone replaces the library in the cache folder: it is rebuilt, never opened.
+    first.so_path.write_bytes(first.so_path.read_bytes() + b"tampered")
+    assert compile_trees(text, tmp_path, compiler=str(tmp_path / "no-such-gcc")) is None
+    assert not first.so_path.exists(), "the changed library is removed"
+    # A library this process did not build (an earlier container's): rebuilt rather than opened.
+    again = compile_trees(text, tmp_path)
+    assert again is not None and again.origin == "built"
+    ct._BUILT.clear()
+    assert compile_trees(text, tmp_path, compiler=str(tmp_path / "no-such-gcc")) is None
+    assert compile_trees(text, tmp_path) is not None
+
+
 def test_a_build_left_by_a_killed_process_is_cleaned_up(tmp_path: Path) -> None:
     stale, fresh = tmp_path / ".build-killed", tmp_path / ".build-running"
     for folder in (stale, fresh):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from devstack.demo_model import STRATEGIES, DemoModel, train_demo_model
-from helpers.serving import S3Log, booster_predict, feature_rows, publish, server_env
+from helpers.serving import S3Log, booster_predict, evil_pickle, feature_rows, publish, put_legacy_version, server_env
 from model_serving.errors import LoadError
 from model_serving.loading.disk_cache import DiskCache
 from model_serving.loading.loader import ModelLoader
@@ -134,25 +133,6 @@ def test_files_that_match_no_manifest_are_refused(
     assert not list(tmp_path.rglob("lightgbm_model.txt")), "a refused file must not reach the disk cache"
 
 
-def test_a_tampered_pickle_is_never_unpickled(
-    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_pickle: DemoModel
-) -> None:
-    publish(s3, bucket, "SPY", "etf", demo_pickle)
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (open, (str(marker), "w"))
-
-    evil = pickle.dumps(Exploit())
-    for prefix in ("etfs/SPY/production/", "etfs/SPY/archive/v1.0/"):
-        put(s3, bucket, prefix + MODEL_PICKLE, evil)
-    loader, _ = make_loader(s3_endpoint, bucket, tmp_path / "cache")
-    with pytest.raises(LoadError, match=r"lightgbm_model\.pkl .* has \d+ bytes, manifest says"):
-        loader.load(ModelSpec(SPY, PROD))
-    assert not marker.exists()
-
-
 @pytest.fixture(scope="module")
 def demo_pickle() -> DemoModel:
     """The seeds' format: a joblib LGBMClassifier and a LabelEncoder, no native text, no classes list."""
@@ -162,18 +142,34 @@ def demo_pickle() -> DemoModel:
     return DemoModel(dict(demo.files, **{"metadata.json": json.dumps(metadata).encode()}), demo.accuracy, 0)
 
 
-def test_pickle_versions_load_with_the_label_encoders_names(
+def test_publishing_pickles_uploads_text_and_json_and_the_loader_reads_only_those(
     s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_pickle: DemoModel
 ) -> None:
     import joblib
 
-    publish(s3, bucket, "SPY", "etf", demo_pickle)
+    published = publish(s3, bucket, "SPY", "etf", demo_pickle)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="etfs/SPY/")["Contents"]}
+    assert not [k for k in keys if k.endswith(".pkl")], "no pickle reaches the bucket"
+    assert "etfs/SPY/archive/v1.0/lightgbm_model.txt" in keys
     loader, _ = make_loader(s3_endpoint, bucket, tmp_path)
     model = loader.load(ModelSpec(SPY, PROD))
-    assert model.content.model_file == MODEL_PICKLE and model.classes == STRATEGIES
+    assert model.digest == published.digest
+    assert model.content.model_file == MODEL_NATIVE and model.classes == STRATEGIES
     classifier = joblib.load(__import__("io").BytesIO(demo_pickle.files[MODEL_PICKLE]))
     rows = np.random.default_rng(2).normal(size=(30, 84))
     np.testing.assert_allclose(model.predict_proba(rows), classifier.booster_.predict(rows), rtol=0, atol=1e-9)
+
+
+def test_a_version_that_has_only_pickles_is_refused_and_never_unpickled(
+    s3: Any, bucket: str, s3_endpoint: str, tmp_path: Path, demo_pickle: DemoModel
+) -> None:
+    marker = tmp_path / "pwned"
+    put_legacy_version(s3, bucket, "v0.9", demo_pickle, evil_pickle(marker))
+    loader, _ = make_loader(s3_endpoint, bucket, tmp_path / "cache")
+    with pytest.raises(LoadError, match=r"publish it again with `tmctl publish`") as err:
+        loader.load(ModelSpec(SPY, PROD, "v0.9"))
+    assert err.value.reason == "invalid"
+    assert not marker.exists()
 
 
 def test_a_warm_disk_cache_loads_a_pinned_digest_without_s3(

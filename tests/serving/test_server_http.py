@@ -282,8 +282,11 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_one(
 ) -> None:
     publish(s3, bucket, "SPY", "etf", demo_v1)
     publish(s3, bucket, "SPY", "etf", demo_v2, stage=None)  # v1.1 in the archive
-    server = start_server(bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf", MODEL_NAME="spy-production")
+    server = start_server(
+        bucket, MODEL_TICKER="SPY", MODEL_ASSET_CLASS="etf", MODEL_NAME="spy-production", SERVING_RELOAD_TOKEN="s3cret"
+    )
     rows = feature_rows(demo_v1, 4, seed=8)
+    bearer = {"Authorization": "Bearer s3cret"}
 
     def predict() -> dict[str, Any]:
         reply = server.post("/v1/predict", {"instances": rows})  # the pod's own ticker by default
@@ -295,7 +298,7 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_one(
     from model_store.promotion import promote
 
     promote(s3, bucket, ModelLocation.of("SPY", "etf"), "v1.1", Stage.PRODUCTION, actor="tests")
-    reload = server.post("/v2/repository/models/spy-production/load", {})
+    reload = server.request("POST", "/v2/repository/models/spy-production/load", {}, headers=bearer)
     assert reload.status == 200 and reload.json()["version"] == "v1.1", reload.body
     now = predict()
     assert now["model_version"] == "v1.1"
@@ -309,13 +312,13 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_one(
     s3.put_object(Bucket=bucket, Key="etfs/SPY/archive/v2.0/lightgbm_model.txt", Body=b"tree\nversion=v4\n")
     manifest = s3.get_object(Bucket=bucket, Key="etfs/SPY/archive/v2.0/manifest.json")["Body"].read()
     s3.put_object(Bucket=bucket, Key="etfs/SPY/production/manifest.json", Body=manifest)
-    refused = server.post("/v2/repository/models/SPY/load", {})
+    refused = server.request("POST", "/v2/repository/models/SPY/load", {}, headers=bearer)
     assert refused.status == 503
     assert "refusing etfs/SPY v2.0" in refused.json()["error"] and "still serving v1.1" in refused.json()["error"]
     assert predict()["predictions"] == now["predictions"], "the verified model keeps serving"
     assert server.get("/v2/health/ready").status == 200
     assert metric(server, "tradingmodel_model_load_failures_total", model="etfs/SPY", reason="verification") == 1
-    assert server.post("/v2/repository/models/NOPE/load", {}).status == 404
+    assert server.request("POST", "/v2/repository/models/NOPE/load", {}, headers=bearer).status == 404
 
     # Rollback: production gets v1.0 again and SIGHUP reloads (v1.0 is still in memory).
     promote(s3, bucket, ModelLocation.of("SPY", "etf"), "v1.0", Stage.PRODUCTION, actor="tests")

@@ -18,6 +18,7 @@ fix; a 5xx means the server cannot answer now (e.g. 503 while the model loads).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
@@ -29,8 +30,19 @@ import numpy as np
 import orjson
 
 from model_serving.api import payloads
+from model_serving.api.offload import INLINE_BODY_BYTES, Offloader, parse_json
 from model_serving.api.service import ModelService
-from model_serving.errors import BadRequest, HttpError, MethodNotAllowed, NotFound, PayloadTooLarge
+from model_serving.errors import (
+    BadRequest,
+    Forbidden,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from model_serving.http_limits import DRAIN
 from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
 
@@ -66,7 +78,9 @@ class ServingApp:
         self.metrics = metrics
         self.settings = service.settings
         self.batch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
+        self.offload = Offloader()  # bodies over INLINE_BODY_BYTES: parsed and answered in a helper process
         self._in_flight = metrics.in_flight
+        self._buffered = 0  # bytes of request bodies being received, all connections together
         # path -> (endpoint label for metrics, {method: handler})
         self._fixed: dict[str, tuple[str, dict[str, Handler]]] = {
             "/v1/predict": ("predict", {"POST": self._predict}),
@@ -152,6 +166,8 @@ class ServingApp:
             status, body, content_type = _json(exc.status, {"error": exc.message})
             if isinstance(exc, MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allow).encode()))
+            elif isinstance(exc, Unauthorized):
+                headers.append((b"www-authenticate", b'Bearer realm="reload"'))
         except ClientGone:
             return
         except Exception:
@@ -168,28 +184,35 @@ class ServingApp:
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 raise too_large if value.isdigit() else BadRequest("the Content-Length header is not a number")
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        if not message.get("more_body", False):  # the usual case: the whole body in one message
+            first: bytes = message.get("body", b"")
+            if len(first) > limit:
+                raise too_large
+            return first
+        # A body in several parts: all such bodies together stay within SERVING_MAX_BUFFERED_BYTES.
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _json_body(self, scope: Scope, receive: Receive) -> Any:
-        body = await self._body(scope, receive)
-        if not body:
-            raise BadRequest("the body is empty: send a JSON object")
+        budget = self.settings.max_buffered_bytes
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON (NaN and Infinity are not JSON either): {exc}") from None
+            while True:
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                self._buffered += len(chunk)
+                if size > limit:
+                    raise too_large
+                if self._buffered > budget:
+                    raise Unavailable("too many large request bodies are arriving at once; retry shortly")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+        finally:
+            self._buffered -= size
 
     async def _predict_rows(self, model: ServedModel, rows: np.ndarray) -> np.ndarray:
         if rows.shape[0] <= INLINE_ROWS:
@@ -216,22 +239,42 @@ class ServingApp:
     # -- handlers --------------------------------------------------------------------------------
 
     async def _predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
-        doc = await self._json_body(scope, receive)
-        ticker, payload, batch = payloads.predict_envelope(doc, self.settings.ticker)
+        body = await self._body(scope, receive)
+        null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
+        if len(body) > INLINE_BODY_BYTES:
+            return await self._predict_large(body, null_ok, max_rows)
+        ticker, payload, batch = payloads.predict_envelope(parse_json(body), self.settings.ticker)
         model = self.service.cached(ticker) or await self.service.model_for(ticker)
-        null_ok = self.settings.null_as_missing
         if batch:
-            rows = payloads.instance_rows(model, payload, null_ok, self.settings.max_batch_rows)
+            rows = payloads.instance_rows(model, payload, null_ok, max_rows)
         else:
             rows = np.array([payloads.named_row(model, payload, '"features"', null_ok)], dtype=np.float64)
         probabilities = await self._predict_rows(model, rows)
         return _json(200, payloads.predict_response(model, ticker, probabilities, batch))
 
+    async def _predict_large(self, body: bytes, null_ok: bool, max_rows: int) -> Reply:
+        offload = self.offload
+        known = dict(self.service.loaded())
+        ticker, batch, rows = await offload.predict_rows(body, self.settings.ticker, known, null_ok, max_rows)
+        model = self.service.cached(ticker) or await self.service.model_for(ticker)
+        if rows is None or known.get(ticker) is not model:  # rows must follow this model's feature order
+            ticker, batch, rows = await offload.predict_rows(body, ticker, {ticker: model}, null_ok, max_rows)
+            assert rows is not None
+        probabilities = await self._predict_rows(model, rows)
+        return 200, await offload.respond("predict", model, probabilities, ticker, batch), _JSON
+
     async def _infer(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
         name, version = args
         model, _ = await self._model(name, version)
-        doc = await self._json_body(scope, receive)
-        rows, outputs = payloads.infer_rows(model, doc, self.settings.null_as_missing, self.settings.max_batch_rows)
+        body = await self._body(scope, receive)
+        null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
+        if len(body) > INLINE_BODY_BYTES:
+            rows, outputs, request_id = await self.offload.infer_rows(body, model, null_ok, max_rows)
+            probabilities = await self._predict_rows(model, rows)
+            request_id = request_id or os.urandom(16).hex()
+            return 200, await self.offload.respond("infer", model, probabilities, name, outputs, request_id), _JSON
+        doc = parse_json(body)
+        rows, outputs = payloads.infer_rows(model, doc, null_ok, max_rows)
         probabilities = await self._predict_rows(model, rows)
         request_id = doc.get("id")
         if type(request_id) is not str:
@@ -240,8 +283,13 @@ class ServingApp:
 
     async def _v1_predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
         model, _ = await self._model(*args)
-        instances = payloads.v1_instances(await self._json_body(scope, receive))
-        rows = payloads.instance_rows(model, instances, self.settings.null_as_missing, self.settings.max_batch_rows)
+        body = await self._body(scope, receive)
+        null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
+        if len(body) > INLINE_BODY_BYTES:
+            rows = await self.offload.v1_rows(body, model, null_ok, max_rows)
+            probabilities = await self._predict_rows(model, rows)
+            return 200, await self.offload.respond("v1", model, probabilities), _JSON
+        rows = payloads.instance_rows(model, payloads.v1_instances(parse_json(body)), null_ok, max_rows)
         probabilities = await self._predict_rows(model, rows)
         return _json(200, {"predictions": probabilities.tolist()})
 
@@ -270,6 +318,8 @@ class ServingApp:
         return _json(200, {"live": True})
 
     async def _ready(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        if DRAIN.active:
+            return _json(503, {"ready": False, "reason": "shutting down (draining connections)"})
         if self.service.ready:
             return _json(200, {"ready": True})
         return _json(503, {"ready": False, "reason": self.service.not_ready_reason})
@@ -294,7 +344,25 @@ class ServingApp:
             )
         return _json(200, models)
 
+    def _check_reload_credential(self, scope: Scope) -> None:
+        """Reload re-reads S3 and swaps models: only with SERVING_RELOAD_TOKEN set, and only for a
+        request that presents it (`Authorization: Bearer <token>`). The operator never sets it: it
+        changes versions by rolling pods."""
+        token = self.settings.reload_token
+        if not token:
+            raise Forbidden(
+                "reload over HTTP is disabled: versions change by rolling pods (the operator does it); "
+                "set SERVING_RELOAD_TOKEN to enable it with a bearer token, or send SIGHUP inside the pod"
+            )
+        presented = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                presented = value[7:].strip()
+        if not hmac.compare_digest(presented, token.encode()):
+            raise Unauthorized("reload needs the token of SERVING_RELOAD_TOKEN as `Authorization: Bearer <token>`")
+
     async def _load(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+        self._check_reload_credential(scope)
         name = args[0]
         model = await self.service.reload(self.service.ticker_for_name(name))
         return _json(
@@ -323,5 +391,6 @@ class ServingApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.service.stop()
                 self.batch_pool.shutdown(wait=False, cancel_futures=True)
+                self.offload.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

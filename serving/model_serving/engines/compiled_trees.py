@@ -8,7 +8,9 @@
 `compile_trees` parses the model (lgbm_text) and loads the library cached in
 `cache_dir` under the sha256 of the model text and the generator version, or
 generates C (codegen) and builds it with gcc first (gcc_build; written
-atomically, so a restart loads it without gcc). It returns None, after one
+atomically). A library is mapped only from bytes whose sha256 matches what
+this process built (a file this process did not build is rebuilt, not
+opened: dlopen runs its code), copied to an anonymous file before dlopen. It returns None, after one
 log line saying why, when the model uses something not compiled (categorical
 splits, linear trees, other objectives), when there is no compiler, or when
 the build fails. What it returns is not trusted yet: `verify.verify` must find
@@ -21,7 +23,10 @@ n_outputs is the number of classes, and 2 for a binary model ([1 - p, p]).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -59,8 +64,8 @@ def compile_trees(model_text: str, cache_dir: Path, *, compiler: str | None = No
                 _skipped("no_compiler", f"{wanted} not found on PATH; install gcc to compile", logging.INFO)
                 return None
             build_library(forest, so_path, cc)
-            lib = ctypes.CDLL(str(so_path))
-    except (BuildError, OSError) as exc:
+            lib = _load_built(so_path)
+    except (BuildError, OSError, UntrustedLibrary) as exc:
         _skipped("build_failed", str(exc))
         return None
     predictor = CompiledPredictor(lib, forest, so_path, origin)
@@ -159,13 +164,64 @@ class RowSession:
 # ----------------------------------------------------------------------------- the library cache
 
 
+# Libraries this process built: file name -> sha256 of the bytes gcc wrote. A library is only ever
+# mapped from bytes whose hash is in here, copied to an anonymous file first (ctypes.CDLL runs the
+# library's constructors: a file in the cache folder that this process did not build, e.g. left by
+# an earlier container or written by anyone else, is rebuilt rather than opened).
+_BUILT: dict[str, str] = {}
+_BUILT_LOCK = threading.Lock()
+
+
+class UntrustedLibrary(OSError):
+    """A library file whose bytes are not the ones this process built."""
+
+
+def _load_built(so_path: Path) -> ctypes.CDLL:
+    """Record the hash of a library gcc just wrote and map exactly those bytes."""
+    data = so_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with _BUILT_LOCK:
+        _BUILT[so_path.name] = digest
+    return _map_bytes(data, so_path.name)
+
+
 def _load_cached(so_path: Path) -> ctypes.CDLL | None:
-    if not so_path.is_file():
+    with _BUILT_LOCK:
+        expected = _BUILT.get(so_path.name)
+    if expected is None or not so_path.is_file():
+        return None  # not built by this process: build it (again) rather than trust the file
+    data = so_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        log.warning("cached compiled trees changed since they were built, rebuilding", extra={"library": str(so_path)})
+        so_path.unlink(missing_ok=True)
         return None
     try:
-        return ctypes.CDLL(str(so_path))
+        return _map_bytes(data, so_path.name)
     except OSError as exc:
-        # A library we cannot map (foreign architecture, damaged disk) is rebuilt, not trusted.
         log.warning("cached compiled trees unusable, rebuilding", extra={"library": str(so_path), "detail": str(exc)})
         so_path.unlink(missing_ok=True)
         return None
+
+
+def _map_bytes(data: bytes, name: str) -> ctypes.CDLL:
+    """dlopen the very bytes that were hashed (an anonymous in-memory file: nobody can swap the
+    file between the hash check and the mapping)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        written = os.fstat(fd).st_size
+        if written != len(data):
+            raise UntrustedLibrary(f"{name}: wrote {written} of {len(data)} bytes to the in-memory copy")
+        lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+    except BaseException:
+        os.close(fd)
+        raise
+    # Kept open, as libraries are never unloaded: the dynamic loader knows a library by the path it
+    # was opened with, so a closed and reused descriptor number would hand back an older library.
+    _MAPPED_FDS.append(fd)
+    return lib
+
+
+_MAPPED_FDS: list[int] = []

@@ -9,8 +9,12 @@ Nothing read from here is trusted: the manifest must hash to the directory's
 digest and every file must match its manifest entry on every read; a file
 that does not is deleted and reported as a miss (so it is downloaded again).
 Files are written to a temporary name and renamed, so a crash never leaves a
-half-written file under a real name. A cache that cannot be written (read-only
-volume, disk full) degrades to no cache, never to a failed load.
+half-written file under a real name. `prune` keeps it bounded: per model the
+`versions` most recently used (the one serving and the one before, by default),
+and all of them together within `max_bytes` (below the emptyDir's sizeLimit,
+which evicts the pod when reached); the versions being served are never removed.
+A cache that cannot be written (read-only volume, disk full) degrades to no
+cache, never to a failed load.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -47,10 +52,59 @@ def digest_folder(digest: str) -> str:
 
 
 class DiskCache:
-    def __init__(self, root: Path, on_corrupt: Callable[[str], None] = lambda _path: None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        on_corrupt: Callable[[str], None] = lambda _path: None,
+        versions: int = 2,
+        max_bytes: int = 1 << 30,
+    ) -> None:
         self.root = root
         self._on_corrupt = on_corrupt
+        self.versions = versions
+        self.max_bytes = max_bytes
+        self._prune_lock = threading.Lock()
         self.enabled = self._prepare()
+
+    def touch(self, digest: str) -> None:
+        """Mark a version as just used (pruning removes the least recently used first)."""
+        if self.enabled:
+            with contextlib.suppress(OSError):
+                os.utime(self.folder(digest))
+
+    def prune(self, in_use: set[str]) -> list[str]:
+        """Remove versions beyond `versions` per model and beyond `max_bytes` in all, least recently
+        used first, never one of `in_use` (digests); the digests removed."""
+        if not self.enabled:
+            return []
+        with self._prune_lock:
+            entries = []  # (last used, digest hex, model, bytes)
+            try:
+                folders = [p for p in self.root.iterdir() if p.is_dir() and len(p.name) == 64]
+            except OSError:
+                return []
+            for folder in folders:
+                model = "?"
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    model = str(json.loads((folder / MANIFEST_NAME).read_bytes())["model"])
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                with contextlib.suppress(OSError):
+                    entries.append((folder.stat().st_mtime, folder.name, model, size))
+            keep = {digest_folder(d) for d in in_use}
+            entries.sort(reverse=True)  # most recently used first
+            seen: dict[str, int] = {}
+            doomed: list[str] = []
+            total = 0
+            for _, name, model, size in entries:
+                seen[model] = seen.get(model, 0) + 1
+                if name not in keep and (seen[model] > self.versions or total + size > self.max_bytes):
+                    doomed.append(name)
+                else:
+                    total += size
+            for name in doomed:
+                log.info("pruning disk cache", extra={"digest": f"sha256:{name}"})
+                shutil.rmtree(self.root / name, ignore_errors=True)
+            return [f"sha256:{name}" for name in doomed]
 
     def _prepare(self) -> bool:
         try:

@@ -3,7 +3,7 @@
 Thread-safe. Concurrent `load` calls for the same spec share one load (the
 first caller does the work, the others wait for its result). Every artifact
 is checked against the version's manifest before it is used, whichever tier
-it came from; pickles are only opened after that (model_files).
+it came from; only text and JSON are read, nothing is unpickled (model_files).
 
 A pinned digest that is complete in the disk cache is loaded without any S3
 call: the digest names the exact bytes, so where they were published does
@@ -89,10 +89,13 @@ class ModelLoader:
         key = spec.location.model_key
         if spec.digest:
             model = self._from_memory(key, spec.digest)
-            if model is None:
-                model = self._from_disk(spec)
+            if model is not None:
+                self._observe("memory", started)
+                return model
+            model = self._from_disk(spec)
             if model is not None:
                 self._observe(model.source, started)
+                self._after_load(model)
                 return model
         resolved = self.s3.resolve(spec)
         if not spec.digest:
@@ -102,7 +105,15 @@ class ModelLoader:
                 return model
         model = self._from_s3(spec, resolved)
         self._observe(model.source, started)
+        self._after_load(model)
         return model
+
+    def _after_load(self, model: ServedModel) -> None:
+        """Mark the version used and keep the disk cache bounded (the versions in memory stay)."""
+        self.cache.touch(model.digest)
+        with self._lock:
+            in_use = {digest for kept in self._memory.values() for digest in kept}
+        self.cache.prune(in_use | {model.digest})
 
     def _observe(self, source: str, started: float) -> None:
         self.metrics.load_seconds.labels(source).observe(time.perf_counter() - started)

@@ -1,14 +1,16 @@
 """What a verified version folder says: model text, feature order, strategy names.
 
 `read_content` asks `fetch(name)` for each file it needs; fetch returns bytes
-that were already checked against the manifest, so the pickles unpickled here
-(only when there is no native text model, or no `classes` list) are exactly
-the published ones. joblib, scikit-learn and lightgbm are imported only then.
+that were already checked against the manifest. Only text and JSON are read:
+nothing is ever unpickled here (a pickle runs whatever code it names when
+loaded, and the manifest only proves the bytes are the published ones). A
+version published as pickles only is refused with a message saying to publish
+it again: `tmctl publish` converts pickles on the publisher's machine
+(model_store.convert).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Callable
@@ -36,27 +38,30 @@ class ModelContent:
 
 
 def files_needed(manifest: Manifest) -> list[str]:
-    """The files read_content will ask for first (the label encoder only if metadata names no classes)."""
-    model_file = MODEL_NATIVE if MODEL_NATIVE in manifest.files else MODEL_PICKLE
-    return [name for name in (model_file, METADATA, FEATURE_NAMES) if name in manifest.files]
+    """The files read_content will ask for (text and JSON only)."""
+    return [name for name in (MODEL_NATIVE, METADATA, FEATURE_NAMES) if name in manifest.files]
+
+
+def _publish_again(where: str, what: str) -> InvalidModel:
+    return InvalidModel(
+        f"{where} {what}: serving pods never unpickle (a pickle runs whatever code it names); "
+        f"publish it again with `tmctl publish`, which converts {MODEL_PICKLE} to {MODEL_NATIVE} and "
+        f"{LABEL_ENCODER} to a 'classes' list in {METADATA} on the publisher's machine"
+    )
 
 
 def read_content(manifest: Manifest, fetch: Callable[[str], bytes]) -> ModelContent:
     listed = manifest.files
     where = f"{manifest.model} {manifest.version}"
-    classifier: Any = None
-    if MODEL_NATIVE in listed:
-        model_file = MODEL_NATIVE
-        try:
-            text = fetch(MODEL_NATIVE).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidModel(f"{MODEL_NATIVE} of {where} is not UTF-8 text") from None
-    elif MODEL_PICKLE in listed:
-        model_file = MODEL_PICKLE
-        classifier = _unpickle(fetch(MODEL_PICKLE), MODEL_PICKLE, where)
-        text = _booster_text(classifier, where)
-    else:
-        raise InvalidModel(f"{where} has neither {MODEL_NATIVE} nor {MODEL_PICKLE} in its manifest")
+    if MODEL_NATIVE not in listed:
+        if MODEL_PICKLE in listed:
+            raise _publish_again(where, f"has only a pickled model ({MODEL_PICKLE})")
+        raise InvalidModel(f"{where} has no {MODEL_NATIVE} in its manifest")
+    model_file = MODEL_NATIVE
+    try:
+        text = fetch(MODEL_NATIVE).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidModel(f"{MODEL_NATIVE} of {where} is not UTF-8 text") from None
 
     metadata = _json(fetch(METADATA), METADATA, where) if METADATA in listed else {}
     if not isinstance(metadata, dict):
@@ -67,7 +72,7 @@ def read_content(manifest: Manifest, fetch: Callable[[str], bytes]) -> ModelCont
         header.get("feature_names", "").split(),
         where,
     )
-    classes = _classes(metadata, listed, fetch, classifier, where)
+    classes = _classes(metadata, listed, where)
     return ModelContent(text, names, classes, model_file, metadata)
 
 
@@ -101,23 +106,15 @@ def feature_order(listed: Any, in_model: list[str], where: str) -> list[str]:
     return list(in_model)
 
 
-def _classes(
-    metadata: dict[str, Any], listed: dict[str, Any], fetch: Callable[[str], bytes], classifier: Any, where: str
-) -> list[str]:
+def _classes(metadata: dict[str, Any], listed: dict[str, Any], where: str) -> list[str]:
     classes = metadata.get("classes")
     if classes is not None:
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise InvalidModel(f"'classes' in {METADATA} of {where} must be a list of strategy names")
         return list(classes)
     if LABEL_ENCODER in listed:
-        encoder = _unpickle(fetch(LABEL_ENCODER), LABEL_ENCODER, where)
-        if not hasattr(encoder, "classes_"):
-            raise InvalidModel(f"{LABEL_ENCODER} of {where} holds a {type(encoder).__name__}, not a LabelEncoder")
-        return [str(c) for c in encoder.classes_]
-    own = getattr(classifier, "classes_", None)
-    if own is not None and all(isinstance(c, str) for c in own):
-        return [str(c) for c in own]
-    raise InvalidModel(f"{where} names no strategies: add 'classes' to {METADATA} or publish {LABEL_ENCODER}")
+        raise _publish_again(where, f"names its strategies only in a pickle ({LABEL_ENCODER})")
+    raise InvalidModel(f"{where} names no strategies: add a 'classes' list to {METADATA}")
 
 
 def _json(raw: bytes, name: str, where: str) -> Any:
@@ -125,19 +122,3 @@ def _json(raw: bytes, name: str, where: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise InvalidModel(f"{name} of {where} is not valid JSON: {exc}") from None
-
-
-def _unpickle(raw: bytes, name: str, where: str) -> Any:
-    import joblib  # only here: a pickle that already matched the manifest
-
-    try:
-        return joblib.load(io.BytesIO(raw))
-    except Exception as exc:
-        raise InvalidModel(f"{name} of {where} cannot be unpickled here: {exc!r}") from None
-
-
-def _booster_text(obj: Any, where: str) -> str:
-    booster = getattr(obj, "booster_", obj)
-    if not hasattr(booster, "model_to_string"):
-        raise InvalidModel(f"{MODEL_PICKLE} of {where} holds a {type(obj).__name__}, not a LightGBM model")
-    return str(booster.model_to_string())
