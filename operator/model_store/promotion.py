@@ -32,7 +32,7 @@ from model_store.errors import CorruptVersion, InvalidArtifacts, RegistryError, 
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
-from model_store.registry import DETAILS, record_once, registered, sync_registries
+from model_store.registry import DETAILS, deployment_history, record_once, registered, sync_registries
 from model_store.s3 import get_bytes, read_manifest
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,8 @@ def _intended_move(
     the same version died half-way, else a new one, written down before the stage is touched."""
     key = location.intent_key(stage)
     intent = _json_or_empty(get_bytes(client, bucket, key) or b"{}")
+    if intent.get("id") and _in_history(client, bucket, str(intent["id"])):
+        intent = {}  # a finished move whose intent outlived it (the process died before dropping it)
     if intent.get("digest") == manifest.digest and intent.get("action") in ACTIONS and intent.get("id"):
         return intent
     if current is not None:
@@ -315,15 +317,27 @@ def _registered_version(client: Any, bucket: str, location: ModelLocation, stage
 
 
 def _record(client: Any, bucket: str, move: dict[str, Any], intent_key: str) -> tuple[bool, str | None]:
-    """Append the move to the history, then drop its intent; a failure is returned, not raised:
-    the stage holds the version already, and the next pass records it."""
+    """Append the move to the history, then drop its intent, whether this call appended the move or
+    an attempt that died before dropping the intent did (a recorded move left written down would
+    be taken up again by the next move to the same digest, e.g. a repair, which would then go
+    unrecorded under the old id). A failure is returned, not raised: the stage holds the version
+    already, and the next pass records it."""
     try:
         done = record_once(client, bucket, move)
     except RegistryError as exc:
         return False, str(exc)
-    if done:
+    intent = _json_or_empty(get_bytes(client, bucket, intent_key) or b"{}")
+    if intent.get("id") == move["id"]:
         client.delete_object(Bucket=bucket, Key=intent_key)
     return done, None
+
+
+def _in_history(client: Any, bucket: str, move_id: str) -> bool:
+    """The audit log holds this move id (an unreadable log counts as "not yet": the move goes on)."""
+    try:
+        return any(isinstance(e, dict) and e.get("id") == move_id for e in deployment_history(client, bucket))
+    except RegistryError:
+        return False
 
 
 def _action(version: str, previous: str | None) -> str:
