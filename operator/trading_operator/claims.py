@@ -50,6 +50,15 @@ def claim_of(body: dict[str, Any]) -> tuple[str, Claimant] | None:
     )  # fmt: skip
 
 
+def index_entry(body: dict[str, Any]) -> dict[str, Claimant]:
+    """What kopf's claims index holds for a TradingModel: {claim: claimant}, or {} when it claims
+    nothing (archived, deleting, an unreadable spec). Never None: kopf keeps an object's previous
+    entries when the index function returns None, so an archived holder would go on holding its
+    stage and keep every newcomer in Conflict; an empty mapping makes kopf drop them."""
+    found = claim_of(body)
+    return {found[0]: found[1]} if found else {}
+
+
 def rival(me: Claimant, claimants: Iterable[Claimant]) -> Claimant | None:
     """The claimant that keeps the claim instead of `me`, or None when `me` may hold it."""
     others = [c for c in claimants if (c.namespace, c.name) != (me.namespace, me.name)]

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION
-from trading_operator.claims import Claimant, claim_of
+from trading_operator.claims import Claimant, index_entry
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import KubeApi
@@ -55,10 +55,10 @@ def _raise_for(plan: Plan | None, retry: int) -> None:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None:
-    """Who claims which stage, kept up to date from the watch: no pass lists the cluster."""
-    found = claim_of(dict(body))
-    return {found[0]: found[1]} if found else None
+def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
+    """Who claims which stage, kept up to date from the watch: no pass lists the cluster
+    ({} for a TradingModel that claims nothing, never None: see claims.index_entry)."""
+    return index_entry(dict(body))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
