@@ -172,6 +172,7 @@ class LocalStack:
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
         if self.operator_verbose:
             args.append("--verbose")
+        self._operator_env = env  # restart_operator starts it again with these
         with self.operator_log.open("ab") as log:  # the child keeps its own copy of the descriptor
             self._operator = subprocess.Popen(
                 args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
@@ -279,6 +280,26 @@ class LocalStack:
     @property
     def operator_pid(self) -> int | None:
         return None if self._operator is None else self._operator.pid
+
+    def kill_operator(self) -> int:
+        """SIGKILL the operator (its own PID, nothing else) and reap it, as a node crash would; its PID."""
+        assert self._operator is not None and self._operator.poll() is None, "the operator is not running"
+        pid = self._operator.pid
+        os.kill(pid, signal.SIGKILL)
+        self._operator.wait(10)
+        return pid
+
+    def restart_operator(self) -> int:
+        """Start the operator again, with the arguments and environment it had, after it ended; its PID."""
+        assert self._operator is not None and self._operator.poll() is not None, "the operator still runs"
+        with self.operator_log.open("ab") as log:
+            log.write(f"--- operator restarted by the stack (was pid {self._operator.pid}) ---\n".encode())
+            log.flush()
+            self._operator = subprocess.Popen(
+                self._operator.args, env=self._operator_env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                preexec_fn=DIE_WITH_PARENT,
+            )
+        return self._operator.pid
 
     def check_operator(self, tail: int = 40) -> None:
         """Raise OperatorExited, with its exit code and the end of its log, if the operator process ended."""

@@ -35,7 +35,7 @@ from model_store.errors import CorruptVersion, InvalidArtifacts, PromotionInProg
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
-from model_store.registry import DETAILS, record_once, registered, sync_registries
+from model_store.registry import DETAILS, deployment_history, record_once, registered, sync_registries
 from model_store.s3 import get_bytes, is_not_found, is_precondition_failed, read_manifest
 
 log = logging.getLogger(__name__)
@@ -313,8 +313,10 @@ def _intended_move(
     the same version died half-way, else a new one, written down before the stage is touched."""
     key = location.intent_key(stage)
     intent, etag = _read_intent(client, bucket, key)
-    finished = current is not None and (current.extra.get("move") or {}).get("id") == intent.get("id")
-    if finished:
+    if intent.get("id") and (
+        (current is not None and (current.extra.get("move") or {}).get("id") == intent["id"])
+        or (current is None and _in_history(client, bucket, str(intent["id"])))
+    ):
         intent = {}  # the move it wrote down completed (its removal was lost): not a move to resume
     if (
         intent.get("id")
@@ -367,6 +369,13 @@ def _read_intent(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], st
     return _json_or_empty(obj["Body"].read()), str(obj["ETag"])
 
 
+def _in_history(client: Any, bucket: str, move_id: str) -> bool:
+    try:
+        return any(isinstance(e, dict) and e.get("id") == move_id for e in deployment_history(client, bucket))
+    except RegistryError:
+        return False  # unreadable: resuming the move is the safe side (its id is recorded once)
+
+
 def _registered_version(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> str | None:
     try:
         version = registered(client, bucket, location, stage).get("version")
@@ -376,8 +385,11 @@ def _registered_version(client: Any, bucket: str, location: ModelLocation, stage
 
 
 def _record(client: Any, bucket: str, move: dict[str, Any], intent_key: str) -> tuple[bool, str | None]:
-    """Append the move to the history, then drop its intent; a failure is returned, not raised:
-    the stage holds the version already, and the next pass records it."""
+    """Append the move to the history, then drop its intent, whether this call appended the move or
+    an attempt that died before dropping the intent did (a recorded move left written down would
+    be taken up again by the next move to the same digest, e.g. a repair, which would then go
+    unrecorded under the old id). A failure is returned, not raised: the stage holds the version
+    already, and the next pass records it."""
     try:
         done = record_once(client, bucket, move)
     except RegistryError as exc:

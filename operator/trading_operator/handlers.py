@@ -79,9 +79,11 @@ def _raise_for(plan: Plan | None, retry: int) -> None:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant] | None:
-    """Who claims which stage, kept up to date from the watch: no pass lists the cluster."""
-    return claims_of(dict(body)) or None
+def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
+    """Who claims which stage, kept up to date from the watch: no pass lists the cluster. Never
+    None: kopf keeps an object's previous entries when an index function returns None, so a
+    released stage would stay held; an empty mapping makes kopf drop them."""
+    return claims_of(dict(body))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")

@@ -19,6 +19,7 @@ from model_store.errors import CorruptVersion, InvalidArtifacts
 from model_store.layout import (
     ASSET_REGISTRY_KEY,
     DEPLOYMENT_HISTORY_KEY,
+    INTENTS_PREFIX,
     MANIFEST_NAME,
     METADATA,
     MODEL_NATIVE,
@@ -102,14 +103,69 @@ def test_a_move_killed_at_any_write_is_recorded_once_with_the_right_versions(
         assert {n: stage_files(s3, bucket)[n] for n in files} == files
         assert set(stage_files(s3, bucket)) == set(files) | {MANIFEST_NAME}
         assert result.move is not None and result.move["to_version"] == target
-        assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="metadata/intents/"), "intent left"
-        # the pass after that changes nothing
+        assert not intents(s3, bucket), f"killed at write {at}: the recorded move is still written down"
+        # and the pass after that changes nothing
         assert not promote(s3, bucket, SPY, target, Stage.PRODUCTION, actor="operator").changed
         # back to v1.1 with drift for the next instant
         promote(s3, bucket, SPY, "v1.1", Stage.PRODUCTION, actor="setup")
         s3.put_object(Bucket=bucket, Key=PROD + "stray.bin", Body=b"x")
         at += 1
     assert total >= 8 and at == total + 1  # every write of the move was an instant of death
+
+
+def intents(s3: Any, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=INTENTS_PREFIX).get("Contents", [])]
+
+
+class DiesDroppingTheIntent:
+    """Dies at the DELETE of the intent: the move is in the history, its intent is still there."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name != "delete_object":
+            return attr
+
+        def delete(**kwargs: Any) -> Any:
+            if kwargs["Key"].startswith(INTENTS_PREFIX):
+                raise Killed(kwargs["Key"])
+            return attr(**kwargs)
+
+        return delete
+
+
+@pytest.mark.parametrize("leftover", ["retry-after-kill", "intent-put-back"])
+def test_a_recorded_move_left_written_down_never_swallows_a_later_repair(
+    s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel, leftover: str
+) -> None:
+    """v1.0 -> v1.1 -> rollback to v1.0, whose intent outlives its record (killed before dropping
+    it, or a DELETE that never landed); then the stage manifest is deleted: the repair is a new
+    move, logged as repair v1.0 -> v1.0, not the old rollback's id taken up again (and lost)."""
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
+    promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    promote(s3, bucket, SPY, "v1.1", Stage.PRODUCTION, actor="setup")
+    if leftover == "retry-after-kill":
+        with pytest.raises(Killed):
+            promote(DiesDroppingTheIntent(s3), bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
+        assert intents(s3, bucket)
+        again = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
+        assert not again.copied and not again.recorded
+        assert not intents(s3, bucket)  # the retry found the move recorded and dropped its intent
+    else:
+        done = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator")
+        assert done.move is not None
+        s3.put_object(Bucket=bucket, Key=SPY.intent_key(Stage.PRODUCTION), Body=json.dumps(done.move).encode())
+    rollback = ("rollback", "v1.1", "v1.0")
+    assert moves(s3, bucket) == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1"), rollback]
+
+    s3.delete_object(Bucket=bucket, Key=PROD + MANIFEST_NAME)
+    repaired = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="operator", last_known="v1.0")
+    assert (repaired.action, repaired.previous_version, repaired.recorded) == ("repair", "v1.0", True)
+    assert moves(s3, bucket)[-2:] == [rollback, ("repair", "v1.0", "v1.0")]
+    assert not intents(s3, bucket)
 
 
 def test_a_deleted_stage_manifest_is_repaired_and_logged_as_a_repair(
