@@ -303,9 +303,16 @@ def _section(doc: Document, name: str, bucket: str, key: str) -> dict[str, Any]:
 
 
 def registered(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> dict[str, Any]:
-    """What the model registry says this stage holds ({} when nothing): version, digest, …"""
-    doc, _ = read_document(client, bucket, MODEL_REGISTRY_KEY)
-    return dict(((doc.get("models") or {}).get(location.model_key) or {}).get(stage.value) or {})
+    """What the model registry says this stage holds ({} when nothing): version, digest, …
+    Read through the document's committer: a conditional GET, in the batch of concurrent updates."""
+    found: dict[str, Any] = {}
+
+    def look(doc: Document) -> bool:
+        found.update(((doc.get("models") or {}).get(location.model_key) or {}).get(stage.value) or {})
+        return False
+
+    update_document(client, bucket, MODEL_REGISTRY_KEY, look)
+    return dict(found)
 
 
 def deployment_history(client: Any, bucket: str) -> list[dict[str, Any]]:
