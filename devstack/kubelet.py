@@ -57,6 +57,19 @@ _REPLICA_SETS = "/apis/apps/v1/replicasets"
 _PODS = "/api/v1/pods"
 _SERVICES = "/api/v1/services"
 _FULL_PASS_SECONDS = 10.0  # every object, not only the changed ones (progress deadlines are time-based)
+_CONCURRENT_SYNCS = 16  # objects worked on at once in a pass (kube-controller-manager's --concurrent-*-syncs)
+
+
+async def _each(items: Sequence[Any], work: Callable[[Any], Any]) -> bool:
+    """work(item) for every item, at most _CONCURRENT_SYNCS at once; True when any returned True.
+    One object's API calls stay in order; different objects do not wait for each other."""
+    limit = asyncio.Semaphore(_CONCURRENT_SYNCS)
+
+    async def one(item: Any) -> bool:
+        async with limit:
+            return bool(await work(item))
+
+    return any(await asyncio.gather(*(one(item) for item in items)))
 
 
 def default_command(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
@@ -637,47 +650,49 @@ class LocalKubelet:
             await self._sync_proxies(snapshot)
 
     async def _reconcile_deployments(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> bool:
+        todo = [d for d in snapshot.deployments if not deployments.is_deleting(d) and wanted(d)]
+        return await _each(todo, lambda deployment: self._sync_deployment(snapshot, deployment))
+
+    async def _sync_deployment(self, snapshot: _Snapshot, deployment: dict[str, Any]) -> bool:
         changed = False
-        for deployment in snapshot.deployments:
-            if deployments.is_deleting(deployment) or not wanted(deployment):
-                continue
-            owned = snapshot.replica_sets_of.get(_meta(deployment)["uid"], [])
-            plan = deployments.plan_rollout(deployment, owned, snapshot.owned_pods(owned))
-            namespace = _meta(deployment).get("namespace")
-            if plan.create is not None:
-                with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
-                    created = await self.client.create(resource_path("apps/v1", "replicasets", namespace),
-                                                       plan.create)
-                    self._wrote(_REPLICA_SETS, created)
-                    log.info("event=replicaset_created name=%s/%s", namespace, plan.create["metadata"]["name"])
-                    await self.record(deployment, "ScalingReplicaSet", f"Scaled up replica set "
-                                      f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}")
-                changed = True
-            for name, replicas in plan.scale.items():
-                self._wrote(_REPLICA_SETS, await self.client.patch(
-                    resource_path("apps/v1", "replicasets", namespace, name), {"spec": {"replicas": replicas}}))
-                log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
-                await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
-                changed = True
+        owned = snapshot.replica_sets_of.get(_meta(deployment)["uid"], [])
+        plan = deployments.plan_rollout(deployment, owned, snapshot.owned_pods(owned))
+        namespace = _meta(deployment).get("namespace")
+        if plan.create is not None:
+            with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
+                created = await self.client.create(resource_path("apps/v1", "replicasets", namespace),
+                                                   plan.create)
+                self._wrote(_REPLICA_SETS, created)
+                log.info("event=replicaset_created name=%s/%s", namespace, plan.create["metadata"]["name"])
+                await self.record(deployment, "ScalingReplicaSet", f"Scaled up replica set "
+                                  f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}")
+            changed = True
+        for name, replicas in plan.scale.items():
+            self._wrote(_REPLICA_SETS, await self.client.patch(
+                resource_path("apps/v1", "replicasets", namespace, name), {"spec": {"replicas": replicas}}))
+            log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
+            await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
+            changed = True
         return changed
 
     async def _reconcile_replica_sets(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> bool:
+        todo = [rs for rs in snapshot.replica_sets if not deployments.is_deleting(rs) and wanted(rs)]
+        return await _each(todo, lambda replica_set: self._sync_replica_set(snapshot, replica_set))
+
+    async def _sync_replica_set(self, snapshot: _Snapshot, replica_set: dict[str, Any]) -> bool:
         changed = False
-        for replica_set in snapshot.replica_sets:
-            if deployments.is_deleting(replica_set) or not wanted(replica_set):
-                continue
-            namespace = _meta(replica_set).get("namespace")
-            plan = deployments.plan_pods(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
-            for _ in range(plan.create):
-                created = await self.client.create(resource_path("v1", "pods", namespace),
-                                                   deployments.new_pod(replica_set, self.node_name))
-                self._wrote(_PODS, created)
-                await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
-                changed = True
-            for name in plan.delete:
-                await self.client.delete(resource_path("v1", "pods", namespace, name))
-                await self.record(replica_set, "SuccessfulDelete", f"Deleted pod: {name}")
-                changed = True
+        namespace = _meta(replica_set).get("namespace")
+        plan = deployments.plan_pods(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
+        for _ in range(plan.create):
+            created = await self.client.create(resource_path("v1", "pods", namespace),
+                                               deployments.new_pod(replica_set, self.node_name))
+            self._wrote(_PODS, created)
+            await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
+            changed = True
+        for name in plan.delete:
+            await self.client.delete(resource_path("v1", "pods", namespace, name))
+            await self.record(replica_set, "SuccessfulDelete", f"Deleted pod: {name}")
+            changed = True
         return changed
 
     async def _sync_workers(self, snapshot: _Snapshot) -> None:
@@ -700,19 +715,18 @@ class LocalKubelet:
                 worker.start()
 
     async def _report_statuses(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> None:
-        for replica_set in snapshot.replica_sets:
-            if not wanted(replica_set):
-                continue
+        async def replica_set_status(replica_set: dict[str, Any]) -> None:
             status = deployments.replica_set_status(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
             if _differs(replica_set.get("status"), status):
                 path = resource_path("apps/v1", "replicasets", _meta(replica_set).get("namespace"),
                                      _meta(replica_set)["name"], "status")
                 self._wrote(_REPLICA_SETS, await self.client.patch(
                     path, {"status": _replacing(replica_set.get("status"), status)}))
+
+        await _each([rs for rs in snapshot.replica_sets if wanted(rs)], replica_set_status)
         now = _now()
-        for deployment in snapshot.deployments:
-            if not wanted(deployment):  # a template change is an event: it makes the Deployment wanted
-                continue
+
+        async def deployment_status(deployment: dict[str, Any]) -> None:
             meta = _meta(deployment)
             hash_ = deployments.template_hash((deployment.get("spec") or {}).get("template") or {})
             started = self._rollouts.get(meta["uid"])
@@ -725,6 +739,9 @@ class LocalKubelet:
                 path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
                 self._wrote(_DEPLOYMENTS, await self.client.patch(
                     path, {"status": _replacing(deployment.get("status"), status)}))
+
+        # a template change is an event: it makes the Deployment wanted
+        await _each([d for d in snapshot.deployments if wanted(d)], deployment_status)
         known = {_meta(d)["uid"] for d in snapshot.deployments}
         for uid in [uid for uid in self._rollouts if uid not in known]:
             del self._rollouts[uid]

@@ -1,7 +1,7 @@
 """The TradingModel CRD, checked with its own openAPIV3Schema.
 
 The schema is applied as an API server applies it (pruning, defaults, validation naming each
-field), with devstack.schemas, the code the local stack's API uses too. This is where
+field), with crd_validation (structural), the code the local stack's API uses too. This is where
 "invalid specs are refused by the schema" is proven: the samples pass and lose nothing, each
 broken spec fails naming the broken field, defaults land where the API server would put them,
 and the CRD has what `kubectl get/explain` needs.

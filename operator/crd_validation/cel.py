@@ -3,7 +3,9 @@
 Rules run with cel-python (``celpy``) when it is installed (the ``check`` extra installs it);
 without it the local API skips them, with one warning in the log, and ``tmctl check`` refuses to
 run. ``self`` is the value at the rule's schema node; at the root, ``self.metadata`` holds only
-``name`` and ``generateName``, as in Kubernetes. Transition rules (those naming ``oldSelf``) run on updates only.
+``name`` and ``generateName``, as in Kubernetes. Transition rules (those naming ``oldSelf``) run on
+updates only. On an update, the rules of a value left unchanged are not evaluated again
+(validation ratcheting, as in Kubernetes).
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ def violations(schema: Mapping[str, Any], obj: Mapping[str, Any], old: Mapping[s
 
 
 def _walk(schema: Mapping[str, Any], value: Any, old: Any, path: list[Any], errors: list[FieldError]) -> None:
+    if old is not None and value == old:
+        # Validation ratcheting (Kubernetes 1.30+, CRDValidationRatcheting): the rules of a value an
+        # update leaves unchanged are not evaluated again (a status write does not re-check the spec).
+        return
     for rule in schema.get("x-kubernetes-validations") or []:
         failure = _check(rule, value, old, path)
         if failure is not None:

@@ -94,9 +94,10 @@ class _Committer:
     only after the write that holds its change succeeded. When the queue filled meanwhile, the
     oldest waiter leads the next batch.
 
-    The bytes and ETag of the last read or write are kept: the next read is a conditional GET, and
-    S3 answers 304 (no body) while nobody else wrote the document. Every read still asks S3, so
-    a document edited or broken by hand is seen at once (the registries stay level-based)."""
+    The document and ETag of the last read or write are kept: the next read is a conditional GET,
+    and S3 answers 304 (no body, nothing to parse) while nobody else wrote the document. Every read
+    still asks S3, so a document edited or broken by hand is seen at once (the registries stay
+    level-based)."""
 
     def __init__(self, bucket: str, key: str) -> None:
         self._bucket, self._key = bucket, key  # not the client: the committers are weakly keyed by it
@@ -105,6 +106,7 @@ class _Committer:
         self._busy = False
         self._etag: str | None = None
         self._raw = b""
+        self._doc: Document | None = None  # _raw parsed, and changed only by what was written since
 
     def update(self, client: Any, change: Callable[[Document], bool]) -> bool:
         mine = _Update(change)
@@ -140,6 +142,13 @@ class _Committer:
         return mine.changed
 
     def _commit(self, client: Any, batch: list[_Update]) -> None:
+        try:
+            self._commit_batch(client, batch)
+        except BaseException:
+            self._doc = None  # changed in memory, maybe not written: never answer from it again
+            raise
+
+    def _commit_batch(self, client: Any, batch: list[_Update]) -> None:
         for _ in range(_ATTEMPTS):
             doc, etag = self._read(client)
             outcomes: list[bool | Exception] = []
@@ -148,6 +157,8 @@ class _Committer:
                     outcomes.append(bool(update.change(doc)))
                 except Exception as exc:  # this caller's problem (e.g. a malformed section), not the others'
                     outcomes.append(exc)
+            if any(isinstance(outcome, Exception) for outcome in outcomes):
+                self._doc = None  # a change may have failed half-way through the document: parse it anew
             if any(outcome is True for outcome in outcomes) and not self._write(client, doc, etag):
                 log.debug("concurrent write to %s, retrying %d changes", self._key, len(batch))
                 continue
@@ -168,13 +179,15 @@ class _Committer:
             obj = client.get_object(Bucket=self._bucket, Key=self._key, **unchanged)
         except ClientError as exc:
             if is_not_found(exc):
-                self._etag, self._raw = None, b""
+                self._etag, self._raw, self._doc = None, b"", None
                 return {}, None
             if not (self._etag and error_code(exc) in _NOT_MODIFIED):
                 raise
         else:
-            self._etag, self._raw = obj["ETag"], obj["Body"].read()
-        return _parse(self._raw, self._bucket, self._key), self._etag
+            self._etag, self._raw, self._doc = obj["ETag"], obj["Body"].read(), None
+        if self._doc is None:
+            self._doc = _parse(self._raw, self._bucket, self._key)
+        return self._doc, self._etag
 
     def _write(self, client: Any, doc: Document, etag: str | None) -> bool:
         """False when another writer got there first."""
@@ -187,10 +200,10 @@ class _Committer:
             )
         except ClientError as exc:
             if is_precondition_failed(exc):
-                self._etag, self._raw = None, b""
+                self._etag, self._raw, self._doc = None, b"", None
                 return False
             raise
-        self._etag, self._raw = written.get("ETag"), body
+        self._etag, self._raw, self._doc = written.get("ETag"), body, doc
         return True
 
 
@@ -292,9 +305,16 @@ def _section(doc: Document, name: str, bucket: str, key: str) -> dict[str, Any]:
 
 
 def registered(client: Any, bucket: str, location: ModelLocation, stage: Stage) -> dict[str, Any]:
-    """What the model registry says this stage holds ({} when nothing): version, digest, …"""
-    doc, _ = read_document(client, bucket, MODEL_REGISTRY_KEY)
-    return dict(((doc.get("models") or {}).get(location.model_key) or {}).get(stage.value) or {})
+    """What the model registry says this stage holds ({} when nothing): version, digest, …
+    Read through the document's committer: a conditional GET, in the batch of concurrent updates."""
+    found: dict[str, Any] = {}
+
+    def look(doc: Document) -> bool:
+        found.update(((doc.get("models") or {}).get(location.model_key) or {}).get(stage.value) or {})
+        return False
+
+    update_document(client, bucket, MODEL_REGISTRY_KEY, look)
+    return dict(found)
 
 
 def deployment_history(client: Any, bucket: str) -> list[dict[str, Any]]:

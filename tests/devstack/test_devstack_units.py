@@ -167,6 +167,20 @@ def test_cel_rules_are_checked_with_their_messages() -> None:
     assert cel_rules.violations(CEL_SCHEMA, dict(good, spec={"bucket": "new"})) == []  # no oldSelf on create
 
 
+@pytest.mark.skipif(cel_rules.celpy is None, reason="cel-python is not installed (the local extra installs it)")
+def test_cel_rules_ratchet_what_an_update_leaves_unchanged() -> None:
+    stored = {"metadata": {"name": "ok-1"}, "spec": {"replicas": 9, "bucket": "a"}}  # stored before the rule
+    status_write = dict(stored, status={"phase": "Ready"})
+    assert cel_rules.violations(CEL_SCHEMA, status_write, old=stored) == []  # spec untouched: not re-checked
+    assert [str(e) for e in cel_rules.violations(CEL_SCHEMA, stored)] == [  # on create it is checked
+        'spec.replicas: Invalid value: "integer": at most 5, not 9',
+    ]
+    changed = dict(stored, spec={"replicas": 8, "bucket": "a"})
+    assert [str(e) for e in cel_rules.violations(CEL_SCHEMA, changed, old=stored)] == [
+        'spec.replicas: Invalid value: "integer": at most 5, not 8',
+    ]
+
+
 def pod(name: str, owner: dict[str, Any], ready: bool, created: str = "2025-01-01T00:00:00Z") -> dict[str, Any]:
     return {"metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": created,
                          "ownerReferences": [{"uid": owner["metadata"]["uid"]}]},

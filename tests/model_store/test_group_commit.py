@@ -103,3 +103,20 @@ def test_one_callers_error_is_its_own(s3_endpoint: str, bucket: str) -> None:
     assert results == [i != 3 for i in range(8)]
     doc, _ = read_document(client, bucket, MODEL_REGISTRY_KEY)
     assert sorted(doc["seen"]) == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_a_failed_write_is_not_remembered_as_written(s3_endpoint: str, bucket: str) -> None:
+    client, _ = counting_client(s3_endpoint, bucket)
+    assert record_once(client, bucket, entry(1))
+    failing = {"on": True}
+
+    def refuse(params: Any, **_: Any) -> None:
+        if failing["on"]:
+            raise ConnectionError("S3 went away")
+
+    client.meta.events.register("before-parameter-build.s3.PutObject", refuse)
+    with pytest.raises(ConnectionError):
+        record_once(client, bucket, entry(2))
+    failing["on"] = False
+    assert record_once(client, bucket, entry(2))  # not "already there": it never reached S3
+    assert [e["id"] for e in deployment_history(client, bucket)] == ["move-1", "move-2"]
