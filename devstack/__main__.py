@@ -54,8 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="v1.0")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rounds", type=int, default=100)
-    p.add_argument("--format", action="append", choices=["native", "pickle"], default=None,
-                   help="native (default) and/or pickle (a joblib LGBMClassifier, as the original scripts wrote)")
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=["native", "pickle"],
+        default=None,
+        help="native (default) and/or pickle (a joblib LGBMClassifier, as the original scripts wrote)",
+    )
     return parser
 
 

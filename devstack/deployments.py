@@ -54,8 +54,14 @@ def desired_replicas(obj: Mapping[str, Any]) -> int:
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     meta = _meta(owner)
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def is_owned_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
@@ -232,11 +238,14 @@ def deployment_status(
     else:
         progressing = (True, "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
     conditions = [
-        _condition("Available", available,
-                   "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                   "Deployment has minimum availability." if available
-                   else "Deployment does not have minimum availability.",
-                   previous.get("Available"), now_text),
+        _condition(
+            "Available",
+            available,
+            "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+            "Deployment has minimum availability." if available else "Deployment does not have minimum availability.",
+            previous.get("Available"),
+            now_text,
+        ),
         _condition("Progressing", *progressing, previous.get("Progressing"), now_text),
     ]
     status: dict[str, Any] = {

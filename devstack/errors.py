@@ -54,13 +54,15 @@ def already_exists(rt: ResourceType, name: str) -> ApiError:
 
 
 def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {rt.qualified_plural} "{name}": {why}',
-                    _details(rt, name))
+    return ApiError(
+        409, "Conflict", f'Operation cannot be fulfilled on {rt.qualified_plural} "{name}": {why}', _details(rt, name)
+    )
 
 
 def stale(rt: ResourceType, name: str) -> ApiError:
-    return conflict(rt, name, "the object has been modified; please apply your changes to the latest version "
-                              "and try again")
+    return conflict(
+        rt, name, "the object has been modified; please apply your changes to the latest version and try again"
+    )
 
 
 def invalid(rt: ResourceType, name: str, errors: Sequence[FieldError]) -> ApiError:
@@ -83,8 +85,9 @@ def unprocessable(message: str) -> ApiError:
 
 
 def method_not_allowed(what: str) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource "
-                                             f"({what})")
+    return ApiError(
+        405, "MethodNotAllowed", f"the server does not allow this method on the requested resource ({what})"
+    )
 
 
 def unsupported_media_type(message: str) -> ApiError:

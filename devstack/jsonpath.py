@@ -57,14 +57,14 @@ def parse(expression: str) -> tuple[_Segment, ...]:
             end = pos + 1
             while end < len(text) and text[end] not in ".[":
                 end += 1
-            name = text[pos + 1:end]
+            name = text[pos + 1 : end]
             if not name:
                 raise JSONPathError(f"empty field name at {pos} in {expression!r}")
             segments.append(_Wildcard() if name == "*" else _Field(name))
             pos = end
         elif char == "[":
             end = _closing_bracket(text, pos)
-            segments.append(_parse_bracket(text[pos + 1:end].strip(), expression))
+            segments.append(_parse_bracket(text[pos + 1 : end].strip(), expression))
             pos = end + 1
         else:
             raise JSONPathError(f"unexpected {char!r} at {pos} in {expression!r}")
@@ -153,7 +153,10 @@ def _filter_matches(flt: _Filter, item: Any) -> bool:
     if flt.operator == "!=":
         return bool(node != flt.value)
     try:
-        return bool({"<": node < flt.value, ">": node > flt.value,
-                     "<=": node <= flt.value, ">=": node >= flt.value}[flt.operator])
+        return bool(
+            {"<": node < flt.value, ">": node > flt.value, "<=": node <= flt.value, ">=": node >= flt.value}[
+                flt.operator
+            ]
+        )
     except TypeError:
         return False

@@ -77,8 +77,11 @@ class ResourceType:
     def replicas_paths(self) -> tuple[str, str, str | None] | None:
         """(spec replicas, status replicas, label selector) JSON paths of the scale subresource."""
         if self.scale:
-            return (self.scale["specReplicasPath"], self.scale["statusReplicasPath"],
-                    self.scale.get("labelSelectorPath"))
+            return (
+                self.scale["specReplicasPath"],
+                self.scale["statusReplicasPath"],
+                self.scale.get("labelSelectorPath"),
+            )
         if "scale" in self.subresources:
             return (".spec.replicas", ".status.replicas", None)
         return None
@@ -105,8 +108,10 @@ def resource_types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
     expected_name = f"{plural}.{group}"
     actual_name = (crd.get("metadata") or {}).get("name")
     if actual_name != expected_name:
-        raise CRDError(f'metadata.name: Invalid value: "{actual_name}": must be spec.names.plural+"."+spec.group '
-                       f'("{expected_name}")')
+        raise CRDError(
+            f'metadata.name: Invalid value: "{actual_name}": must be spec.names.plural+"."+spec.group '
+            f'("{expected_name}")'
+        )
     scope = spec.get("scope", "Namespaced")
     if scope not in ("Namespaced", "Cluster"):
         raise CRDError(f'spec.scope: Unsupported value: "{scope}": supported values: "Cluster", "Namespaced"')
@@ -116,19 +121,21 @@ def resource_types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
     result = []
     for version in versions:
         subresources = version.get("subresources") or {}
-        result.append(ResourceType(
-            group=group,
-            version=version["name"],
-            plural=plural,
-            kind=kind,
-            singular=names.get("singular") or kind.lower(),
-            namespaced=scope == "Namespaced",
-            shortnames=tuple(names.get("shortNames") or ()),
-            categories=tuple(names.get("categories") or ()),
-            subresources=frozenset(subresources),
-            schema=(version.get("schema") or {}).get("openAPIV3Schema"),
-            printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
-            scale=subresources.get("scale"),
-            crd_name=expected_name,
-        ))
+        result.append(
+            ResourceType(
+                group=group,
+                version=version["name"],
+                plural=plural,
+                kind=kind,
+                singular=names.get("singular") or kind.lower(),
+                namespaced=scope == "Namespaced",
+                shortnames=tuple(names.get("shortNames") or ()),
+                categories=tuple(names.get("categories") or ()),
+                subresources=frozenset(subresources),
+                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+                printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
+                scale=subresources.get("scale"),
+                crd_name=expected_name,
+            )
+        )
     return result

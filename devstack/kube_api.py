@@ -58,18 +58,20 @@ def _resource_types_from_kmock(resources: kmock.ResourcesArray) -> list[Resource
         info = resources[resource]
         if None in (resource.group, resource.version, resource.plural) or info.kind is None:
             continue
-        result.append(ResourceType(
-            group=resource.group,
-            version=resource.version,
-            plural=resource.plural,
-            kind=info.kind,
-            singular=info.singular or info.kind.lower(),
-            namespaced=bool(info.namespaced),
-            shortnames=tuple(sorted(info.shortnames)),
-            categories=tuple(sorted(info.categories)),
-            verbs=tuple(sorted(info.verbs)) or ResourceType.verbs,
-            subresources=frozenset(info.subresources),
-        ))
+        result.append(
+            ResourceType(
+                group=resource.group,
+                version=resource.version,
+                plural=resource.plural,
+                kind=info.kind,
+                singular=info.singular or info.kind.lower(),
+                namespaced=bool(info.namespaced),
+                shortnames=tuple(sorted(info.shortnames)),
+                categories=tuple(sorted(info.categories)),
+                verbs=tuple(sorted(info.verbs)) or ResourceType.verbs,
+                subresources=frozenset(info.subresources),
+            )
+        )
     return result
 
 
@@ -100,8 +102,16 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
             self.store.create(namespaces, None, {"metadata": {"name": name}})
         nodes = self.store.types.get(("", "v1", "nodes"))
         if nodes is not None:
-            self.store.create(nodes, None, {"metadata": {"name": "local", "labels": {
-                "kubernetes.io/hostname": "local", "kubernetes.io/os": "linux"}}})
+            self.store.create(
+                nodes,
+                None,
+                {
+                    "metadata": {
+                        "name": "local",
+                        "labels": {"kubernetes.io/hostname": "local", "kubernetes.io/os": "linux"},
+                    }
+                },
+            )
         self._builtin_payloads = len(self._payloads)
 
     # -- dispatching ----------------------------------------------------------------------
@@ -110,8 +120,12 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         """Parse API paths ourselves: kmock's parser fails on ``/api/v1/namespaces``."""
         path = raw_request.path
         if path == REQUEST_COUNTS_PATH:
-            return _json([{"client": c, "verb": v, "resource": r, "count": n}
-                          for (c, v, r), n in sorted(self.request_counts.items())])
+            return _json(
+                [
+                    {"client": c, "verb": v, "resource": r, "count": n}
+                    for (c, v, r), n in sorted(self.request_counts.items())
+                ]
+            )
         parsed = api_paths.parse_api_path(path)
         if parsed is None and not path.startswith("/openapi/"):
             return await super().__call__(raw_request)
@@ -122,7 +136,8 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         if body and not (media_type.endswith(("json", "yaml")) or media_type in ("", "text/plain")):
             error = errors.unsupported_media_type(
                 f"the local Kubernetes API speaks JSON, not {media_type}; this kubectl command sends protobuf, "
-                "use `kubectl create ... --dry-run=client -o yaml | kubectl apply -f -` instead")
+                "use `kubectl create ... --dry-run=client -o yaml | kubectl apply -f -` instead"
+            )
             return _json(error.status(), status=error.code)
         request = _kmock_request(raw_request, parsed, body, id=len(self._requests))
         self._requests.append(request)
@@ -155,7 +170,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     def _forget_old_requests(self) -> None:
         excess = len(self._requests) - self.max_recorded_requests
         if excess > 0:
-            del self._requests[:excess + self.max_recorded_requests // 2]
+            del self._requests[: excess + self.max_recorded_requests // 2]
 
     def _get_resources(self) -> list[kmock.resource]:
         return [kmock.resource(*key) for key in self.store.types]
@@ -164,31 +179,58 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         """APIResourceList of a group version; subresources carry no short names, as on a real server."""
         assert request.resource is not None
         group, version = request.resource.group, request.resource.version
-        types = sorted((rt for rt in self.store.types.values() if rt.group == group and rt.version == version),
-                       key=lambda rt: rt.plural)
+        types = sorted(
+            (rt for rt in self.store.types.values() if rt.group == group and rt.version == version),
+            key=lambda rt: rt.plural,
+        )
         if not types and group != "":
             raise kmock.KubernetesResourceNotFoundError()
         resources: list[dict[str, Any]] = []
         for rt in types:
-            resources.append({"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-                              "kind": rt.kind, "verbs": list(rt.verbs), "shortNames": list(rt.shortnames),
-                              "categories": list(rt.categories)})
+            resources.append(
+                {
+                    "name": rt.plural,
+                    "singularName": rt.singular,
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": list(rt.verbs),
+                    "shortNames": list(rt.shortnames),
+                    "categories": list(rt.categories),
+                }
+            )
             for sub in sorted(rt.subresources):
-                entry: dict[str, Any] = {"name": f"{rt.plural}/{sub}", "singularName": "",
-                                         "namespaced": rt.namespaced, "kind": rt.kind, "verbs": ["get"]}
+                entry: dict[str, Any] = {
+                    "name": f"{rt.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": ["get"],
+                }
                 if sub in ("status", "scale"):
                     entry["verbs"] = ["get", "patch", "update"]
                 if sub == "scale":
                     entry.update(group="autoscaling", version="v1", kind="Scale")
                 resources.append(entry)
-        return {"apiVersion": "v1", "kind": "APIResourceList", "groupVersion": f"{group}/{version}".lstrip("/"),
-                "resources": resources}
+        return {
+            "apiVersion": "v1",
+            "kind": "APIResourceList",
+            "groupVersion": f"{group}/{version}".lstrip("/"),
+            "resources": resources,
+        }
 
     async def _serve_server_version(self, request: kmock.Request) -> dict[str, str]:
         major, minor = SERVER_VERSION.lstrip("v").split(".")[:2]
-        return {"major": major, "minor": minor, "gitVersion": SERVER_VERSION, "gitCommit": "local",
-                "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z", "goVersion": "python",
-                "compiler": "kmock", "platform": "linux/amd64"}
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": SERVER_VERSION,
+            "gitCommit": "local",
+            "gitTreeState": "clean",
+            "buildDate": "2025-01-01T00:00:00Z",
+            "goVersion": "python",
+            "compiler": "kmock",
+            "platform": "linux/amd64",
+        }
 
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         try:
@@ -227,32 +269,55 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         if method == "GET" and sub == "log" and rt.key == ("", "v1", "pods"):
             return await self._serve_log(request, rt, namespace, path.name or "")
         if method == "POST" and path.name is None:
-            result = self.store.create(rt, namespace, _body(request), dry_run=_dry_run(params),
-                                       field_validation=params.get("fieldValidation", "Warn"))
+            result = self.store.create(
+                rt,
+                namespace,
+                _body(request),
+                dry_run=_dry_run(params),
+                field_validation=params.get("fieldValidation", "Warn"),
+            )
             return self._render(request, rt, result.object, status=201, warnings=result.warnings)
         if method in ("PUT", "PATCH") and path.name is not None and sub == "scale":
             return _json(self._write_scale(request, rt, namespace, path.name))
         if method == "PUT" and path.name is not None:
             result = self.store.replace(
-                rt, namespace, path.name, _body(request), subresource=sub, dry_run=_dry_run(params),
-                field_validation=params.get("fieldValidation", "Warn"))
+                rt,
+                namespace,
+                path.name,
+                _body(request),
+                subresource=sub,
+                dry_run=_dry_run(params),
+                field_validation=params.get("fieldValidation", "Warn"),
+            )
             return self._render(request, rt, result.object, warnings=result.warnings)
         if method == "PATCH" and path.name is not None:
             result = self._patch(request, rt, namespace, path.name, sub)
-            return self._render(request, rt, result.object, status=201 if result.created else 200,
-                                warnings=result.warnings)
+            return self._render(
+                request, rt, result.object, status=201 if result.created else 200, warnings=result.warnings
+            )
         if method == "DELETE" and path.name is not None and sub is None:
             options = _delete_options(request)
-            deleted = self.store.delete(rt, namespace, path.name, propagation=options.get("propagationPolicy"),
-                                        preconditions=options.get("preconditions"), dry_run=_dry_run(params))
+            deleted = self.store.delete(
+                rt,
+                namespace,
+                path.name,
+                propagation=options.get("propagationPolicy"),
+                preconditions=options.get("preconditions"),
+                dry_run=_dry_run(params),
+            )
             return self._render(request, rt, deleted)
         if method == "DELETE" and path.name is None:
             options = _delete_options(request)
             for obj in self.store.list(rt, _selection(rt, namespace, params)):
                 meta = obj["metadata"]
                 if self.store.find(rt, meta.get("namespace"), meta["name"]) is not None:
-                    self.store.delete(rt, meta.get("namespace"), meta["name"],
-                                      propagation=options.get("propagationPolicy"), dry_run=_dry_run(params))
+                    self.store.delete(
+                        rt,
+                        meta.get("namespace"),
+                        meta["name"],
+                        propagation=options.get("propagationPolicy"),
+                        dry_run=_dry_run(params),
+                    )
             return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
         raise errors.method_not_allowed(f"{method} {request.url.path}")
 
@@ -264,14 +329,32 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         accept = request.headers.get("Accept", "")
         table_version = tables.wants_table(accept)
         if table_version:
-            return _json(tables.to_table(items, rt.columns, resource_version=rv, version=table_version,
-                                         include_object=request.params.get("includeObject", "Metadata")))
+            return _json(
+                tables.to_table(
+                    items,
+                    rt.columns,
+                    resource_version=rv,
+                    version=table_version,
+                    include_object=request.params.get("includeObject", "Metadata"),
+                )
+            )
         if "as=PartialObjectMetadataList" in accept:
-            return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                          "metadata": {"resourceVersion": rv},
-                          "items": [_partial(obj) for obj in items]})
-        return _json({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                      "metadata": {"resourceVersion": rv}, "items": items})
+            return _json(
+                {
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": {"resourceVersion": rv},
+                    "items": [_partial(obj) for obj in items],
+                }
+            )
+        return _json(
+            {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            }
+        )
 
     def _render(
         self,
@@ -286,9 +369,13 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         table_version = tables.wants_table(accept)
         payload: Mapping[str, Any] = obj
         if table_version:
-            payload = tables.to_table([obj], rt.columns, resource_version=obj["metadata"]["resourceVersion"],
-                                      version=table_version,
-                                      include_object=request.params.get("includeObject", "Metadata"))
+            payload = tables.to_table(
+                [obj],
+                rt.columns,
+                resource_version=obj["metadata"]["resourceVersion"],
+                version=table_version,
+                include_object=request.params.get("includeObject", "Metadata"),
+            )
         elif "as=PartialObjectMetadata" in accept:
             payload = _partial(obj)
         response = _json(payload, status=status)
@@ -304,8 +391,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         if not since_text.isdigit():
             raise errors.bad_request(f"invalid resourceVersion {since_text!r}")
         send_initial = params.get("sendInitialEvents") == "true"
-        initial, watcher = self.store.watch(rt, _selection(rt, namespace, params),
-                                            since=0 if send_initial else int(since_text))
+        initial, watcher = self.store.watch(
+            rt, _selection(rt, namespace, params), since=0 if send_initial else int(since_text)
+        )
         table_version = tables.wants_table(request.headers.get("Accept", ""))
         raw_request = request._raw_request
         assert raw_request is not None
@@ -314,10 +402,16 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
             await response.prepare(raw_request)
             async for event in self._watch_events(rt, watcher, initial, params, send_initial):
                 if table_version and event["type"] != "BOOKMARK":
-                    event = {"type": event["type"], "object": tables.to_table(
-                        [event["object"]], rt.columns, version=table_version,
-                        resource_version=event["object"]["metadata"]["resourceVersion"],
-                        include_object=params.get("includeObject", "Metadata"))}
+                    event = {
+                        "type": event["type"],
+                        "object": tables.to_table(
+                            [event["object"]],
+                            rt.columns,
+                            version=table_version,
+                            resource_version=event["object"]["metadata"]["resourceVersion"],
+                            include_object=params.get("includeObject", "Metadata"),
+                        ),
+                    }
                 await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
@@ -367,15 +461,14 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     ) -> aiohttp.web.StreamResponse:
         """Pod logs from the file the local kubelet names in an annotation (only ``*.log`` files)."""
         pod = self.store.get(rt, namespace, name)
-        log_file = ((pod["metadata"].get("annotations") or {}).get(annotation_keys.LOG_FILE) or "")
+        log_file = (pod["metadata"].get("annotations") or {}).get(annotation_keys.LOG_FILE) or ""
         path = pathlib.Path(log_file)
         if not log_file or path.suffix != ".log" or not path.is_file():
-            raise errors.bad_request(f'container in pod "{name}" has no logs yet: the local kubelet has not '
-                                     "started it")
+            raise errors.bad_request(f'container in pod "{name}" has no logs yet: the local kubelet has not started it')
         text = path.read_text(errors="replace")
         tail = request.params.get("tailLines")
         if tail and tail.isdigit():
-            text = "".join(text.splitlines(keepends=True)[-int(tail):]) if int(tail) else ""
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :]) if int(tail) else ""
         if request.params.get("follow") != "true":
             return aiohttp.web.Response(text=text, content_type="text/plain")
         raw_request = request._raw_request
@@ -419,8 +512,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                     raise errors.unsupported_media_type(str(exc)) from exc
                 raise errors.unprocessable(str(exc)) from exc
 
-        return self.store.update_with(rt, namespace, name, change, subresource=sub, dry_run=dry_run,
-                                      field_validation=field_validation)
+        return self.store.update_with(
+            rt, namespace, name, change, subresource=sub, dry_run=dry_run, field_validation=field_validation
+        )
 
     def _scale_of(self, rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:
         paths = rt.replicas_paths()
@@ -432,8 +526,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                         if k in meta},
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+            },
             "spec": {"replicas": _path_get(obj, spec_path) or 0},
             "status": {"replicas": _path_get(obj, status_path) or 0, "selector": selector or ""},
         }
@@ -453,8 +548,10 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 raise errors.unprocessable(str(exc)) from exc
         replicas = (desired.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or replicas < 0:
-            raise errors.unprocessable(f"Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: "
-                                       f"{replicas!r}: must be greater than or equal to 0")
+            raise errors.unprocessable(
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                f"{replicas!r}: must be greater than or equal to 0"
+            )
         paths = rt.replicas_paths()
         assert paths is not None
 
@@ -483,8 +580,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
             by_gv: dict[tuple[str, str], list[ResourceType]] = {}
             for rt in self.store.types.values():
                 by_gv.setdefault((rt.group, rt.version), []).append(rt)
-            self._openapi_documents = {gv: openapi.group_version_document(types, SERVER_VERSION)
-                                       for gv, types in by_gv.items()}
+            self._openapi_documents = {
+                gv: openapi.group_version_document(types, SERVER_VERSION) for gv, types in by_gv.items()
+            }
         return self._openapi_documents
 
     def _sync_discovery(self) -> None:
@@ -495,8 +593,14 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 del self.resources[resource]
         for resource, rt in wanted.items():
             self.resources[resource] = kmock.ResourceInfo(
-                namespaced=rt.namespaced, kind=rt.kind, singular=rt.singular, verbs=set(rt.verbs),
-                shortnames=set(rt.shortnames), categories=set(rt.categories), subresources=set(rt.subresources))
+                namespaced=rt.namespaced,
+                kind=rt.kind,
+                singular=rt.singular,
+                verbs=set(rt.verbs),
+                shortnames=set(rt.shortnames),
+                categories=set(rt.categories),
+                subresources=set(rt.subresources),
+            )
 
     def _mirror(self, event_type: str, rt: ResourceType, obj: dict[str, Any]) -> None:
         """Keep kmock's ``objects`` (assertion helpers) in step with the store."""
@@ -512,7 +616,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         history = self._objects[key].history
         history.append(obj)
         if len(history) > self.object_history:
-            del history[:len(history) - self.object_history]
+            del history[: len(history) - self.object_history]
 
 
 # -- request helpers ------------------------------------------------------------------------
@@ -530,14 +634,25 @@ def _kmock_request(
     resource = kmock.resource(parsed.group, parsed.version, parsed.plural) if parsed else None
     action = None
     if parsed is not None:
-        kmock_path = ParsedPath(parsed.group, parsed.version, parsed.plural, parsed.namespace, parsed.name,
-                                parsed.subresource)
+        kmock_path = ParsedPath(
+            parsed.group, parsed.version, parsed.plural, parsed.namespace, parsed.name, parsed.subresource
+        )
         action = guess_k8s(kmock_path, method, dict(raw_request.query))
     return kmock.Request(
-        id=id, raw_request=raw_request, url=raw_request.url, method=method, params=dict(raw_request.query),
-        headers=dict(raw_request.headers), cookies=dict(raw_request.cookies), body=body,
-        text=body.decode("utf-8", errors="replace"), data=data, action=action, resource=resource,
-        namespace=parsed.namespace if parsed else None, name=parsed.name if parsed else None,
+        id=id,
+        raw_request=raw_request,
+        url=raw_request.url,
+        method=method,
+        params=dict(raw_request.query),
+        headers=dict(raw_request.headers),
+        cookies=dict(raw_request.cookies),
+        body=body,
+        text=body.decode("utf-8", errors="replace"),
+        data=data,
+        action=action,
+        resource=resource,
+        namespace=parsed.namespace if parsed else None,
+        name=parsed.name if parsed else None,
         subresource=parsed.subresource if parsed else None,
     )
 
@@ -563,8 +678,9 @@ def _method(request: kmock.Request) -> str:
 
 
 def _json(payload: Any, *, status: int = 200) -> aiohttp.web.Response:
-    return aiohttp.web.Response(body=json.dumps(payload, separators=(",", ":")).encode(), status=status,
-                                content_type="application/json")
+    return aiohttp.web.Response(
+        body=json.dumps(payload, separators=(",", ":")).encode(), status=status, content_type="application/json"
+    )
 
 
 def _escape(text: str) -> str:

@@ -23,8 +23,9 @@ class KubeApiError(Exception):
         self.reason = body.get("reason", "") if isinstance(body, Mapping) else ""
 
 
-def resource_path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    api_version: str, plural: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+) -> str:
     prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     parts = [prefix]
     if namespace:
@@ -45,8 +46,9 @@ class KubeClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self._timeout),
-                                              headers={"User-Agent": self._user_agent})
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._timeout), headers={"User-Agent": self._user_agent}
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -60,12 +62,25 @@ class KubeClient:
             raise RuntimeError("KubeClient is used outside of `async with`")
         return self._session
 
-    async def request(self, method: str, path: str, *, body: Any = None, content_type: str = "application/json",
-                      params: Mapping[str, str] | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        async with self.session.request(method, self.base_url + path, data=data, headers=headers, params=params,
-                                        timeout=aiohttp.ClientTimeout(total=self._timeout)) as response:
+        async with self.session.request(
+            method,
+            self.base_url + path,
+            data=data,
+            headers=headers,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+        ) as response:
             text = await response.text()
             payload: Any = json.loads(text) if text and response.content_type == "application/json" else text
             if response.status >= 400:
@@ -113,8 +128,11 @@ class KubeClient:
     async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Watch events of a collection from now on; ends when the server closes the stream."""
         listing = await self.get(path)
-        params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"],
-                  "allowWatchBookmarks": "true"}
+        params = {
+            "watch": "true",
+            "resourceVersion": listing["metadata"]["resourceVersion"],
+            "allowWatchBookmarks": "true",
+        }
         async with self.session.get(self.base_url + path, params=params) as response:
             if response.status >= 400:
                 raise KubeApiError(response.status, await response.text())

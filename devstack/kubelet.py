@@ -50,8 +50,22 @@ log = logging.getLogger(__name__)
 CommandFactory = Callable[[Mapping[str, Any], Mapping[str, Any]], Sequence[str]]
 COMMAND_ENV = "LOCAL_KUBELET_COMMAND"
 # Host variables a process needs to run at all; everything else comes from the pod spec, as in a container.
-_INHERITED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "PYTHONPATH",
-                  "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "SYSTEMROOT")
+_INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TMPDIR",
+    "TZ",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "SYSTEMROOT",
+)
 _DEPLOYMENTS = "/apis/apps/v1/deployments"
 _REPLICA_SETS = "/apis/apps/v1/replicasets"
 _PODS = "/api/v1/pods"
@@ -203,8 +217,12 @@ class PodWorker:
         if len(command) == 2 and command[0].rsplit("/", 1)[-1] == "sleep":
             return float(command[1])
         if hook:
-            log.warning("event=pre_stop_unsupported pod=%s/%s hook=%s (only sleep runs locally)",
-                        self.namespace, self.name, hook)
+            log.warning(
+                "event=pre_stop_unsupported pod=%s/%s hook=%s (only sleep runs locally)",
+                self.namespace,
+                self.name,
+                hook,
+            )
         return 0.0
 
     def _grace_seconds(self, spent: float) -> float:
@@ -221,8 +239,9 @@ class PodWorker:
                 self.kubelet.wake()
                 await asyncio.Event().wait()  # until the pod goes away
             if not self.kubelet.command_factory(self.pod, self.container):
-                await self._report(waiting=("NotRunLocally", "the local kubelet has no command for this container"),
-                                   phase="Pending")
+                await self._report(
+                    waiting=("NotRunLocally", "the local kubelet has no command for this container"), phase="Pending"
+                )
                 await asyncio.Event().wait()  # until the pod goes away
             while True:
                 try:
@@ -241,19 +260,36 @@ class PodWorker:
                     exit_code = await self._run_once(env)
                 except OSError as exc:  # the command itself cannot start (not found, not executable)
                     log.error("event=container_start_failed pod=%s/%s error=%s", self.namespace, self.name, exc)
-                    await self.kubelet.record(self.pod, "Failed", f"Error: cannot start the container: {exc}",
-                                              warning=True)
+                    await self.kubelet.record(
+                        self.pod, "Failed", f"Error: cannot start the container: {exc}", warning=True
+                    )
                     exit_code = 127
                 self.restart_count += 1
                 delay = min(self.kubelet.max_backoff_seconds, 2.0 ** (self.restart_count - 1))
-                log.warning("event=container_exited pod=%s/%s exit_code=%s restart_in=%.0fs log=%s",
-                            self.namespace, self.name, exit_code, delay, self.log_file)
-                await self._report(waiting=("CrashLoopBackOff", f"back-off {delay:.0f}s restarting failed "
-                                                                f"container={self.container.get('name')} "
-                                                                f"pod={self.name}"))
-                await self.kubelet.record(self.pod, "BackOff", f"Back-off restarting failed container "
-                                          f"{self.container.get('name')} (exit code {exit_code}); "
-                                          f"output in {self.log_file}", warning=True)
+                log.warning(
+                    "event=container_exited pod=%s/%s exit_code=%s restart_in=%.0fs log=%s",
+                    self.namespace,
+                    self.name,
+                    exit_code,
+                    delay,
+                    self.log_file,
+                )
+                await self._report(
+                    waiting=(
+                        "CrashLoopBackOff",
+                        f"back-off {delay:.0f}s restarting failed "
+                        f"container={self.container.get('name')} "
+                        f"pod={self.name}",
+                    )
+                )
+                await self.kubelet.record(
+                    self.pod,
+                    "BackOff",
+                    f"Back-off restarting failed container "
+                    f"{self.container.get('name')} (exit code {exit_code}); "
+                    f"output in {self.log_file}",
+                    warning=True,
+                )
                 await asyncio.sleep(delay)
         finally:
             if self.process is not None:
@@ -279,20 +315,39 @@ class PodWorker:
         workdir = self.kubelet.state_dir / "pods" / f"{self.namespace}_{self.name}"
         self.process = await ContainerProcess.start(command, env=full_env, log_file=self.log_file, cwd=workdir)
         self._started_at = _timestamp()
-        log.info("event=container_started pod=%s/%s pid=%s port=%s", self.namespace, self.name,
-                 self.process.pid, self.port)
+        log.info(
+            "event=container_started pod=%s/%s pid=%s port=%s", self.namespace, self.name, self.process.pid, self.port
+        )
         with contextlib.suppress(KubeApiError, aiohttp.ClientError):  # the process runs even if the API blinks
-            await self.kubelet.client.patch(self._pod_path, {"metadata": {"annotations": {
-                annotation_keys.PORT: str(self.port), annotation_keys.LOG_FILE: str(self.log_file)}}})
+            await self.kubelet.client.patch(
+                self._pod_path,
+                {
+                    "metadata": {
+                        "annotations": {
+                            annotation_keys.PORT: str(self.port),
+                            annotation_keys.LOG_FILE: str(self.log_file),
+                        }
+                    }
+                },
+            )
         await self._report()
-        await self.kubelet.record(self.pod, "Started", f"Started container {self.container.get('name')} "
-                                                       f"(pid {self.process.pid}, port {self.port})")
+        await self.kubelet.record(
+            self.pod,
+            "Started",
+            f"Started container {self.container.get('name')} (pid {self.process.pid}, port {self.port})",
+        )
         try:
             exit_code = await self._supervise(self.process)
         finally:
             self._set_ready(False)
-        self._last_state = {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                                           "startedAt": self._started_at, "finishedAt": _timestamp()}}
+        self._last_state = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": self._started_at,
+                "finishedAt": _timestamp(),
+            }
+        }
         self.process = None
         return exit_code
 
@@ -334,8 +389,9 @@ class PodWorker:
                     liveness_failures = 0 if alive else liveness_failures + 1
                     if liveness_failures >= liveness.failure_threshold:
                         log.warning("event=liveness_failed pod=%s/%s", self.namespace, self.name)
-                        await self.kubelet.record(self.pod, "Unhealthy", "Liveness probe failed, restarting",
-                                                  warning=True)
+                        await self.kubelet.record(
+                            self.pod, "Unhealthy", "Liveness probe failed, restarting", warning=True
+                        )
                         return await process.stop(self.kubelet.grace_seconds)
         finally:
             if not exited.done():
@@ -439,8 +495,9 @@ class LocalKubelet:
         self._proxies: dict[str, ServiceProxy] = {}
         self._rollouts: dict[str, tuple[str, datetime.datetime]] = {}
         self._snapshot = _Snapshot()
-        self._informers = {path: _Informer(self._mark_dirty) for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS,
-                                                                            _SERVICES)}
+        self._informers = {
+            path: _Informer(self._mark_dirty) for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES)
+        }
         self._dirty: set[str] = set()  # uids of Deployments and ReplicaSets a watch event may concern
         self._last_full_pass = 0.0
 
@@ -466,8 +523,9 @@ class LocalKubelet:
         self._tasks = [asyncio.create_task(self._control_loop(), name="kubelet-control")]
         for path in self._informers:
             self._informers[path] = _Informer(self._mark_dirty)
-            self._tasks.append(asyncio.create_task(retry_forever(path, lambda p=path: self._watch(p)),
-                                                   name=f"kubelet-watch:{path}"))
+            self._tasks.append(
+                asyncio.create_task(retry_forever(path, lambda p=path: self._watch(p)), name=f"kubelet-watch:{path}")
+            )
         log.info("event=kubelet_started api=%s state_dir=%s", self.api_url, self.state_dir)
 
     async def stop(self) -> None:
@@ -475,8 +533,9 @@ class LocalKubelet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await asyncio.gather(*(worker.stop(pre_stop=False) for worker in self._workers.values()),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(worker.stop(pre_stop=False) for worker in self._workers.values()), return_exceptions=True
+        )
         self._workers.clear()
         await asyncio.gather(*self._stopping, return_exceptions=True)
         await asyncio.gather(*(proxy.stop() for proxy in self._proxies.values()), return_exceptions=True)
@@ -501,8 +560,14 @@ class LocalKubelet:
 
     async def record(self, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Post an Event about obj (best effort: a lost event must not stop a pod)."""
-        event = kube_events.event_for(obj, reason, message, type_="Warning" if warning else "Normal",
-                                      component="local-kubelet", host=self.node_name)
+        event = kube_events.event_for(
+            obj,
+            reason,
+            message,
+            type_="Warning" if warning else "Normal",
+            component="local-kubelet",
+            host=self.node_name,
+        )
         try:
             await self.client.create(resource_path("v1", "events", _meta(obj).get("namespace") or "default"), event)
         except (KubeApiError, aiohttp.ClientError, RuntimeError) as exc:
@@ -540,8 +605,9 @@ class LocalKubelet:
         deadline = loop.time() + timeout
         while len(urls := self.endpoints(namespace, name)) < count:
             if loop.time() > deadline:
-                raise TimeoutError(f"{namespace}/{name} has {len(urls)} ready endpoints, wanted {count}; "
-                                   f"logs are in {self.log_dir}")
+                raise TimeoutError(
+                    f"{namespace}/{name} has {len(urls)} ready endpoints, wanted {count}; logs are in {self.log_dir}"
+                )
             await asyncio.sleep(0.1)
         return urls
 
@@ -566,8 +632,13 @@ class LocalKubelet:
         namespace = _meta(pod).get("namespace") or "default"
         secrets = await self.client.list(resource_path("v1", "secrets", namespace))
         config_maps = await self.client.list(resource_path("v1", "configmaps", namespace))
-        return resolve_env(container, pod, secrets={_meta(s)["name"]: s for s in secrets},
-                           config_maps={_meta(c)["name"]: c for c in config_maps}, node_name=self.node_name)
+        return resolve_env(
+            container,
+            pod,
+            secrets={_meta(s)["name"]: s for s in secrets},
+            config_maps={_meta(c)["name"]: c for c in config_maps},
+            node_name=self.node_name,
+        )
 
     # -- reconciliation -------------------------------------------------------------------
 
@@ -577,8 +648,11 @@ class LocalKubelet:
         listing = await self.client.get(path)
         informer.replace(listing.get("items") or [])
         self._wake.set()
-        params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"],
-                  "allowWatchBookmarks": "true"}
+        params = {
+            "watch": "true",
+            "resourceVersion": listing["metadata"]["resourceVersion"],
+            "allowWatchBookmarks": "true",
+        }
         async with self.client.session.get(self.client.base_url + path, params=params) as response:
             if response.status >= 400:
                 raise KubeApiError(response.status, await response.text())
@@ -621,8 +695,7 @@ class LocalKubelet:
                 await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
 
     def _load(self) -> _Snapshot:
-        return _Snapshot(*(self._informers[path].items() for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS,
-                                                                       _SERVICES)))
+        return _Snapshot(*(self._informers[path].items() for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES)))
 
     async def _reconcile(self) -> None:
         """One pass over what changed since the last (every object now and then, for time-based
@@ -660,16 +733,23 @@ class LocalKubelet:
         namespace = _meta(deployment).get("namespace")
         if plan.create is not None:
             with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
-                created = await self.client.create(resource_path("apps/v1", "replicasets", namespace),
-                                                   plan.create)
+                created = await self.client.create(resource_path("apps/v1", "replicasets", namespace), plan.create)
                 self._wrote(_REPLICA_SETS, created)
                 log.info("event=replicaset_created name=%s/%s", namespace, plan.create["metadata"]["name"])
-                await self.record(deployment, "ScalingReplicaSet", f"Scaled up replica set "
-                                  f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}")
+                await self.record(
+                    deployment,
+                    "ScalingReplicaSet",
+                    f"Scaled up replica set "
+                    f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}",
+                )
             changed = True
         for name, replicas in plan.scale.items():
-            self._wrote(_REPLICA_SETS, await self.client.patch(
-                resource_path("apps/v1", "replicasets", namespace, name), {"spec": {"replicas": replicas}}))
+            self._wrote(
+                _REPLICA_SETS,
+                await self.client.patch(
+                    resource_path("apps/v1", "replicasets", namespace, name), {"spec": {"replicas": replicas}}
+                ),
+            )
             log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
             await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
             changed = True
@@ -684,8 +764,9 @@ class LocalKubelet:
         namespace = _meta(replica_set).get("namespace")
         plan = deployments.plan_pods(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
         for _ in range(plan.create):
-            created = await self.client.create(resource_path("v1", "pods", namespace),
-                                               deployments.new_pod(replica_set, self.node_name))
+            created = await self.client.create(
+                resource_path("v1", "pods", namespace), deployments.new_pod(replica_set, self.node_name)
+            )
             self._wrote(_PODS, created)
             await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
             changed = True
@@ -718,10 +799,13 @@ class LocalKubelet:
         async def replica_set_status(replica_set: dict[str, Any]) -> None:
             status = deployments.replica_set_status(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
             if _differs(replica_set.get("status"), status):
-                path = resource_path("apps/v1", "replicasets", _meta(replica_set).get("namespace"),
-                                     _meta(replica_set)["name"], "status")
-                self._wrote(_REPLICA_SETS, await self.client.patch(
-                    path, {"status": _replacing(replica_set.get("status"), status)}))
+                path = resource_path(
+                    "apps/v1", "replicasets", _meta(replica_set).get("namespace"), _meta(replica_set)["name"], "status"
+                )
+                self._wrote(
+                    _REPLICA_SETS,
+                    await self.client.patch(path, {"status": _replacing(replica_set.get("status"), status)}),
+                )
 
         await _each([rs for rs in snapshot.replica_sets if wanted(rs)], replica_set_status)
         now = _now()
@@ -733,12 +817,15 @@ class LocalKubelet:
             if started is None or started[0] != hash_:
                 started = self._rollouts[meta["uid"]] = (hash_, now)
             owned = snapshot.replica_sets_of.get(meta["uid"], [])
-            status = deployments.deployment_status(deployment, owned, snapshot.owned_pods(owned),
-                                                   rollout_started=started[1], now=now)
+            status = deployments.deployment_status(
+                deployment, owned, snapshot.owned_pods(owned), rollout_started=started[1], now=now
+            )
             if _differs(deployment.get("status"), status):
                 path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
-                self._wrote(_DEPLOYMENTS, await self.client.patch(
-                    path, {"status": _replacing(deployment.get("status"), status)}))
+                self._wrote(
+                    _DEPLOYMENTS,
+                    await self.client.patch(path, {"status": _replacing(deployment.get("status"), status)}),
+                )
 
         # a template change is an event: it makes the Deployment wanted
         await _each([d for d in snapshot.deployments if wanted(d)], deployment_status)
@@ -747,23 +834,29 @@ class LocalKubelet:
             del self._rollouts[uid]
 
     async def _sync_proxies(self, snapshot: _Snapshot) -> None:
-        live = {_meta(s)["uid"]: s for s in snapshot.services
-                if (s.get("spec") or {}).get("selector") and not deployments.is_deleting(s)}
+        live = {
+            _meta(s)["uid"]: s
+            for s in snapshot.services
+            if (s.get("spec") or {}).get("selector") and not deployments.is_deleting(s)
+        }
         for uid in [uid for uid in self._proxies if uid not in live]:
             await self._proxies.pop(uid).stop()
         for uid, service in live.items():
             meta = _meta(service)
             namespace, name = meta.get("namespace") or "default", meta["name"]
             if uid not in self._proxies:
-                proxy = ServiceProxy(lambda ns=namespace, n=name: [int(u.rsplit(":", 1)[1])
-                                                                    for u in self.endpoints(ns, n)])
+                proxy = ServiceProxy(
+                    lambda ns=namespace, n=name: [int(u.rsplit(":", 1)[1]) for u in self.endpoints(ns, n)]
+                )
                 await proxy.start()
                 self._proxies[uid] = proxy
                 log.info("event=service_proxy_started service=%s/%s url=%s", namespace, name, proxy.url)
             url = self._proxies[uid].url
             if (meta.get("annotations") or {}).get(annotation_keys.URL) != url:
-                await self.client.patch(resource_path("v1", "services", namespace, name),
-                                        {"metadata": {"annotations": {annotation_keys.URL: url}}})
+                await self.client.patch(
+                    resource_path("v1", "services", namespace, name),
+                    {"metadata": {"annotations": {annotation_keys.URL: url}}},
+                )
 
 
 def _differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:

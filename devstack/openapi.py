@@ -22,7 +22,7 @@ from devstack.kinds import ResourceType
 _OBJECT_META = {
     "type": "object",
     "description": "Standard object's metadata. More info: "
-                   "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
 }
 _QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "force", "pretty")
 
@@ -59,9 +59,17 @@ def _operation(rt: ResourceType, action: str, ref: str | None) -> dict[str, Any]
         "responses": {"200": response},
     }
     if action == "patch":
-        operation["requestBody"] = {"content": {media: {"schema": {"type": "object"}} for media in (
-            "application/merge-patch+json", "application/json-patch+json",
-            "application/strategic-merge-patch+json", "application/apply-patch+yaml")}}
+        operation["requestBody"] = {
+            "content": {
+                media: {"schema": {"type": "object"}}
+                for media in (
+                    "application/merge-patch+json",
+                    "application/json-patch+json",
+                    "application/strategic-merge-patch+json",
+                    "application/apply-patch+yaml",
+                )
+            }
+        }
     return operation
 
 
@@ -69,10 +77,17 @@ def _component(rt: ResourceType) -> dict[str, Any]:
     schema = copy.deepcopy(dict(rt.schema or {}))
     properties = schema.setdefault("properties", {})
     properties["metadata"] = dict(_OBJECT_META)
-    properties.setdefault("apiVersion", {"type": "string", "description": "APIVersion defines the versioned "
-                                                                          "schema of this representation."})
-    properties.setdefault("kind", {"type": "string", "description": "Kind is a string value representing the "
-                                                                   "REST resource this object represents."})
+    properties.setdefault(
+        "apiVersion",
+        {"type": "string", "description": "APIVersion defines the versioned schema of this representation."},
+    )
+    properties.setdefault(
+        "kind",
+        {
+            "type": "string",
+            "description": "Kind is a string value representing the REST resource this object represents.",
+        },
+    )
     schema["x-kubernetes-group-version-kind"] = [_gvk(rt)]
     return schema
 

@@ -102,11 +102,9 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     if directive not in (None, "merge"):
         raise PatchError(f"unknown patch directive {directive!r}")
     retain = patch.pop(_RETAIN_KEYS, None)
-    orders = {k[len(_SET_ORDER_PREFIX):]: patch.pop(k) for k in list(patch) if k.startswith(_SET_ORDER_PREFIX)}
+    orders = {k[len(_SET_ORDER_PREFIX) :]: patch.pop(k) for k in list(patch) if k.startswith(_SET_ORDER_PREFIX)}
     removals = {
-        k[len(_DELETE_PRIMITIVE_PREFIX):]: patch.pop(k)
-        for k in list(patch)
-        if k.startswith(_DELETE_PRIMITIVE_PREFIX)
+        k[len(_DELETE_PRIMITIVE_PREFIX) :]: patch.pop(k) for k in list(patch) if k.startswith(_DELETE_PRIMITIVE_PREFIX)
     }
 
     result: dict[str, Any] = dict(target) if isinstance(target, Mapping) else {}
@@ -191,8 +189,7 @@ def _strip_directives(value: Any) -> Any:
         return {
             k: _strip_directives(v)
             for k, v in value.items()
-            if k not in (_DIRECTIVE, _RETAIN_KEYS)
-            and not k.startswith((_SET_ORDER_PREFIX, _DELETE_PRIMITIVE_PREFIX))
+            if k not in (_DIRECTIVE, _RETAIN_KEYS) and not k.startswith((_SET_ORDER_PREFIX, _DELETE_PRIMITIVE_PREFIX))
         }
     if isinstance(value, list):
         return [_strip_directives(v) for v in value]
@@ -215,8 +212,10 @@ def apply_patch(target: Mapping[str, Any], patch_type: str, patch: Any, *, strat
         return _as_object(merge_patch(target, patch))
     if patch_type == STRATEGIC_MERGE_PATCH:
         if not strategic:
-            raise PatchError("unsupported: strategic merge patch is not supported for custom resources; "
-                             "use --type merge or --type json")
+            raise PatchError(
+                "unsupported: strategic merge patch is not supported for custom resources; "
+                "use --type merge or --type json"
+            )
         return _as_object(strategic_merge_patch(target, patch))
     raise PatchError(f"unsupported: unknown patch content type {patch_type!r}; use one of {', '.join(PATCH_TYPES)}")
 

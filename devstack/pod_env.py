@@ -26,6 +26,7 @@ class EnvError(Exception):
 
 def expand(value: str, env: Mapping[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion: known variables are replaced, ``$$`` escapes, unknown stay as written."""
+
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -100,7 +101,8 @@ def resolve_env(
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         kind, ref_field, objects, read = (
-            ("secret", "secretRef", secrets, _secret_value) if "secretRef" in source
+            ("secret", "secretRef", secrets, _secret_value)
+            if "secretRef" in source
             else ("configmap", "configMapRef", config_maps, _config_value)
         )
         ref = source.get(ref_field) or {}

@@ -104,8 +104,12 @@ class ContainerProcess:
         cwd.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                *command, env=dict(env), cwd=str(cwd), stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=asyncio.subprocess.STDOUT,
+                *command,
+                env=dict(env),
+                cwd=str(cwd),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopping it stops its children too
                 preexec_fn=DIE_WITH_PARENT,
             )

@@ -142,12 +142,19 @@ class LocalStack:
         self._loop.run(self.api.start())
         self.api.write_kubeconfig(self.kubeconfig, namespace=NAMESPACE)
         self.kube = kube_client(self.kubeconfig)
-        self.kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                        "metadata": {"name": NAMESPACE}})
-        self.kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NAMESPACE},
-            "stringData": LOCAL_KEYS,
-        })
+        self.kube.request(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        )
+        self.kube.request(
+            "POST",
+            f"/api/v1/namespaces/{NAMESPACE}/secrets",
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": SECRET, "namespace": NAMESPACE},
+                "stringData": LOCAL_KEYS,
+            },
+        )
 
         self.say("starting the local kubelet (serving pods run as local processes)…")
         self.kubelet = LocalKubelet(
@@ -194,10 +201,12 @@ class LocalStack:
             meta = tm["metadata"]
             urls = self.kubelet.endpoints(meta["namespace"], meta["name"])
             if urls:
-                groups.append({
-                    "targets": [u.removeprefix("http://") for u in urls],
-                    "labels": {"namespace": meta["namespace"], "tradingmodel": meta["name"]},
-                })
+                groups.append(
+                    {
+                        "targets": [u.removeprefix("http://") for u in urls],
+                        "labels": {"namespace": meta["namespace"], "tradingmodel": meta["name"]},
+                    }
+                )
         return groups
 
     def stop(self) -> None:
@@ -236,7 +245,10 @@ class LocalStack:
         text = yaml.safe_dump(input) if isinstance(input, dict) else input
         done = subprocess.run(
             [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
-            input=text, capture_output=True, text=True, timeout=60,
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
@@ -296,7 +308,11 @@ class LocalStack:
             log.write(f"--- operator restarted by the stack (was pid {self._operator.pid}) ---\n".encode())
             log.flush()
             self._operator = subprocess.Popen(
-                self._operator.args, env=self._operator_env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                self._operator.args,
+                env=self._operator_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
                 preexec_fn=DIE_WITH_PARENT,
             )
         return self._operator.pid
@@ -426,8 +442,10 @@ def _walkthrough(stack: LocalStack) -> None:
     from model_store.registry import deployment_history
 
     for e in deployment_history(stack.s3, stack.bucket):
-        _say(f"    {e['at']}  {e['action']:<9} {e['model']:<18} {e['stage']:<11} "
-             f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}")
+        _say(
+            f"    {e['at']}  {e['action']:<9} {e['model']:<18} {e['stage']:<11} "
+            f"{e.get('from_version') or '-':>5} -> {e.get('to_version')}"
+        )
 
     _say(f"\n[{next(step)}] 200 predictions, then the metrics of the serving pod (what Prometheus scrapes):")
     from devstack.demo_model import feature_names, synthetic_market
@@ -453,7 +471,7 @@ def running_notes(stack: LocalStack, names: list[str]) -> list[str]:
         "The stack is running. In another terminal:",
         f"    export KUBECONFIG={stack.kubeconfig}",
         "    kubectl get tm -n trading            # printer columns: ticker, version, stage, ready",
-        "    kubectl patch tm spy-production -n trading --type merge -p '{\"spec\":{\"version\":\"v1.2\"}}'",
+        '    kubectl patch tm spy-production -n trading --type merge -p \'{"spec":{"version":"v1.2"}}\'',
         "    kubectl describe tm spy-production -n trading",
         "  Services (stable through rollouts; POST /v1/predict, /v2/models/<ticker>/infer, GET /metrics):",
         *(f"    {name}: {url}" for name, url in services.items()),

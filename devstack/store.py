@@ -37,8 +37,16 @@ log = logging.getLogger(__name__)
 CRD_KEY: ResourceKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACE_KEY: ResourceKey = ("", "v1", "namespaces")
 SECRET_KEY: ResourceKey = ("", "v1", "secrets")
-_SERVER_OWNED_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
-                          "generation", "resourceVersion", "managedFields", "selfLink")
+_SERVER_OWNED_METADATA = (
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "resourceVersion",
+    "managedFields",
+    "selfLink",
+)
 ObjectAddress = tuple[str | None, str]  # (namespace, name)
 
 
@@ -179,9 +187,13 @@ class ObjectStore:
             oldest = self._log[0].resource_version if self._log else self._rv + 1
             if since < oldest - 1 and since < self._rv:
                 raise errors.expired(since)
-            initial = [translated for event in self._log
-                       if event.resource_version > since and event.key == rt.key
-                       for translated in [watcher.translate(event)] if translated is not None]
+            initial = [
+                translated
+                for event in self._log
+                if event.resource_version > since and event.key == rt.key
+                for translated in [watcher.translate(event)]
+                if translated is not None
+            ]
         self._watchers.add(watcher)
         return initial, watcher
 
@@ -215,22 +227,38 @@ class ObjectStore:
             if namespace is None:
                 raise errors.bad_request(f"{rt.kind} is namespaced: create it under /namespaces/<namespace>/")
             if meta.get("namespace") not in (None, "", namespace):
-                raise errors.bad_request("the namespace of the provided object does not match the namespace sent "
-                                         "on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise errors.invalid(rt, "", [schemas.FieldError(
-                    "metadata.name", "FieldValueRequired", "Required value: name or generateName is required")])
+                raise errors.invalid(
+                    rt,
+                    "",
+                    [
+                        schemas.FieldError(
+                            "metadata.name", "FieldValueRequired", "Required value: name or generateName is required"
+                        )
+                    ],
+                )
             meta["name"] = self._generate_name(rt, namespace, meta["generateName"])
         name = meta["name"]
         if not valid_name(name):
-            raise errors.invalid(rt, name, [schemas.FieldError(
-                "metadata.name", "FieldValueInvalid",
-                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric '
-                "characters, '-' or '.', and must start and end with an alphanumeric character")])
+            raise errors.invalid(
+                rt,
+                name,
+                [
+                    schemas.FieldError(
+                        "metadata.name",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                        "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                    )
+                ],
+            )
         if self.find(rt, namespace, name) is not None:
             raise errors.already_exists(rt, name)
         for key in _SERVER_OWNED_METADATA:
@@ -265,13 +293,20 @@ class ObjectStore:
         current = self.get(rt, namespace, name)
         body_meta = body.get("metadata") or {}
         if body_meta.get("name") not in (None, name):
-            raise errors.bad_request(f"the name of the object ({body_meta.get('name')}) does not match the name on "
-                                     f"the URL ({name})")
+            raise errors.bad_request(
+                f"the name of the object ({body_meta.get('name')}) does not match the name on the URL ({name})"
+            )
         expected_rv = body_meta.get("resourceVersion")
         if expected_rv and expected_rv != current["metadata"]["resourceVersion"]:
             raise errors.stale(rt, name)
-        return self._update(rt, current, copy.deepcopy(body), subresource=subresource, dry_run=dry_run,
-                            field_validation=field_validation)
+        return self._update(
+            rt,
+            current,
+            copy.deepcopy(body),
+            subresource=subresource,
+            dry_run=dry_run,
+            field_validation=field_validation,
+        )
 
     def update_with(
         self,
@@ -293,8 +328,9 @@ class ObjectStore:
         expected_rv = (desired.get("metadata") or {}).get("resourceVersion")
         if expected_rv and expected_rv != current["metadata"]["resourceVersion"]:
             raise errors.stale(rt, name)
-        return self._update(rt, current, desired, subresource=subresource, dry_run=dry_run,
-                            field_validation=field_validation)
+        return self._update(
+            rt, current, desired, subresource=subresource, dry_run=dry_run, field_validation=field_validation
+        )
 
     def delete(
         self,
@@ -311,8 +347,11 @@ class ObjectStore:
         meta = current["metadata"]
         preconditions = preconditions or {}
         if preconditions.get("uid") not in (None, meta["uid"]):
-            raise errors.conflict(rt, name, f"Precondition failed: UID in precondition: {preconditions['uid']}, "
-                                            f"UID in object meta: {meta['uid']}")
+            raise errors.conflict(
+                rt,
+                name,
+                f"Precondition failed: UID in precondition: {preconditions['uid']}, UID in object meta: {meta['uid']}",
+            )
         if preconditions.get("resourceVersion") not in (None, meta["resourceVersion"]):
             raise errors.stale(rt, name)
         if dry_run:
@@ -375,10 +414,18 @@ class ObjectStore:
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
             if added:
-                raise errors.invalid(rt, meta["name"], [schemas.FieldError(
-                    "metadata.finalizers", "FieldValueForbidden",
-                    f"Forbidden: no new finalizers can be added if the object is being deleted, found new "
-                    f"finalizers {sorted(added)!r}")])
+                raise errors.invalid(
+                    rt,
+                    meta["name"],
+                    [
+                        schemas.FieldError(
+                            "metadata.finalizers",
+                            "FieldValueForbidden",
+                            f"Forbidden: no new finalizers can be added if the object is being deleted, found new "
+                            f"finalizers {sorted(added)!r}",
+                        )
+                    ],
+                )
         if not meta.get("finalizers"):
             meta.pop("finalizers", None)
         warnings = self._admit(rt, result, field_validation, current)
@@ -412,8 +459,10 @@ class ObjectStore:
             if dropped:
                 if field_validation == "Strict":
                     listed = ", ".join(f'unknown field "{path}"' for path in dropped)
-                    raise errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a "
-                                             f"{rt.kind}: strict decoding error: {listed}")
+                    raise errors.bad_request(
+                        f'{rt.kind} in version "{rt.version}" cannot be handled as a '
+                        f"{rt.kind}: strict decoding error: {listed}"
+                    )
                 if field_validation == "Warn":
                     warnings.extend(f'unknown field "{path}"' for path in dropped)
             defaulted = schemas.apply_defaults(rt.schema, pruned)
@@ -439,10 +488,20 @@ class ObjectStore:
             "acceptedNames": names,
             "storedVersions": [v["name"] for v in crd["spec"]["versions"] if v.get("storage")],
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
             ],
         }
 
@@ -524,8 +583,10 @@ class ObjectStore:
         api_version = obj.get("apiVersion")
         kind = obj.get("kind")
         if api_version not in (None, "", rt.api_version):
-            raise errors.bad_request(f"the API version in the data ({api_version}) does not match the expected API "
-                                     f"version ({rt.api_version})")
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({rt.api_version})"
+            )
         if kind not in (None, "", rt.kind):
             raise errors.bad_request(f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
         obj["apiVersion"] = rt.api_version

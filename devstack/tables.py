@@ -189,8 +189,12 @@ def _event_object(event: Mapping[str, Any]) -> str:
 
 
 def _event_last_seen(event: Mapping[str, Any]) -> Any:
-    return (event.get("lastTimestamp") or event.get("eventTime")
-            or _get(event, "series", "lastObservedTime") or _get(event, "metadata", "creationTimestamp"))
+    return (
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or _get(event, "series", "lastObservedTime")
+        or _get(event, "metadata", "creationTimestamp")
+    )
 
 
 def _wide(name: str, compute: Callable[[Mapping[str, Any]], Any]) -> Column:
@@ -208,8 +212,12 @@ _TEMPLATE_WIDE = [
 _BUILTIN: dict[str, list[Column]] = {
     "Deployment": [
         NAME,
-        Column("Ready", compute=lambda o: f"{_get(o, 'status', 'readyReplicas', default=0) or 0}/"
-                                          f"{_get(o, 'spec', 'replicas', default=1)}"),
+        Column(
+            "Ready",
+            compute=lambda o: (
+                f"{_get(o, 'status', 'readyReplicas', default=0) or 0}/{_get(o, 'spec', 'replicas', default=1)}"
+            ),
+        ),
         Column("Up-to-date", type="integer", compute=lambda o: _get(o, "status", "updatedReplicas", default=0)),
         Column("Available", type="integer", compute=lambda o: _get(o, "status", "availableReplicas", default=0)),
         AGE,
@@ -227,8 +235,13 @@ _BUILTIN: dict[str, list[Column]] = {
         NAME,
         Column("Ready", compute=_pod_ready),
         Column("Status", compute=_pod_status),
-        Column("Restarts", type="integer", compute=lambda o: sum(
-            int(s.get("restartCount", 0)) for s in _get(o, "status", "containerStatuses", default=[]) or [])),
+        Column(
+            "Restarts",
+            type="integer",
+            compute=lambda o: sum(
+                int(s.get("restartCount", 0)) for s in _get(o, "status", "containerStatuses", default=[]) or []
+            ),
+        ),
         AGE,
         _wide("IP", lambda o: _get(o, "status", "podIP")),
         _wide("Node", lambda o: _get(o, "spec", "nodeName")),
@@ -278,9 +291,7 @@ def builtin_columns(kind: str) -> list[Column]:
 def wants_table(accept: str | None) -> str | None:
     """The meta.k8s.io Table version the client accepts first (v1, v1beta1), or None."""
     for media in (accept or "").split(","):
-        params = dict(
-            part.strip().split("=", 1) for part in media.split(";")[1:] if "=" in part
-        )
+        params = dict(part.strip().split("=", 1) for part in media.split(";")[1:] if "=" in part)
         if params.get("as") == "Table" and params.get("g") == "meta.k8s.io":
             return params.get("v", "v1")
     return None

@@ -23,8 +23,7 @@ IMPORT = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", re.MULTILINE)
 def dockerfile_copies() -> list[str]:
     """The sources the Dockerfile copies from the build context (not --from another stage)."""
     lines = (ROOT / "Dockerfile").read_text().splitlines()
-    return [src for line in lines if line.startswith("COPY ") and "--from=" not in line
-            for src in line.split()[1:-1]]
+    return [src for line in lines if line.startswith("COPY ") and "--from=" not in line for src in line.split()[1:-1]]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(context)],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     if done.returncode != 0:
         pytest.fail(f"pip wheel failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -61,7 +62,8 @@ def test_the_wheel_holds_no_devstack_or_emulator_code(wheel: zipfile.ZipFile) ->
     assert not [n for n in names if "demo_model" in n or "devstack" in n or "local_stack" in n]
     imports = {
         (name, module)
-        for name in names if name.endswith(".py")
+        for name in names
+        if name.endswith(".py")
         for module in IMPORT.findall(wheel.read(name).decode())
         if module in STACK_MODULES
     }
@@ -76,5 +78,5 @@ def test_installing_the_product_pulls_none_of_the_stack_dependencies(wheel: zipf
     assert plain and not plain & (STACK_ONLY | CHECK_ONLY), sorted(plain & (STACK_ONLY | CHECK_ONLY))
     assert "kopf" in plain and "boto3" in plain  # the product's own dependencies are there
     assert metadata.get_all("Provides-Extra") == ["check", "dev"]  # no [local] extra with the stack
-    check = {re.split(r"[\s\[<>=!~;(]", r, maxsplit=1)[0].lower() for r in requires if "extra == \"check\"" in r}
+    check = {re.split(r"[\s\[<>=!~;(]", r, maxsplit=1)[0].lower() for r in requires if 'extra == "check"' in r}
     assert check == CHECK_ONLY, check

@@ -41,8 +41,9 @@ def _root_view(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {**obj, "metadata": {k: meta[k] for k in ("name", "generateName") if k in meta}}
 
 
-def violations(schema: Mapping[str, Any], obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> list[
-        FieldError]:
+def violations(
+    schema: Mapping[str, Any], obj: Mapping[str, Any], old: Mapping[str, Any] | None = None
+) -> list[FieldError]:
     """The failed rules of obj (old is the stored object on updates, for transition rules)."""
     global _warned
     if celpy is None:
@@ -94,8 +95,11 @@ def _check(rule: Mapping[str, Any], value: Any, old: Any, path: list[Any]) -> Fi
     if message is None:
         return None
     where = format_path(path) + str(rule.get("fieldPath") or "")
-    return FieldError(where or "<root>", str(rule.get("reason") or "FieldValueInvalid"),
-                      f'Invalid value: "{type_name(value)}": {message}')
+    return FieldError(
+        where or "<root>",
+        str(rule.get("reason") or "FieldValueInvalid"),
+        f'Invalid value: "{type_name(value)}": {message}',
+    )
 
 
 def _message(rule: Mapping[str, Any], activation: dict[str, Any]) -> str:

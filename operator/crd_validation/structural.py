@@ -180,15 +180,22 @@ def _field_errors(error: jsonschema.ValidationError) -> list[FieldError]:
     match error.validator:
         case "required":
             missing = [name for name in rule if isinstance(instance, Mapping) and name not in instance]
-            return [FieldError(format_path([*error.absolute_path, name]), "FieldValueRequired", "Required value")
-                    for name in missing]
+            return [
+                FieldError(format_path([*error.absolute_path, name]), "FieldValueRequired", "Required value")
+                for name in missing
+            ]
         case "pattern":
             detail = f"Invalid value: {_json(instance)}: {where} in body should match '{rule}'"
             return [FieldError(where, "FieldValueInvalid", detail)]
         case "enum":
             supported = ", ".join(_json(v) for v in rule)
-            return [FieldError(where, "FieldValueNotSupported",
-                               f"Unsupported value: {_json(instance)}: supported values: {supported}")]
+            return [
+                FieldError(
+                    where,
+                    "FieldValueNotSupported",
+                    f"Unsupported value: {_json(instance)}: supported values: {supported}",
+                )
+            ]
         case "type":
             expected = rule if isinstance(rule, str) else " or ".join(rule)
             given = type_name(instance)

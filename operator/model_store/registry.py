@@ -169,9 +169,7 @@ class _Committer:
                     update.changed = outcome
                 update.finished = True
             return
-        raise RegistryError(
-            f"s3://{self._bucket}/{self._key} kept changing under us; gave up after {_ATTEMPTS} tries"
-        )
+        raise RegistryError(f"s3://{self._bucket}/{self._key} kept changing under us; gave up after {_ATTEMPTS} tries")
 
     def _read(self, client: Any) -> tuple[Document, str | None]:
         unchanged = {"IfNoneMatch": self._etag} if self._etag else {}

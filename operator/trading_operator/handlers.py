@@ -157,4 +157,3 @@ async def on_deployment(
             _progress_seen.pop(uid, None)
         else:
             _progress_seen[uid] = progress
-

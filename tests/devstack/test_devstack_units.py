@@ -40,21 +40,30 @@ def test_merge_patch_follows_rfc7386(target: Any, patch: Any, result: Any) -> No
 
 
 def test_strategic_merge_patch_merges_containers_and_env_by_name() -> None:
-    target = {"containers": [{"name": "a", "image": "x", "env": [{"name": "K", "value": "1"}]},
-                             {"name": "b", "image": "y"}]}
-    patch = {"containers": [{"name": "a", "env": [{"name": "K2", "value": "2"}]},
-                            {"name": "b", "$patch": "delete"}, {"name": "c", "image": "z"}],
-             "$setElementOrder/containers": [{"name": "c"}, {"name": "a"}]}
+    target = {
+        "containers": [{"name": "a", "image": "x", "env": [{"name": "K", "value": "1"}]}, {"name": "b", "image": "y"}]
+    }
+    patch = {
+        "containers": [
+            {"name": "a", "env": [{"name": "K2", "value": "2"}]},
+            {"name": "b", "$patch": "delete"},
+            {"name": "c", "image": "z"},
+        ],
+        "$setElementOrder/containers": [{"name": "c"}, {"name": "a"}],
+    }
 
-    assert patching.strategic_merge_patch(target, patch) == {"containers": [
-        {"name": "c", "image": "z"},
-        {"name": "a", "image": "x", "env": [{"name": "K", "value": "1"}, {"name": "K2", "value": "2"}]},
-    ]}
+    assert patching.strategic_merge_patch(target, patch) == {
+        "containers": [
+            {"name": "c", "image": "z"},
+            {"name": "a", "image": "x", "env": [{"name": "K", "value": "1"}, {"name": "K2", "value": "2"}]},
+        ]
+    }
 
 
 def test_strategic_merge_patch_directives() -> None:
     assert patching.strategic_merge_patch({"a": {"x": 1, "y": 2}}, {"a": {"$patch": "replace", "z": 3}}) == {
-        "a": {"z": 3}}
+        "a": {"z": 3}
+    }
     assert patching.strategic_merge_patch({"finalizers": ["a"]}, {"finalizers": ["b"]}) == {"finalizers": ["a", "b"]}
     assert patching.strategic_merge_patch({"args": ["a", "b"]}, {"args": ["c"]}) == {"args": ["c"]}
     with pytest.raises(patching.PatchError, match="unsupported"):
@@ -66,7 +75,8 @@ def test_api_paths_read_namespaces_like_the_api_server() -> None:
     assert parse_api_path("/api/v1/namespaces/default") == ApiPath("", "v1", "namespaces", None, "default")
     assert parse_api_path("/api/v1/namespaces/ns/status") == ApiPath("", "v1", "namespaces", None, "ns", "status")
     assert parse_api_path("/apis/apps/v1/namespaces/ns/deployments/d/scale") == ApiPath(
-        "apps", "v1", "deployments", "ns", "d", "scale")
+        "apps", "v1", "deployments", "ns", "d", "scale"
+    )
     assert parse_api_path("/apis/apps/v1") is None
 
 
@@ -87,47 +97,77 @@ def test_field_selectors_match_nested_fields() -> None:
 
 
 def test_jsonpath_subset_for_printer_columns() -> None:
-    obj = {"status": {"conditions": [{"type": "Progressing", "status": "True"},
-                                     {"type": "Ready", "status": "False"}]},
-           "spec": {"containers": [{"image": "a"}, {"image": "b"}]}}
+    obj = {
+        "status": {"conditions": [{"type": "Progressing", "status": "True"}, {"type": "Ready", "status": "False"}]},
+        "spec": {"containers": [{"image": "a"}, {"image": "b"}]},
+    }
     assert jsonpath.find('.status.conditions[?(@.type=="Ready")].status', obj) == ["False"]
     assert jsonpath.find("{.spec.containers[*].image}", obj) == ["a", "b"]
     assert jsonpath.find(".spec.containers[-1].image", obj) == ["b"]
     assert jsonpath.find(".spec.missing.deeper", obj) == []
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (59, "59s"), (119, "119s"), (121, "2m1s"), (600, "10m"), (3 * 3600, "3h"),
-    (7 * 3600 + 60, "7h1m"), (47 * 3600, "47h"), (3 * 86400 + 3600, "3d1h"), (30 * 86400, "30d"),
-    (3 * 365 * 86400, "3y"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (59, "59s"),
+        (119, "119s"),
+        (121, "2m1s"),
+        (600, "10m"),
+        (3 * 3600, "3h"),
+        (7 * 3600 + 60, "7h1m"),
+        (47 * 3600, "47h"),
+        (3 * 86400 + 3600, "3d1h"),
+        (30 * 86400, "30d"),
+        (3 * 365 * 86400, "3y"),
+    ],
+)
 def test_ages_print_like_kubectl(seconds: int, text: str) -> None:
     assert tables.human_duration(seconds) == text
 
 
-SCHEMA = {"type": "object", "properties": {
-    "metadata": {"type": "object"},
-    "spec": {"type": "object", "required": ["name"], "properties": {
-        "name": {"type": "string", "pattern": "^[a-z]+$"},
-        "count": {"type": "integer", "minimum": 0, "default": 1},
-        "nested": {"type": "object", "default": {}, "properties": {"level": {"type": "string", "default": "x"}}},
-        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "maybe": {"type": "string", "nullable": True},
-    }},
-}}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": "^[a-z]+$"},
+                "count": {"type": "integer", "minimum": 0, "default": 1},
+                "nested": {
+                    "type": "object",
+                    "default": {},
+                    "properties": {"level": {"type": "string", "default": "x"}},
+                },
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "maybe": {"type": "string", "nullable": True},
+            },
+        },
+    },
+}
 
 
 def test_schema_prunes_defaults_and_validates() -> None:
-    obj = {"apiVersion": "v", "kind": "K", "metadata": {"name": "n", "extra": 1},
-           "spec": {"name": "ok", "junk": 1, "free": {"any": {"thing": 1}}, "maybe": None}, "top": 1}
+    obj = {
+        "apiVersion": "v",
+        "kind": "K",
+        "metadata": {"name": "n", "extra": 1},
+        "spec": {"name": "ok", "junk": 1, "free": {"any": {"thing": 1}}, "maybe": None},
+        "top": 1,
+    }
 
     pruned, dropped = schemas.prune(SCHEMA, obj)
     defaulted = schemas.apply_defaults(SCHEMA, pruned)
 
     assert sorted(dropped) == ["spec.junk", "top"]
-    assert defaulted == {"apiVersion": "v", "kind": "K", "metadata": {"name": "n", "extra": 1},
-                         "spec": {"name": "ok", "free": {"any": {"thing": 1}}, "maybe": None, "count": 1,
-                                  "nested": {"level": "x"}}}
+    assert defaulted == {
+        "apiVersion": "v",
+        "kind": "K",
+        "metadata": {"name": "n", "extra": 1},
+        "spec": {"name": "ok", "free": {"any": {"thing": 1}}, "maybe": None, "count": 1, "nested": {"level": "x"}},
+    }
     assert schemas.validate(schemas.validator_for(SCHEMA), defaulted) == []
 
 
@@ -144,12 +184,23 @@ def test_schema_errors_read_like_the_api_server() -> None:
 CEL_SCHEMA = {
     "type": "object",
     "x-kubernetes-validations": [{"rule": "self.metadata.name.startsWith('ok-')", "message": "name must start ok-"}],
-    "properties": {"spec": {"type": "object", "properties": {
-        "replicas": {"type": "integer", "x-kubernetes-validations": [
-            {"rule": "self <= 5", "messageExpression": "'at most 5, not ' + string(self)"}]},
-        "bucket": {"type": "string", "x-kubernetes-validations": [
-            {"rule": "self == oldSelf", "message": "bucket is immutable"}]},
-    }}},
+    "properties": {
+        "spec": {
+            "type": "object",
+            "properties": {
+                "replicas": {
+                    "type": "integer",
+                    "x-kubernetes-validations": [
+                        {"rule": "self <= 5", "messageExpression": "'at most 5, not ' + string(self)"}
+                    ],
+                },
+                "bucket": {
+                    "type": "string",
+                    "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "bucket is immutable"}],
+                },
+            },
+        }
+    },
 }
 
 
@@ -182,21 +233,32 @@ def test_cel_rules_ratchet_what_an_update_leaves_unchanged() -> None:
 
 
 def pod(name: str, owner: dict[str, Any], ready: bool, created: str = "2025-01-01T00:00:00Z") -> dict[str, Any]:
-    return {"metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": created,
-                         "ownerReferences": [{"uid": owner["metadata"]["uid"]}]},
-            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": {
+            "name": name,
+            "uid": f"uid-{name}",
+            "creationTimestamp": created,
+            "ownerReferences": [{"uid": owner["metadata"]["uid"]}],
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
-DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment",
-              "metadata": {"name": "d", "namespace": "ns", "uid": "uid-d", "generation": 3},
-              "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "d"}},
-                       "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c"}]}}}}
+DEPLOYMENT = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "d", "namespace": "ns", "uid": "uid-d", "generation": 3},
+    "spec": {
+        "replicas": 2,
+        "selector": {"matchLabels": {"app": "d"}},
+        "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c"}]}},
+    },
+}
 
 
 def replica_set(deployment: dict[str, Any], replicas: int, revision: int, template: Any = None) -> dict[str, Any]:
     spec = dict(deployment["spec"], template=template or deployment["spec"]["template"])
-    rs = deployments.new_replica_set(dict(deployment, spec=spec), deployments.template_hash(spec["template"]),
-                                     revision)
+    rs = deployments.new_replica_set(dict(deployment, spec=spec), deployments.template_hash(spec["template"]), revision)
     rs["metadata"]["uid"] = f"uid-{rs['metadata']['name']}"
     rs["spec"]["replicas"] = replicas
     return rs
@@ -220,14 +282,18 @@ def test_deployment_status_counts_and_conditions() -> None:
     now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 
     partial = deployments.deployment_status(DEPLOYMENT, [new], [pod("a", new, True)], rollout_started=now, now=now)
-    late = deployments.deployment_status(DEPLOYMENT, [new], [pod("a", new, True)], rollout_started=now,
-                                         now=now + datetime.timedelta(seconds=601))
-    done = deployments.deployment_status(DEPLOYMENT, [new], [pod("a", new, True), pod("b", new, True)],
-                                         rollout_started=now, now=now)
+    late = deployments.deployment_status(
+        DEPLOYMENT, [new], [pod("a", new, True)], rollout_started=now, now=now + datetime.timedelta(seconds=601)
+    )
+    done = deployments.deployment_status(
+        DEPLOYMENT, [new], [pod("a", new, True), pod("b", new, True)], rollout_started=now, now=now
+    )
 
     assert (partial["observedGeneration"], partial["replicas"], partial["readyReplicas"]) == (3, 1, 1)
     assert [(c["type"], c["status"], c["reason"]) for c in partial["conditions"]] == [
-        ("Available", "False", "MinimumReplicasUnavailable"), ("Progressing", "True", "ReplicaSetUpdated")]
+        ("Available", "False", "MinimumReplicasUnavailable"),
+        ("Progressing", "True", "ReplicaSetUpdated"),
+    ]
     assert late["conditions"][1]["reason"] == "ProgressDeadlineExceeded"
     assert (done["availableReplicas"], done["updatedReplicas"]) == (2, 2)
     assert [c["reason"] for c in done["conditions"]] == ["MinimumReplicasAvailable", "NewReplicaSetAvailable"]
@@ -235,27 +301,32 @@ def test_deployment_status_counts_and_conditions() -> None:
 
 def test_scaling_down_removes_not_ready_then_youngest_pods() -> None:
     rs = replica_set(DEPLOYMENT, 1, 1)
-    pods = [pod("old-ready", rs, True, "2025-01-01T00:00:00Z"), pod("young-ready", rs, True, "2025-01-02T00:00:00Z"),
-            pod("not-ready", rs, False, "2025-01-01T00:00:00Z")]
+    pods = [
+        pod("old-ready", rs, True, "2025-01-01T00:00:00Z"),
+        pod("young-ready", rs, True, "2025-01-02T00:00:00Z"),
+        pod("not-ready", rs, False, "2025-01-01T00:00:00Z"),
+    ]
 
     assert deployments.plan_pods(rs, pods).delete == ("not-ready", "young-ready")
 
 
 def test_pod_env_resolves_values_secrets_config_maps_and_fields() -> None:
-    container = {"envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}], "env": [
-        {"name": "A", "value": "1"},
-        {"name": "B", "value": "$(A)-$(MISSING)-$$(A)"},
-        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "id"}}},
-        {"name": "OPTIONAL", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": True}}},
-        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['team']"}}},
-    ]}
+    container = {
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}],
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "B", "value": "$(A)-$(MISSING)-$$(A)"},
+            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "id"}}},
+            {"name": "OPTIONAL", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": True}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['team']"}}},
+        ],
+    }
     pod_obj = {"metadata": {"name": "p-1", "namespace": "ns", "labels": {"team": "quant"}}}
     secrets_by_name = {"creds": {"data": {"id": base64.b64encode(b"AKIA").decode()}}}
 
     env = resolve_env(container, pod_obj, secrets=secrets_by_name, config_maps={"cfg": {"data": {"mode": "x"}}})
 
-    assert env == {"CFG_mode": "x", "A": "1", "B": "1-$(MISSING)-$(A)", "KEY": "AKIA", "POD": "p-1",
-                   "TEAM": "quant"}
+    assert env == {"CFG_mode": "x", "A": "1", "B": "1-$(MISSING)-$(A)", "KEY": "AKIA", "POD": "p-1", "TEAM": "quant"}
     with pytest.raises(EnvError, match='secret "creds" not found'):
         resolve_env(container, pod_obj, secrets={}, config_maps={"cfg": {"data": {}}})

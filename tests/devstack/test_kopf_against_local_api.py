@@ -14,7 +14,7 @@ from helpers.kube import HttpApi, wait_for
 
 WIDGETS = "/apis/example.com/v1/namespaces/default/widgets"
 
-OPERATOR = textwrap.dedent('''
+OPERATOR = textwrap.dedent("""
     import json
     import os
     import urllib.request
@@ -62,7 +62,7 @@ OPERATOR = textwrap.dedent('''
     @kopf.on.delete("example.com", "v1", "widgets")
     def deleted(body, **_):
         kopf.info(body, reason="Cleaned", message="cleaned up")
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +86,21 @@ def test_kopf_handles_create_and_patches_status(operator: KopfRunner, widgets: L
     api = HttpApi(widgets.url)
     api.ok("POST", WIDGETS, {"metadata": {"name": "kopfed"}, "spec": {"color": "blue"}})
 
-    status = wait_for(lambda: status_of(api, "kopfed").get("phase") and status_of(api, "kopfed"),
-                      what="kopf to patch the status")
+    status = wait_for(
+        lambda: status_of(api, "kopfed").get("phase") and status_of(api, "kopfed"), what="kopf to patch the status"
+    )
 
     assert status["phase"] == "Ready" and status["observedGeneration"] == 1
     assert status["created"] == {"child": "kopfed-config"}
     config = api.get("/api/v1/namespaces/default/configmaps/kopfed-config")
     assert config["metadata"]["ownerReferences"][0]["name"] == "kopfed"
-    messages = wait_for(lambda: [e["message"] for e in api.get(
-        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dkopfed")["items"]],
-        what="kopf's event")
+    messages = wait_for(
+        lambda: [
+            e["message"]
+            for e in api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dkopfed")["items"]
+        ],
+        what="kopf's event",
+    )
     assert messages == ["painted blue"]
 
 
@@ -106,8 +111,9 @@ def test_kopf_sees_spec_updates_with_the_new_generation(operator: KopfRunner, wi
 
     api.merge(f"{WIDGETS}/repainted", {"spec": {"color": "green"}})
 
-    status = wait_for(lambda: status_of(api, "repainted").get("color") and status_of(api, "repainted"),
-                      what="the update handler")
+    status = wait_for(
+        lambda: status_of(api, "repainted").get("color") and status_of(api, "repainted"), what="the update handler"
+    )
     assert status["color"] == "green" and status["observedGeneration"] == 2
 
 
@@ -116,8 +122,10 @@ def test_deletion_waits_for_kopfs_finalizer_then_collects_adopted_objects(
 ) -> None:
     api = HttpApi(widgets.url)
     api.ok("POST", WIDGETS, {"metadata": {"name": "doomed"}, "spec": {"color": "red"}})
-    wait_for(lambda: api.call("GET", "/api/v1/namespaces/default/configmaps/doomed-config")[0] == 200,
-             what="the adopted ConfigMap")
+    wait_for(
+        lambda: api.call("GET", "/api/v1/namespaces/default/configmaps/doomed-config")[0] == 200,
+        what="the adopted ConfigMap",
+    )
     assert api.get(f"{WIDGETS}/doomed")["metadata"]["finalizers"]  # kopf guards its delete handler
 
     marked = api.ok("DELETE", f"{WIDGETS}/doomed")
@@ -125,6 +133,15 @@ def test_deletion_waits_for_kopfs_finalizer_then_collects_adopted_objects(
     assert marked["metadata"]["deletionTimestamp"]
     wait_for(lambda: api.call("GET", f"{WIDGETS}/doomed")[0] == 404, what="kopf to release the widget")
     assert api.call("GET", "/api/v1/namespaces/default/configmaps/doomed-config")[0] == 404
-    wait_for(lambda: "cleaned up" in [e["message"] for e in api.get(
-        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Ddoomed")["items"]],
-        what="the delete handler's event")
+    wait_for(
+        lambda: (
+            "cleaned up"
+            in [
+                e["message"]
+                for e in api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Ddoomed")[
+                    "items"
+                ]
+            ]
+        ),
+        what="the delete handler's event",
+    )

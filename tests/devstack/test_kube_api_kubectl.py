@@ -17,8 +17,14 @@ TRADINGMODEL_CRD = REPO / "crds" / "tradingmodel.yaml"
 
 
 def widget(name: str, **spec: object) -> str:
-    return yaml.safe_dump({"apiVersion": "example.com/v1", "kind": "Widget",
-                           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "example.com/v1",
+            "kind": "Widget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }
+    )
 
 
 def header(output: str) -> list[str]:
@@ -66,21 +72,32 @@ def test_get_by_plural_and_short_name_prints_the_crd_columns(crd_applied: Kubect
     assert row(wide, "beta")["NOTE"] == "wide-only"
 
 
-def test_patch_merge_bumps_generation_and_describe_shows_events(
-    crd_applied: Kubectl, http_api: HttpApi
-) -> None:
+def test_patch_merge_bumps_generation_and_describe_shows_events(crd_applied: Kubectl, http_api: HttpApi) -> None:
     crd_applied.apply(widget("gamma", color="green"))
     crd_applied.run("patch", "wd", "gamma", "--type", "merge", "-p", '{"spec":{"size":5}}')
     obj = json.loads(crd_applied.run("get", "wd", "gamma", "-o", "json").stdout)
     assert obj["spec"]["size"] == 5 and obj["metadata"]["generation"] == 2
-    http_api.ok("POST", "/api/v1/namespaces/default/events", {
-        "metadata": {"generateName": "gamma-"},
-        "involvedObject": {"apiVersion": "example.com/v1", "kind": "Widget", "name": "gamma",
-                           "namespace": "default", "uid": obj["metadata"]["uid"]},
-        "reason": "Resized", "message": "size is now 5", "type": "Normal",
-        "source": {"component": "test"}, "firstTimestamp": obj["metadata"]["creationTimestamp"],
-        "lastTimestamp": obj["metadata"]["creationTimestamp"], "count": 1,
-    })
+    http_api.ok(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        {
+            "metadata": {"generateName": "gamma-"},
+            "involvedObject": {
+                "apiVersion": "example.com/v1",
+                "kind": "Widget",
+                "name": "gamma",
+                "namespace": "default",
+                "uid": obj["metadata"]["uid"],
+            },
+            "reason": "Resized",
+            "message": "size is now 5",
+            "type": "Normal",
+            "source": {"component": "test"},
+            "firstTimestamp": obj["metadata"]["creationTimestamp"],
+            "lastTimestamp": obj["metadata"]["creationTimestamp"],
+            "count": 1,
+        },
+    )
 
     described = crd_applied.run("describe", "wd", "gamma").stdout
 
@@ -120,8 +137,12 @@ def test_delete_removes_the_object(crd_applied: Kubectl) -> None:
 def test_get_watch_streams_changes(crd_applied: Kubectl) -> None:
     crd_applied.apply(widget("epsilon", color="red"))
     env = {"KUBECONFIG": str(crd_applied.kubeconfig), "KUBECACHEDIR": str(crd_applied.cache_dir)}
-    watcher = subprocess.Popen([crd_applied.binary, "get", "wd", "epsilon", "--watch", "--output-watch-events"],
-                               stdout=subprocess.PIPE, text=True, env=env)
+    watcher = subprocess.Popen(
+        [crd_applied.binary, "get", "wd", "epsilon", "--watch", "--output-watch-events"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert watcher.stdout is not None
         first = watcher.stdout.readline()
@@ -135,12 +156,23 @@ def test_get_watch_streams_changes(crd_applied: Kubectl) -> None:
 
 
 def test_built_in_kinds_print_server_side_columns(kubectl: Kubectl) -> None:
-    kubectl.apply(yaml.safe_dump({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "web", "image": "nginx"}]}}},
-    }))
+    kubectl.apply(
+        yaml.safe_dump(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {
+                    "replicas": 2,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+                    },
+                },
+            }
+        )
+    )
 
     output = kubectl.run("get", "deploy").stdout
     assert header(output) == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
@@ -151,8 +183,11 @@ def test_built_in_kinds_print_server_side_columns(kubectl: Kubectl) -> None:
     deployment = json.loads(kubectl.run("get", "deploy", "web", "-o", "json").stdout)
     assert deployment["spec"]["replicas"] == 3
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    assert (container["name"], container["image"], container["env"]) == ("web", "nginx", [
-        {"name": "MODE", "value": "fast"}])
+    assert (container["name"], container["image"], container["env"]) == (
+        "web",
+        "nginx",
+        [{"name": "MODE", "value": "fast"}],
+    )
     assert container["imagePullPolicy"] == "Always"  # server-side defaults, as on a cluster
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert "NAME" in kubectl.run("get", "all").stdout
@@ -175,18 +210,28 @@ def tradingmodel_crd(kubectl: Kubectl) -> Kubectl:
 
 
 def trading_model(name: str, ticker: str) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "trading.io/v1alpha1", "kind": "TradingModel", "metadata": {"name": name},
-        "spec": {"ticker": ticker, "version": "v1.2", "stage": "Production",
-                 "storage": {"bucket": "models", "secretRef": {"name": "s3-credentials"}}},
-    })
+    return yaml.safe_dump(
+        {
+            "apiVersion": "trading.io/v1alpha1",
+            "kind": "TradingModel",
+            "metadata": {"name": name},
+            "spec": {
+                "ticker": ticker,
+                "version": "v1.2",
+                "stage": "Production",
+                "storage": {"bucket": "models", "secretRef": {"name": "s3-credentials"}},
+            },
+        }
+    )
 
 
 def test_tradingmodel_crd_prints_its_columns_under_tm(tradingmodel_crd: Kubectl, kube_api: LocalKubeAPI) -> None:
     tradingmodel_crd.apply(trading_model("spy-production", "SPY"))
     status_path = "/apis/trading.io/v1alpha1/namespaces/default/tradingmodels/spy-production/status"
-    HttpApi(kube_api.url).merge(status_path, {"status": {"conditions": [
-        {"type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}})
+    HttpApi(kube_api.url).merge(
+        status_path,
+        {"status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}},
+    )
 
     output = tradingmodel_crd.run("get", "tm").stdout
 
@@ -222,10 +267,14 @@ def test_explain_reads_the_crd_schema(tradingmodel_crd: Kubectl) -> None:
 def test_logs_of_a_pod_come_from_its_log_file(kubectl: Kubectl, http_api: HttpApi, tmp_path: pathlib.Path) -> None:
     log_file = tmp_path / "pod.log"
     log_file.write_text("line 1\nline 2\n")
-    http_api.ok("POST", "/api/v1/namespaces/default/pods", {
-        "metadata": {"name": "logger", "annotations": {"local-stack.trading.io/log-file": str(log_file)}},
-        "spec": {"containers": [{"name": "main", "image": "x"}]},
-    })
+    http_api.ok(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        {
+            "metadata": {"name": "logger", "annotations": {"local-stack.trading.io/log-file": str(log_file)}},
+            "spec": {"containers": [{"name": "main", "image": "x"}]},
+        },
+    )
 
     assert kubectl.run("logs", "logger").stdout == "line 1\nline 2\n"
     assert kubectl.run("logs", "logger", "--tail=1").stdout == "line 2\n"

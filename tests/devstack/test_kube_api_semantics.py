@@ -21,8 +21,16 @@ def api(widgets: LocalKubeAPI) -> HttpApi:
 
 
 def create_widget(api: HttpApi, name: str, **spec: Any) -> dict[str, Any]:
-    return api.ok("POST", WIDGETS, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name},
-                                    "spec": {"color": "red", **spec}})
+    return api.ok(
+        "POST",
+        WIDGETS,
+        {
+            "apiVersion": "example.com/v1",
+            "kind": "Widget",
+            "metadata": {"name": name},
+            "spec": {"color": "red", **spec},
+        },
+    )
 
 
 def meta_of(obj: dict[str, Any]) -> tuple[int, int]:
@@ -51,8 +59,9 @@ def test_status_subresource_is_separate_from_the_object(api: HttpApi) -> None:
     assert main["spec"]["size"] == 2 and "status" not in main
     status = api.merge(f"{WIDGETS}/sub/status", {"spec": {"size": 9}, "status": {"phase": "Ready"}})
     assert status["spec"]["size"] == 2 and status["status"] == {"phase": "Ready"}
-    created_with_status = api.ok("POST", WIDGETS, {"metadata": {"name": "sub2"}, "spec": {"color": "red"},
-                                                   "status": {"phase": "Fake"}})
+    created_with_status = api.ok(
+        "POST", WIDGETS, {"metadata": {"name": "sub2"}, "spec": {"color": "red"}, "status": {"phase": "Fake"}}
+    )
     assert "status" not in created_with_status
 
 
@@ -61,9 +70,12 @@ def test_merge_patch_null_deletes_and_put_replaces(api: HttpApi) -> None:
 
     patched = api.merge(f"{WIDGETS}/put", {"spec": {"note": None, "extras": {"b": None, "d": 3}}})
     assert "note" not in patched["spec"] and patched["spec"]["extras"] == {"a": 1, "d": 3}
-    replacement = {"apiVersion": "example.com/v1", "kind": "Widget",
-                   "metadata": {"name": "put", "resourceVersion": patched["metadata"]["resourceVersion"]},
-                   "spec": {"color": "blue"}}
+    replacement = {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "put", "resourceVersion": patched["metadata"]["resourceVersion"]},
+        "spec": {"color": "blue"},
+    }
     replaced = api.ok("PUT", f"{WIDGETS}/put", replacement)
     assert replaced["spec"] == {"color": "blue", "size": 3, "limits": {"cpu": "100m"}}
     assert replaced["metadata"]["uid"] == created["metadata"]["uid"]
@@ -74,24 +86,33 @@ def test_merge_patch_null_deletes_and_put_replaces(api: HttpApi) -> None:
 def test_json_patch_with_a_failing_test_is_unprocessable(api: HttpApi) -> None:
     create_widget(api, "jp")
 
-    status, body = api.call("PATCH", f"{WIDGETS}/jp", [
-        {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
-        {"op": "replace", "path": "/spec/color", "value": "green"},
-    ], content_type="application/json-patch+json")
+    status, body = api.call(
+        "PATCH",
+        f"{WIDGETS}/jp",
+        [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
+            {"op": "replace", "path": "/spec/color", "value": "green"},
+        ],
+        content_type="application/json-patch+json",
+    )
 
     assert status == 422 and body["kind"] == "Status"
     assert api.get(f"{WIDGETS}/jp")["spec"]["color"] == "red"
 
 
 def test_lists_carry_kind_version_and_filter_by_selectors(api: HttpApi) -> None:
-    api.ok("POST", WIDGETS, {"metadata": {"name": "sel-a", "labels": {"tier": "web", "env": "prod"}},
-                             "spec": {"color": "red"}})
+    api.ok(
+        "POST",
+        WIDGETS,
+        {"metadata": {"name": "sel-a", "labels": {"tier": "web", "env": "prod"}}, "spec": {"color": "red"}},
+    )
     api.ok("POST", WIDGETS, {"metadata": {"name": "sel-b", "labels": {"tier": "db"}}, "spec": {"color": "red"}})
 
     listing = api.get(WIDGETS)
     assert listing["kind"] == "WidgetList" and listing["apiVersion"] == "example.com/v1"
-    assert int(listing["metadata"]["resourceVersion"]) >= max(int(i["metadata"]["resourceVersion"])
-                                                              for i in listing["items"])
+    assert int(listing["metadata"]["resourceVersion"]) >= max(
+        int(i["metadata"]["resourceVersion"]) for i in listing["items"]
+    )
 
     def names(query: str) -> set[str]:
         return {item["metadata"]["name"] for item in api.get(f"{WIDGETS}?{query}")["items"]}
@@ -106,17 +127,34 @@ def test_owned_objects_are_garbage_collected_recursively(api: HttpApi) -> None:
     owner = create_widget(api, "owner")
 
     def owned_by(obj: dict[str, Any], name: str) -> dict[str, Any]:
-        ref = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-               "uid": obj["metadata"]["uid"]}
+        ref = {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"],
+        }
         return api.ok("POST", CONFIGMAPS, {"metadata": {"name": name, "ownerReferences": [ref]}})
 
     child = owned_by(owner, "child")
     owned_by(child, "grandchild")
     other_owner = api.ok("POST", CONFIGMAPS, {"metadata": {"name": "other-owner"}})
     shared = owned_by(owner, "shared")
-    api.merge(f"{CONFIGMAPS}/shared", {"metadata": {"ownerReferences": [
-        *shared["metadata"]["ownerReferences"],
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "other-owner", "uid": other_owner["metadata"]["uid"]}]}})
+    api.merge(
+        f"{CONFIGMAPS}/shared",
+        {
+            "metadata": {
+                "ownerReferences": [
+                    *shared["metadata"]["ownerReferences"],
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "name": "other-owner",
+                        "uid": other_owner["metadata"]["uid"],
+                    },
+                ]
+            }
+        },
+    )
 
     api.ok("DELETE", f"{WIDGETS}/owner")
 
@@ -136,13 +174,18 @@ def test_orphan_propagation_keeps_dependents(api: HttpApi) -> None:
 
 
 def test_finalizers_hold_deletion_until_removed(api: HttpApi) -> None:
-    api.ok("POST", WIDGETS, {"metadata": {"name": "fin", "finalizers": ["example.com/cleanup"]},
-                             "spec": {"color": "red"}})
+    api.ok(
+        "POST", WIDGETS, {"metadata": {"name": "fin", "finalizers": ["example.com/cleanup"]}, "spec": {"color": "red"}}
+    )
 
     marked = api.ok("DELETE", f"{WIDGETS}/fin")
     assert marked["metadata"]["deletionTimestamp"]
-    status, body = api.call("PATCH", f"{WIDGETS}/fin", {"metadata": {"finalizers": ["a", "example.com/cleanup"]}},
-                            content_type="application/merge-patch+json")
+    status, body = api.call(
+        "PATCH",
+        f"{WIDGETS}/fin",
+        {"metadata": {"finalizers": ["a", "example.com/cleanup"]}},
+        content_type="application/merge-patch+json",
+    )
     assert status == 422 and "no new finalizers" in body["message"]
     api.merge(f"{WIDGETS}/fin", {"metadata": {"finalizers": None}})
     assert api.call("GET", f"{WIDGETS}/fin")[0] == 404
@@ -159,19 +202,23 @@ def test_watch_resumes_from_a_resource_version(api: HttpApi) -> None:
     api.merge(f"{WIDGETS}/watched", {"spec": {"size": 5}})
     api.ok("DELETE", f"{WIDGETS}/watched")
 
-    events = watch_lines(f"{api.url}{WIDGETS}?watch=true&resourceVersion={rv}"
-                         "&fieldSelector=metadata.name%3Dwatched", 2)
+    events = watch_lines(f"{api.url}{WIDGETS}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3Dwatched", 2)
 
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("MODIFIED", "watched"), ("DELETED", "watched")]
+        ("MODIFIED", "watched"),
+        ("DELETED", "watched"),
+    ]
     assert events[0]["object"]["spec"]["size"] == 5
 
 
 def test_watch_with_initial_events_ends_them_with_a_bookmark(api: HttpApi) -> None:
     create_widget(api, "initial")
 
-    events = watch_lines(f"{api.url}{WIDGETS}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true"
-                         "&resourceVersionMatch=NotOlderThan&fieldSelector=metadata.name%3Dinitial", 2)
+    events = watch_lines(
+        f"{api.url}{WIDGETS}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true"
+        "&resourceVersionMatch=NotOlderThan&fieldSelector=metadata.name%3Dinitial",
+        2,
+    )
 
     assert events[0]["type"] == "ADDED" and events[0]["object"]["metadata"]["name"] == "initial"
     assert events[1]["type"] == "BOOKMARK"
@@ -181,13 +228,32 @@ def test_watch_with_initial_events_ends_them_with_a_bookmark(api: HttpApi) -> No
 def test_events_can_be_posted_and_found_by_object(api: HttpApi) -> None:
     owner = create_widget(api, "noisy")
     uid = owner["metadata"]["uid"]
-    api.ok("POST", "/api/v1/namespaces/default/events", {
-        "metadata": {"generateName": "noisy-"}, "reason": "Tested", "message": "hello", "type": "Normal",
-        "involvedObject": {"kind": "Widget", "name": "noisy", "namespace": "default", "uid": uid}})
-    api.ok("POST", "/apis/events.k8s.io/v1/namespaces/default/events", {
-        "metadata": {"name": "noisy-new"}, "reason": "Tested", "note": "hi", "type": "Normal",
-        "eventTime": "2025-01-01T00:00:00.000000Z", "action": "Test", "reportingController": "tests",
-        "reportingInstance": "tests-1", "regarding": {"kind": "Widget", "name": "noisy", "uid": uid}})
+    api.ok(
+        "POST",
+        "/api/v1/namespaces/default/events",
+        {
+            "metadata": {"generateName": "noisy-"},
+            "reason": "Tested",
+            "message": "hello",
+            "type": "Normal",
+            "involvedObject": {"kind": "Widget", "name": "noisy", "namespace": "default", "uid": uid},
+        },
+    )
+    api.ok(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        {
+            "metadata": {"name": "noisy-new"},
+            "reason": "Tested",
+            "note": "hi",
+            "type": "Normal",
+            "eventTime": "2025-01-01T00:00:00.000000Z",
+            "action": "Test",
+            "reportingController": "tests",
+            "reportingInstance": "tests-1",
+            "regarding": {"kind": "Widget", "name": "noisy", "uid": uid},
+        },
+    )
 
     found = api.get(f"/api/v1/namespaces/default/events?fieldSelector=involvedObject.uid%3D{uid}")
     assert [e["message"] for e in found["items"]] == ["hello"]
@@ -216,21 +282,33 @@ def test_deleting_a_namespace_deletes_what_is_in_it(api: HttpApi) -> None:
 
 
 def test_secrets_fold_string_data_into_data(api: HttpApi) -> None:
-    secret = api.ok("POST", "/api/v1/namespaces/default/secrets",
-                    {"metadata": {"name": "creds"}, "stringData": {"KEY": "value"}})
+    secret = api.ok(
+        "POST", "/api/v1/namespaces/default/secrets", {"metadata": {"name": "creds"}, "stringData": {"KEY": "value"}}
+    )
 
     assert secret["data"] == {"KEY": "dmFsdWU="} and "stringData" not in secret
 
 
 def test_deleting_a_crd_removes_its_objects_and_resource(kube_api: LocalKubeAPI) -> None:
     api = HttpApi(kube_api.url)
-    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-           "metadata": {"name": "gadgets.example.com"},
-           "spec": {"group": "example.com", "scope": "Cluster",
-                    "names": {"plural": "gadgets", "kind": "Gadget"},
-                    "versions": [{"name": "v1", "served": True, "storage": True,
-                                  "schema": {"openAPIV3Schema": {"type": "object",
-                                                                 "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Cluster",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
     api.ok("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     api.ok("POST", "/apis/example.com/v1/gadgets", {"metadata": {"name": "g1"}, "spec": {"any": "thing"}})
     assert "gadgets" in {r["name"] for r in api.get("/apis/example.com/v1")["resources"]}
@@ -242,10 +320,18 @@ def test_deleting_a_crd_removes_its_objects_and_resource(kube_api: LocalKubeAPI)
 
 
 def test_an_invalid_crd_is_refused(kube_api: LocalKubeAPI) -> None:
-    status, body = HttpApi(kube_api.url).call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", {
-        "metadata": {"name": "wrong.example.com"},
-        "spec": {"group": "example.com", "names": {"plural": "things", "kind": "Thing"},
-                 "versions": [{"name": "v1", "served": True, "storage": True}]}})
+    status, body = HttpApi(kube_api.url).call(
+        "POST",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        {
+            "metadata": {"name": "wrong.example.com"},
+            "spec": {
+                "group": "example.com",
+                "names": {"plural": "things", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": True, "storage": True}],
+            },
+        },
+    )
 
     assert status == 422 and "things.example.com" in body["message"]
 

@@ -52,13 +52,22 @@ def kubelet(
 @pytest.fixture(scope="module")
 def api(kube_api: LocalKubeAPI, kubelet: LocalKubelet) -> HttpApi:
     api = HttpApi(kube_api.url)
-    api.ok("POST", "/api/v1/namespaces/default/secrets",
-           {"metadata": {"name": "s3-credentials"}, "stringData": {"AWS_ACCESS_KEY_ID": "AKIALOCAL"}})
+    api.ok(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        {"metadata": {"name": "s3-credentials"}, "stringData": {"AWS_ACCESS_KEY_ID": "AKIALOCAL"}},
+    )
     return api
 
 
-def deployment(name: str, *, replicas: int = 1, version: str = "v1", extra_env: dict[str, str] | None = None,
-               secret: str = "s3-credentials") -> dict[str, Any]:
+def deployment(
+    name: str,
+    *,
+    replicas: int = 1,
+    version: str = "v1",
+    extra_env: dict[str, str] | None = None,
+    secret: str = "s3-credentials",
+) -> dict[str, Any]:
     env = [
         {"name": "MODEL_VERSION", "value": version},
         {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_ACCESS_KEY_ID"}}},
@@ -66,16 +75,30 @@ def deployment(name: str, *, replicas: int = 1, version: str = "v1", extra_env: 
         *({"name": k, "value": v} for k, v in (extra_env or {}).items()),
     ]
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
-                "name": "serving", "image": "ignored:latest", "env": env,
-                "ports": [{"name": "http", "containerPort": 8080}],
-                "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1},
-                "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
-            }]}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "serving",
+                            "image": "ignored:latest",
+                            "env": env,
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/v2/health/ready", "port": "http"},
+                                "periodSeconds": 1,
+                            },
+                            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
+                        }
+                    ]
+                },
+            },
         },
     }
 
@@ -108,8 +131,10 @@ def pids_of_all(api: HttpApi) -> list[int]:
 
 
 def envs(kubelet: LocalKubelet, name: str, count: int) -> list[dict[str, str]]:
-    urls = wait_for(lambda: len(found := kubelet.endpoints("default", name)) == count and found,
-                    what=f"{count} ready endpoints of {name}")
+    urls = wait_for(
+        lambda: len(found := kubelet.endpoints("default", name)) == count and found,
+        what=f"{count} ready endpoints of {name}",
+    )
     return [get_json(f"{url}/env") for url in urls]
 
 
@@ -140,8 +165,10 @@ def test_a_deployment_runs_ready_processes_with_its_env(api: HttpApi, kubelet: L
         assert env["MODEL_NAME"] == env["HOSTNAME"] and env["MODEL_NAME"].startswith("spy-")
         assert os.path.isdir(env["MODEL_CACHE_DIR"])
     assert len({env["MODEL_CACHE_DIR"] for env in environments}) == 2  # one cache per pod by default
-    status = wait_for(lambda: status_of(api, "spy").get("availableReplicas") == 2 and status_of(api, "spy"),
-                      what="the deployment status")
+    status = wait_for(
+        lambda: status_of(api, "spy").get("availableReplicas") == 2 and status_of(api, "spy"),
+        what="the deployment status",
+    )
     assert status["observedGeneration"] == created["metadata"]["generation"]
     assert (status["replicas"], status["readyReplicas"], status["updatedReplicas"]) == (2, 2, 2)
     assert reasons(status) == {"Available": "MinimumReplicasAvailable", "Progressing": "NewReplicaSetAvailable"}
@@ -172,11 +199,18 @@ def test_a_template_change_rolls_to_new_processes(api: HttpApi, kubelet: LocalKu
 
     api.merge(f"{DEPLOYMENTS}/roll", {"spec": {"template": deployment("roll", version="v2")["spec"]["template"]}})
 
-    wait_for(lambda: sorted(e["MODEL_VERSION"] for e in envs(kubelet, "roll", 2)) == ["v2", "v2"]
-             and len(pods_of(api, "roll")) == 2, what="the rollout to v2")
+    wait_for(
+        lambda: (
+            sorted(e["MODEL_VERSION"] for e in envs(kubelet, "roll", 2)) == ["v2", "v2"]
+            and len(pods_of(api, "roll")) == 2
+        ),
+        what="the rollout to v2",
+    )
     wait_for(lambda: not any(alive(pid) for pid in old_pids), what="the old processes to stop")
-    status = wait_for(lambda: reasons(s := status_of(api, "roll")).get("Progressing") == "NewReplicaSetAvailable"
-                      and s, what="the rollout to complete")
+    status = wait_for(
+        lambda: reasons(s := status_of(api, "roll")).get("Progressing") == "NewReplicaSetAvailable" and s,
+        what="the rollout to complete",
+    )
     assert (status["updatedReplicas"], status["readyReplicas"]) == (2, 2)
 
 
@@ -191,8 +225,16 @@ def test_a_version_that_never_gets_ready_leaves_the_old_one_serving(api: HttpApi
 
     def new_pod_running_unready() -> bool:
         statuses = [p.get("status") or {} for p in pods_of(api, "stuck")]
-        return len(statuses) == 2 and sum(s.get("phase") == "Running" and not s["containerStatuses"][0]["ready"]
-                                          for s in statuses if s.get("containerStatuses")) == 1
+        return (
+            len(statuses) == 2
+            and sum(
+                s.get("phase") == "Running" and not s["containerStatuses"][0]["ready"]
+                for s in statuses
+                if s.get("containerStatuses")
+            )
+            == 1
+        )
+
     wait_for(new_pod_running_unready, what="the new, never-ready pod")
     assert kubelet.endpoints("default", "stuck") == serving
     assert get_json(f"{serving[0]}/env")["MODEL_VERSION"] == "good"
@@ -214,8 +256,10 @@ def test_scaling_to_zero_stops_the_processes(api: HttpApi, kubelet: LocalKubelet
     wait_for(lambda: not pods_of(api, "scaled"), what="the pods to go")
     wait_for(lambda: not any(alive(pid) for pid in pids), what="the processes to stop")
     assert kubelet.endpoints("default", "scaled") == []
-    status = wait_for(lambda: status_of(api, "scaled").get("replicas") == 0 and status_of(api, "scaled"),
-                      what="the status to say zero")
+    status = wait_for(
+        lambda: status_of(api, "scaled").get("replicas") == 0 and status_of(api, "scaled"),
+        what="the status to say zero",
+    )
     assert reasons(status)["Available"] == "MinimumReplicasAvailable"
 
 
@@ -252,9 +296,13 @@ def test_a_missing_secret_holds_the_pod_until_it_exists(api: HttpApi, kubelet: L
         return f"{waiting['reason']}: {waiting['message']}" if waiting else None
 
     assert wait_for(waiting_reason, what="the config error") == (
-        'CreateContainerConfigError: secret "late-secret" not found')
-    api.ok("POST", "/api/v1/namespaces/default/secrets",
-           {"metadata": {"name": "late-secret"}, "stringData": {"AWS_ACCESS_KEY_ID": "LATE"}})
+        'CreateContainerConfigError: secret "late-secret" not found'
+    )
+    api.ok(
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        {"metadata": {"name": "late-secret"}, "stringData": {"AWS_ACCESS_KEY_ID": "LATE"}},
+    )
 
     assert envs(kubelet, "patient", 1)[0]["AWS_ACCESS_KEY_ID"] == "LATE"
 
@@ -280,24 +328,40 @@ def test_a_command_that_cannot_start_is_reported(api: HttpApi, kubelet: LocalKub
 
     def failure_messages() -> list[str]:
         events = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind%3DPod")["items"]
-        return [e["message"] for e in events if e["involvedObject"]["name"].startswith("broken-")
-                and e["reason"] == "Failed"]
+        return [
+            e["message"]
+            for e in events
+            if e["involvedObject"]["name"].startswith("broken-") and e["reason"] == "Failed"
+        ]
 
     messages = wait_for(failure_messages, what="the Failed event")
     assert "cannot start the container" in messages[0] and "/nonexistent/serving-binary" in messages[0]
-    assert wait_for(lambda: (s := container_status(api, "broken")) and s["restartCount"] >= 1 and s,
-                    what="a restart")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert (
+        wait_for(lambda: (s := container_status(api, "broken")) and s["restartCount"] >= 1 and s, what="a restart")[
+            "state"
+        ]["waiting"]["reason"]
+        == "CrashLoopBackOff"
+    )
 
 
 def test_a_service_gets_a_stable_local_url(api: HttpApi, kubelet: LocalKubelet) -> None:
     api.ok("POST", DEPLOYMENTS, deployment("svc", replicas=2))
-    api.ok("POST", "/api/v1/namespaces/default/services", {
-        "metadata": {"name": "svc-http"},
-        "spec": {"selector": {"app": "svc"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    api.ok(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        {
+            "metadata": {"name": "svc-http"},
+            "spec": {"selector": {"app": "svc"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        },
+    )
     envs(kubelet, "svc", 2)
 
-    url = wait_for(lambda: (api.get("/api/v1/namespaces/default/services/svc-http")["metadata"]
-                            .get("annotations") or {}).get("local-stack.trading.io/url"), what="the service URL")
+    url = wait_for(
+        lambda: (api.get("/api/v1/namespaces/default/services/svc-http")["metadata"].get("annotations") or {}).get(
+            "local-stack.trading.io/url"
+        ),
+        what="the service URL",
+    )
 
     assert kubelet.service_url("default", "svc-http") == url
     assert sorted(kubelet.endpoints("default", "svc-http")) == sorted(kubelet.endpoints("default", "svc"))

@@ -28,8 +28,9 @@ CLIENTS = textwrap.dedent("""
 """)
 
 
-def test_the_products_clients_reach_the_local_api_through_the_kubeconfig(kube_api: LocalKubeAPI,
-                                                                          tmp_path: Path) -> None:
+def test_the_products_clients_reach_the_local_api_through_the_kubeconfig(
+    kube_api: LocalKubeAPI, tmp_path: Path
+) -> None:
     """What the operator does at start-up (kopf's login, then KubeApi.connect), with only KUBECONFIG set."""
     kubeconfig = kube_api.write_kubeconfig(tmp_path / "kubeconfig", namespace="trading")
     env = {**{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV}, "KUBECONFIG": str(kubeconfig)}

@@ -25,38 +25,45 @@ WIDGET_CRD: dict[str, Any] = {
         "group": "example.com",
         "scope": "Namespaced",
         "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
-        "versions": [{
-            "name": "v1",
-            "served": True,
-            "storage": True,
-            "subresources": {"status": {}},
-            "additionalPrinterColumns": [
-                {"name": "Color", "type": "string", "jsonPath": ".spec.color"},
-                {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
-                {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-                {"name": "Note", "type": "string", "jsonPath": ".spec.note", "priority": 1},
-                {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-            ],
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {
-                    "spec": {
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Color", "type": "string", "jsonPath": ".spec.color"},
+                    {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+                    {"name": "Note", "type": "string", "jsonPath": ".spec.note", "priority": 1},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {
+                    "openAPIV3Schema": {
                         "type": "object",
-                        "required": ["color"],
                         "properties": {
-                            "color": {"type": "string", "enum": ["red", "green", "blue"]},
-                            "size": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
-                            "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
-                            "note": {"type": "string"},
-                            "extras": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                            "limits": {"type": "object", "default": {},
-                                       "properties": {"cpu": {"type": "string", "default": "100m"}}},
+                            "spec": {
+                                "type": "object",
+                                "required": ["color"],
+                                "properties": {
+                                    "color": {"type": "string", "enum": ["red", "green", "blue"]},
+                                    "size": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
+                                    "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                                    "note": {"type": "string"},
+                                    "extras": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                                    "limits": {
+                                        "type": "object",
+                                        "default": {},
+                                        "properties": {"cpu": {"type": "string", "default": "100m"}},
+                                    },
+                                },
+                            },
+                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
                         },
-                    },
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    }
                 },
-            }},
-        }],
+            }
+        ],
     },
 }
 
@@ -79,11 +86,19 @@ class HttpApi:
 
     url: str
 
-    def call(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": content_type, **(headers or {})})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": content_type, **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 status, text = response.status, response.read().decode()
@@ -111,8 +126,7 @@ class Kubectl:
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECACHEDIR": str(self.cache_dir), "KUBECONFIG": str(self.kubeconfig)}
-        result = subprocess.run([self.binary, *args], input=stdin, capture_output=True, text=True, env=env,
-                                timeout=60)
+        result = subprocess.run([self.binary, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result

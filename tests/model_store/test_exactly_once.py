@@ -168,9 +168,7 @@ def test_a_recorded_move_left_written_down_never_swallows_a_later_repair(
     assert not intents(s3, bucket)
 
 
-def test_a_deleted_stage_manifest_is_repaired_and_logged_as_a_repair(
-    s3: Any, bucket: str, demo_v1: DemoModel
-) -> None:
+def test_a_deleted_stage_manifest_is_repaired_and_logged_as_a_repair(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
     publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
     done = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
     assert done.stage_manifest is not None
@@ -293,10 +291,7 @@ def test_a_version_uploaded_by_hand_that_is_no_model_is_refused_at_promotion(
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=PROD)
 
 
-
-def test_an_intent_whose_removal_was_lost_never_hides_a_later_repair(
-    s3: Any, bucket: str, demo_v1: DemoModel
-) -> None:
+def test_an_intent_whose_removal_was_lost_never_hides_a_later_repair(s3: Any, bucket: str, demo_v1: DemoModel) -> None:
     publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
     done = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
     assert done.move is not None

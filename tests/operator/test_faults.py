@@ -199,15 +199,24 @@ def state(stack: Stack, name: str, location: ModelLocation, proxy: FaultProxy | 
     lines = []
     with contextlib.suppress(Exception):
         status = (stack.tradingmodel(name) or {}).get("status") or {}
-        lines.append(f"status of {name}: phase={status.get('phase')} active={status.get('activeVersion')} "
-                     f"claim={status.get('claim')}")
-        lines += [f"  condition {c['type']}={c['status']} {c['reason']}: {c['message'][:300]}"
-                  for c in status.get("conditions") or []]
-        lines += [f"  history {h.get('id', '')[:12]} {h.get('action')} {h.get('from')} -> {h.get('to')}"
-                  for h in status.get("history") or []]
+        lines.append(
+            f"status of {name}: phase={status.get('phase')} active={status.get('activeVersion')} "
+            f"claim={status.get('claim')}"
+        )
+        lines += [
+            f"  condition {c['type']}={c['status']} {c['reason']}: {c['message'][:300]}"
+            for c in status.get("conditions") or []
+        ]
+        lines += [
+            f"  history {h.get('id', '')[:12]} {h.get('action')} {h.get('from')} -> {h.get('to')}"
+            for h in status.get("history") or []
+        ]
     with contextlib.suppress(Exception):
-        lines += [f"audit {e.get('id', '')[:12]} {e['action']} {e.get('stage')} {e.get('from_version')} -> "
-                  f"{e.get('to_version')}" for e in audit(stack, location, None)]
+        lines += [
+            f"audit {e.get('id', '')[:12]} {e['action']} {e.get('stage')} {e.get('from_version')} -> "
+            f"{e.get('to_version')}"
+            for e in audit(stack, location, None)
+        ]
     for stage in Stage:
         with contextlib.suppress(Exception):
             keys = sorted(objects(stack, location.stage_prefix(stage)))

@@ -38,8 +38,7 @@ def tradingmodel(name: str, ticker: str, version: str, stack: Stack) -> dict[str
 def objects(stack: Stack, prefix: str) -> dict[str, bytes]:
     listing = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix).get("Contents", [])
     return {
-        o["Key"][len(prefix) :]: stack.s3.get_object(Bucket=stack.bucket, Key=o["Key"])["Body"].read()
-        for o in listing
+        o["Key"][len(prefix) :]: stack.s3.get_object(Bucket=stack.bucket, Key=o["Key"])["Body"].read() for o in listing
     }
 
 
@@ -132,26 +131,36 @@ def test_new_version_promotes_and_rolls_out_then_rollback(stack: Stack) -> None:
     assert tm["status"]["history"][-1]["action"] == "rollback"
     assert production(stack, "QQQ").version == "v1.0"  # type: ignore[union-attr]
     assert stack.predict("qqq-production", "QQQ")["model_version"] == "v1.0"
-    audit = [(e["action"], e["from_version"], e["to_version"]) for e in deployment_history(stack.s3, stack.bucket)
-             if e["ticker"] == "QQQ"]
+    audit = [
+        (e["action"], e["from_version"], e["to_version"])
+        for e in deployment_history(stack.s3, stack.bucket)
+        if e["ticker"] == "QQQ"
+    ]
     assert audit == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1"), ("rollback", "v1.1", "v1.0")]
 
 
 def test_the_service_url_up_prints_keeps_answering_through_a_rollout(stack: Stack) -> None:
     stack.kubectl("apply", "-f", "-", input=tradingmodel("xle-production", "XLE", "v1.0", stack))
     stack.wait_for("xle-production", lambda tm: tm["status"].get("phase") == "Ready")
-    printed = [line.split(": ", 1)[1] for line in running_notes(stack, ["xle-production"])
-               if line.strip().startswith("xle-production: ")]
+    printed = [
+        line.split(": ", 1)[1]
+        for line in running_notes(stack, ["xle-production"])
+        if line.strip().startswith("xle-production: ")
+    ]
     assert printed == [stack.service_url("xle-production")], printed
     url, pods = printed[0], stack.endpoints("xle-production")
     assert url not in pods  # the Service's own address, not a pod's
     assert predict_at(url, "XLE")["model_version"] == "v1.0"
 
     stack.kubectl("patch", "tm", "xle-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
-    stack.wait_for("xle-production", lambda tm: tm["status"].get("activeVersion") == "v1.1"
-                   and tm["status"].get("phase") == "Ready")
-    stack.wait_until(lambda: (now := stack.endpoints("xle-production")) and not set(now) & set(pods),
-                     "the rollout to replace the pods")
+    stack.wait_for(
+        "xle-production",
+        lambda tm: tm["status"].get("activeVersion") == "v1.1" and tm["status"].get("phase") == "Ready",
+    )
+    stack.wait_until(
+        lambda: (now := stack.endpoints("xle-production")) and not set(now) & set(pods),
+        "the rollout to replace the pods",
+    )
     assert stack.service_url("xle-production") == url  # pod URLs went stale; this one did not
     assert [predict_at(url, "XLE")["model_version"] for _ in range(5)] == ["v1.1"] * 5
 
@@ -321,10 +330,16 @@ def test_a_rollout_under_keep_alive_load_fails_no_request(stack: Stack) -> None:
     try:
         time.sleep(1.0)
         stack.kubectl("patch", "tm", "tlt-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
-        stack.wait_for("tlt-production", lambda tm: tm["status"].get("activeVersion") == "v1.1"
-                       and tm["status"].get("phase") == "Ready", timeout=120)
-        stack.wait_until(lambda: len(now := stack.endpoints("tlt-production")) == 2 and not set(now) & old_pods,
-                         "the rollout to replace both pods", timeout=120)
+        stack.wait_for(
+            "tlt-production",
+            lambda tm: tm["status"].get("activeVersion") == "v1.1" and tm["status"].get("phase") == "Ready",
+            timeout=120,
+        )
+        stack.wait_until(
+            lambda: len(now := stack.endpoints("tlt-production")) == 2 and not set(now) & old_pods,
+            "the rollout to replace both pods",
+            timeout=120,
+        )
         time.sleep(15)  # the old pods' preStop pause and drain end while the clients keep asking
     finally:
         stop.set()
