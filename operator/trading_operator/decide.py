@@ -118,13 +118,6 @@ def parsed(view: View) -> TradingModelSpec | InvalidSpec:
         return exc
 
 
-def spec_change_pending(body: dict[str, Any]) -> bool:
-    """The spec changed since the last pass wrote the status (every pass writes observedGeneration):
-    the update handler's pass is due, a timer's pass would only race it."""
-    generation = (body.get("metadata") or {}).get("generation")
-    return generation is not None and (body.get("status") or {}).get("observedGeneration") != generation
-
-
 def store_wanted(view: View) -> StoreWanted:
     model = parsed(view)
     if isinstance(model, InvalidSpec) or view.rival:

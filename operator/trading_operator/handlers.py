@@ -16,7 +16,7 @@ from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics
 from trading_operator.builders import rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
-from trading_operator.decide import Plan, spec_change_pending
+from trading_operator.decide import Plan
 from trading_operator.kube import KubeApi
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
@@ -101,9 +101,9 @@ async def drift_check(
     *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
 ) -> None:
     """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge.
-    Not while a spec change waits for its own pass (that pass converges everything anyway)."""
-    if not spec_change_pending(dict(body)):
-        await _in_lane(_timer_lane, _timed, "drift", namespace or "default", name, memo.deps, tradingmodel_claims)
+    Also when a spec change looks pending: kopf runs no update handler for a spec set back to the
+    last one it handled (e.g. a refused version reverted), so only this pass converges it."""
+    await _in_lane(_timer_lane, _timed, "drift", namespace or "default", name, memo.deps, tradingmodel_claims)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.deep_check_seconds, initial_delay=CONFIG.deep_check_seconds)
@@ -111,9 +111,8 @@ async def deep_check(
     *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
 ) -> None:
     """Less often: hash every file of the stage against its manifest (an edit that kept the ETag)."""
-    if not spec_change_pending(dict(body)):
-        where = namespace or "default"
-        await _in_lane(_timer_lane, _timed, "deep", where, name, memo.deps, tradingmodel_claims, deep=True)
+    where = namespace or "default"
+    await _in_lane(_timer_lane, _timed, "deep", where, name, memo.deps, tradingmodel_claims, deep=True)
 
 
 def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:

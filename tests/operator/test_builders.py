@@ -137,13 +137,3 @@ def test_names_that_cannot_name_a_service_are_refused(name: str) -> None:
     with pytest.raises(InvalidSpec, match="DNS label"):
         check_name(name)
     check_name("spy-production")
-
-
-def test_a_timer_pass_waits_while_a_spec_change_is_pending() -> None:
-    from trading_operator.decide import spec_change_pending
-
-    body: dict[str, Any] = {"metadata": {"generation": 2}, "status": {"observedGeneration": 1}}
-    assert spec_change_pending(body)  # the update handler's pass is due
-    body["status"]["observedGeneration"] = 2
-    assert not spec_change_pending(body)
-    assert spec_change_pending({"metadata": {"generation": 1}})  # never handled yet: the create handler's

@@ -188,6 +188,24 @@ def test_missing_version_is_reported_and_production_untouched(stack: Stack) -> N
     )
 
 
+def test_a_refused_version_set_back_is_served_again(stack: Stack) -> None:
+    """kopf runs no update handler for a spec set back to the last one it handled: the drift timer's
+    pass is what converges it (a timer that waited for 'the update pass' would wait for ever)."""
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("xlu-production", "XLU", "v1.0", stack))
+    stack.wait_for("xlu-production", lambda tm: tm["status"].get("phase") == "Ready")
+    stack.kubectl("patch", "tm", "xlu-production", "--type", "merge", "-p", '{"spec": {"version": "v9.9"}}')
+    stack.wait_for("xlu-production", lambda tm: reason(tm) == "VersionNotFound")
+    stack.kubectl("patch", "tm", "xlu-production", "--type", "merge", "-p", '{"spec": {"version": "v1.0"}}')
+    tm = stack.wait_for(
+        "xlu-production",
+        lambda tm: (
+            tm["status"].get("phase") == "Ready"
+            and tm["status"].get("observedGeneration") == tm["metadata"]["generation"]
+        ),
+    )
+    assert tm["status"]["activeVersion"] == "v1.0"
+
+
 def test_digest_mismatch_is_refused_and_production_untouched(stack: Stack) -> None:
     stack.kubectl("apply", "-f", "-", input=tradingmodel("xlf-production", "XLF", "v1.0", stack))
     stack.wait_for("xlf-production", lambda tm: tm["status"].get("phase") == "Ready")
