@@ -70,6 +70,17 @@ def check_model_loads(files: dict[str, bytes], feature_count: int) -> None:
             )
 
 
+def parse_metadata(raw: bytes) -> dict[str, Any]:
+    """metadata.json as a JSON object; InvalidArtifacts says what is wrong with it."""
+    try:
+        metadata = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArtifacts(f"{METADATA} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise InvalidArtifacts(f"{METADATA} must be a JSON object")
+    return metadata
+
+
 def check_artifacts(files: dict[str, bytes], version: str) -> dict[str, Any]:
     """Raise InvalidArtifacts naming what to fix; return the parsed metadata."""
     unknown = sorted(set(files) - set(KNOWN_FILES) - set(OPTIONAL_FILES))
@@ -93,12 +104,7 @@ def check_artifacts(files: dict[str, bytes], version: str) -> dict[str, Any]:
     if len(set(names)) != len(names):
         raise InvalidArtifacts(f"{FEATURE_NAMES} lists a feature twice")
 
-    try:
-        metadata = json.loads(files[METADATA])
-    except ValueError as exc:
-        raise InvalidArtifacts(f"{METADATA} is not valid JSON: {exc}") from None
-    if not isinstance(metadata, dict):
-        raise InvalidArtifacts(f"{METADATA} must be a JSON object")
+    metadata = parse_metadata(files[METADATA])
     if str(metadata.get("version", version)) != version:
         raise InvalidArtifacts(
             f"{METADATA} says version {metadata.get('version')!r} but you are publishing {version!r}"

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_store.artifacts import MODEL_CLASSES, pickled_class
+from model_store.artifacts import MODEL_CLASSES, parse_metadata, pickled_class
 from model_store.errors import InvalidArtifacts
 from model_store.layout import LABEL_ENCODER, METADATA, MODEL_NATIVE, MODEL_PICKLE
 
@@ -69,12 +69,7 @@ def convert_pickles(files: dict[str, bytes]) -> Converted:
         if all(isinstance(c, str) for c in own):
             classes = [str(c) for c in own]
     if classes is not None and METADATA in out:
-        try:
-            metadata = json.loads(out[METADATA])
-        except ValueError as exc:
-            raise InvalidArtifacts(f"{METADATA} is not valid JSON: {exc}") from None
-        if not isinstance(metadata, dict):
-            raise InvalidArtifacts(f"{METADATA} must be a JSON object")
+        metadata = parse_metadata(out[METADATA])
         listed = metadata.get("classes")
         if listed is None:
             metadata["classes"] = classes
