@@ -234,13 +234,10 @@ def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
         message += "; the operator lacks a permission (manifests/rbac) or an admission policy refused it: retrying"
     elif not retryable:
         message += "; fix spec.serving. Serving is scaled to zero until then"
-    conditions = plan.status.get("conditions") or []
-    for type_, value, reason, text in (
-        ("Ready", False, "DeploymentRejected", message),
-        ("Reconciling", retryable, "DeploymentRejected" if retryable else "Settled", message if retryable else ""),
-        ("Stalled", not retryable, "NotStalled" if retryable else "DeploymentRejected", "" if retryable else message),
-    ):
-        conditions = set_condition(conditions, type_, value, reason, text, view.generation, view.now)
+    conditions = set_condition(
+        plan.status.get("conditions") or [], "Ready", False, "DeploymentRejected", message, view.generation, view.now
+    )
+    conditions = kstatus_conditions(conditions, FAILED, message, retryable, not retryable, view.generation, view.now)
     events = [e for e in plan.events if e[1] != "Ready"]
     if view.old.get("phase") != FAILED:
         events.append(("Warning", FAILED, message))
@@ -361,7 +358,7 @@ def _plan(
     permanent: bool = False,
     scale_to_zero: bool = False,
 ) -> Plan:
-    _kstatus(status, phase, message, retryable, permanent)
+    status.kstatus(phase, message, retryable, permanent)
     new = status.render(phase)
     events = []
     news = view.old.get("phase") != phase or _reason(view.old) != _reason(new)
@@ -373,14 +370,22 @@ def _plan(
     )  # fmt: skip
 
 
-def _kstatus(status: _Status, phase: str, message: str, retryable: bool, permanent: bool) -> None:
+def kstatus_conditions(
+    conditions: list[dict[str, Any]],
+    phase: str,
+    message: str,
+    retryable: bool,
+    permanent: bool,
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
     """kstatus' abnormal-true conditions, so Flux (and any kstatus reader) sees progress and dead ends."""
     reconciling = phase == ROLLING_OUT or (phase == FAILED and retryable)
     stalled = phase == CONFLICT or (phase == FAILED and permanent)
-    ready = condition(status.conditions, "Ready") or {}
-    why = str(ready.get("reason") or phase)
-    status.set("Reconciling", reconciling, why if reconciling else "Settled", message if reconciling else "")
-    status.set("Stalled", stalled, why if stalled else "NotStalled", message if stalled else "")
+    why = str((condition(conditions, "Ready") or {}).get("reason") or phase)
+    for type_, on, off in (("Reconciling", reconciling, "Settled"), ("Stalled", stalled, "NotStalled")):
+        conditions = set_condition(conditions, type_, on, why if on else off, message if on else "", generation, now)
+    return conditions
 
 
 def _reason(status: dict[str, Any]) -> str | None:
@@ -406,9 +411,10 @@ class _Status:
         self.values: dict[str, Any] = {}
         self.claim: str | None = None  # the stage this TradingModel holds after the pass
 
-    @property
-    def conditions(self) -> list[dict[str, Any]]:
-        return self._conditions
+    def kstatus(self, phase: str, message: str, retryable: bool, permanent: bool) -> None:
+        self._conditions = kstatus_conditions(
+            self._conditions, phase, message, retryable, permanent, self.generation, self.now
+        )
 
     def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self._conditions = set_condition(self._conditions, type_, ok, reason, message, self.generation, self.now)
