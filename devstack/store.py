@@ -122,6 +122,9 @@ class ObjectStore:
         self.types: dict[ResourceKey, ResourceType] = {}
         self._objects: dict[ResourceKey, dict[ObjectAddress, dict[str, Any]]] = collections.defaultdict(dict)
         self._uids: dict[str, tuple[ResourceKey, ObjectAddress]] = {}
+        # owner uid -> the objects whose ownerReferences name it: garbage collection looks there
+        # instead of walking every object (events included) on every delete
+        self._dependents: dict[str, set[tuple[ResourceKey, ObjectAddress]]] = collections.defaultdict(set)
         self._rv = 0
         self._log: collections.deque[WatchEvent] = collections.deque(maxlen=event_log_size)
         self._watchers: set[Watcher] = set()
@@ -523,12 +526,16 @@ class ObjectStore:
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
         address = (meta.get("namespace"), meta["name"])
+        for ref in ((previous or {}).get("metadata") or {}).get("ownerReferences") or []:
+            self._dependents.get(ref.get("uid", ""), set()).discard((rt.key, address))
         if event_type == "DELETED":
             self._objects[rt.key].pop(address, None)
             self._uids.pop(meta["uid"], None)
         else:
             self._objects[rt.key][address] = obj
             self._uids[meta["uid"]] = (rt.key, address)
+            for ref in meta.get("ownerReferences") or []:
+                self._dependents[ref.get("uid", "")].add((rt.key, address))
         event = WatchEvent(self._rv, event_type, rt.key, obj, previous)
         self._log.append(event)
         for watcher in list(self._watchers):
@@ -548,6 +555,8 @@ class ObjectStore:
         removed = copy.deepcopy(current)
         self._commit(rt, "DELETED", removed, current)
         self._collect_dependents(removed["metadata"]["uid"], propagation)
+        if not self._dependents.get(removed["metadata"]["uid"]):
+            self._dependents.pop(removed["metadata"]["uid"], None)
         if rt.key == NAMESPACE_KEY:
             namespace = removed["metadata"]["name"]
             for other_rt, obj in list(self.all_objects()):
@@ -557,7 +566,10 @@ class ObjectStore:
 
     def _collect_dependents(self, owner_uid: str, propagation: str | None, *, force: bool = False) -> None:
         """Garbage collection: dependents whose owners are all gone are deleted (or orphaned)."""
-        for rt, obj in list(self.all_objects()):
+        for key, address in sorted(self._dependents.get(owner_uid, ()), key=repr):
+            rt, obj = self.types.get(key), self._objects[key].get(address)
+            if rt is None or obj is None:
+                continue
             refs = obj["metadata"].get("ownerReferences") or []
             if not any(ref.get("uid") == owner_uid for ref in refs):
                 continue
