@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_LEVELS = tuple(n for n in logging.getLevelNamesMapping() if n not in ("NOTSET", "WARN", "FATAL"))
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,13 @@ class Env:
         if raw in _FALSE:
             return False
         raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {self._source[name]!r}")
+
+    def log_level(self, name: str = "LOG_LEVEL", default: str = "INFO") -> str:
+        """A logging level name (DEBUG, INFO, WARNING, ERROR, CRITICAL), any case."""
+        raw = self.text(name, default).upper()
+        if raw not in _LEVELS:
+            raise ConfigError(f"{name} must be one of {', '.join(_LEVELS)}, got {self._source[name]!r}")
+        return raw
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         return int(self._number(name, default, int, low, high, "a whole number"))

@@ -138,8 +138,11 @@ def cmd_check(args: argparse.Namespace) -> None:
 def cmd_operator(args: argparse.Namespace) -> None:
     import kopf
 
-    kopf.configure(verbose=args.verbose, quiet=not args.verbose, log_format=kopf.LogFormat.JSON)
-    import trading_operator.handlers  # (registers the handlers)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
+    import trading_operator.handlers  # (registers the handlers; reads the configuration)
+
+    if not args.verbose:
+        logging.getLogger().setLevel(trading_operator.handlers.CONFIG.log_level)
 
     namespace = args.namespace or trading_operator.handlers.CONFIG.watch_namespace
     kopf.run(

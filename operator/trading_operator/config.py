@@ -20,6 +20,7 @@ class OperatorConfig:
     retry_max_seconds: int = 60  # a spec change made during a backoff waits for it (kopf)
     metrics_port: int = 0  # the operator's own /metrics (reconciles, S3 requests); 0: off
     workers: int = 16  # reconcile passes at once (kopf's thread pool); the connection pools follow it
+    log_level: str = "WARNING"  # the operator's and kopf's logs; `tmctl operator --verbose` means DEBUG
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -36,4 +37,5 @@ class OperatorConfig:
             retry_max_seconds=env.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1, day),
             metrics_port=env.integer("METRICS_PORT", cls.metrics_port, 0, 65535),
             workers=env.integer("WORKERS", cls.workers, 1, 256),
+            log_level=env.log_level("LOG_LEVEL", cls.log_level),
         )

@@ -17,7 +17,16 @@ from model_store.errors import CorruptVersion, RegistryError, StoreError, Versio
 from model_store.layout import InvalidName
 from model_store.promotion import PromotionResult
 from model_store.s3 import error_code, is_missing_bucket
-from trading_operator.builders import SPEC_HASH_ANNOTATION, build_deployment, build_service, rollout_state
+from trading_operator.builders import (
+    SPEC_HASH_ANNOTATION,
+    build_deployment,
+    build_disruption_budget,
+    build_network_policy,
+    build_service,
+    live_selector,
+    progress_deadline_exceeded,
+    rollout_state,
+)
 from trading_operator.config import OperatorConfig
 from trading_operator.spec import InvalidSpec, TradingModelSpec, check_name, parse_spec
 from trading_operator.status import (
@@ -103,6 +112,8 @@ class Plan:
     status: dict[str, Any]
     deployment: dict[str, Any] | None = None  # create or replace when its spec hash differs
     service: dict[str, Any] | None = None
+    extras: list[dict[str, Any]] = field(default_factory=list)  # more owned objects, written like the Service
+    unwanted: list[tuple[str, str]] = field(default_factory=list)  # (apiVersion, kind) owned objects to delete
     scale_to_zero: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
     message: str = ""
@@ -198,10 +209,11 @@ def decide(view: View, store: StoreOutcome) -> Plan:
         status.values.update(previousVersion=old_active, activeVersion=model.version)
     status.values["digest"] = result.digest
 
+    port, match = view.config.serving_port, live_selector(view.name, view.deployment)
     deployment = build_deployment(
-        view.name, view.namespace, model, result.digest, view.config.serving_image, view.config.serving_port
+        view.name, view.namespace, model, result.digest, view.config.serving_image, port, match_labels=match
     )
-    service = build_service(view.name, view.namespace, model, view.config.serving_port)
+    service = build_service(view.name, view.namespace, model, port, match_labels=match)
     desired = int(deployment["spec"]["replicas"])
     if needs_write(view.deployment, deployment):
         verb = "Created" if view.deployment is None else "Rolling out"
@@ -218,12 +230,44 @@ def decide(view: View, store: StoreOutcome) -> Plan:
             plan_events.append(("Normal", "Ready", message))
         status.set("Ready", True, "RolloutComplete", message)
         plan = _plan(view, status, READY, message)
+    elif (stalled := progress_deadline_exceeded(view.deployment)) and not needs_write(view.deployment, deployment):
+        plan = _stalled(view, model, status, (ready, desired), stalled)
     else:
         status.set("Ready", False, "RollingOut", f"{ready}/{desired} pods ready with {model.version}")
         plan = _plan(view, status, ROLLING_OUT)
     plan.deployment, plan.service = deployment, service
+    budget = build_disruption_budget(view.name, view.namespace, model, match_labels=match)
+    plan.extras = [build_network_policy(view.name, view.namespace, model, port, match_labels=match)]
+    if budget is None:
+        plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
+    else:
+        plan.extras.append(budget)
     plan.events[:0] = plan_events
     return plan
+
+
+def _stalled(view: View, model: TradingModelSpec, status: _Status, counts: tuple[int, int], said: str) -> Plan:
+    """The rollout made no progress for progressDeadlineSeconds: kstatus Stalled, a Warning Event.
+    Nothing is scaled down: with maxUnavailable 0 the previous pods keep serving; the Deployment
+    controller goes on trying, so pods that become ready later still end in Ready."""
+    ready, desired = counts
+    old = view.old
+    previous = old.get("previousVersion") if old.get("activeVersion") == model.version else old.get("activeVersion")
+    serving = max(0, rollout_state(view.deployment)[1] - ready)
+    still = f"{serving} pod(s) of {previous} keep serving" if previous and serving else "no other pod serves"
+    message = (
+        f"the rollout of {model.version} made no progress for {_deadline(view)} s: {ready}/{desired} new pods "
+        f"ready ({said}); {still}. See why the new pods are not ready (kubectl describe pods -l "
+        f"trading.io/version={model.version}; kubectl logs), then fix it or set spec.version back"
+    )
+    status.set("Ready", False, "ProgressDeadlineExceeded", message)
+    plan = _plan(view, status, FAILED, message, permanent=True)
+    plan.events = [("Warning", "ProgressDeadlineExceeded", message) if e[1] == FAILED else e for e in plan.events]
+    return plan
+
+
+def _deadline(view: View) -> int:
+    return int(((view.deployment or {}).get("spec") or {}).get("progressDeadlineSeconds") or 600)
 
 
 def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:

@@ -22,6 +22,7 @@ from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
 
 CONFIG = OperatorConfig.from_env()
+OWNED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGER}"
 # kopf passes its indexes as keyword arguments its handler protocols do not name: hence the default.
 NO_CLAIMS: Claims = {}
 # Rollout passes are short (no S3 once promoted) and what moves a TradingModel to Ready: a lane
@@ -56,6 +57,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
     settings.execution.max_workers = CONFIG.workers
     settings.watching.server_timeout = 300
+    # Asked of the API server: kopf applies a handler's `labels=` on its side, after the whole
+    # cluster's Deployments were streamed to it (and kept in memory).
+    settings.watching.label_selectors["apps", "v1", "deployments"] = OWNED_SELECTOR
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
@@ -124,7 +128,7 @@ _progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout
 _progress_guard = threading.Lock()
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})  # and OWNED_SELECTOR
 async def on_deployment(
     *, type: str | None, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
 ) -> None:

@@ -87,7 +87,13 @@ class KubeApi:
     # Owned objects
     @staticmethod
     def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
-        plural = {"Deployment": "deployments", "Service": "services", "Secret": "secrets"}[kind]
+        plural = {
+            "Deployment": "deployments",
+            "Service": "services",
+            "Secret": "secrets",
+            "PodDisruptionBudget": "poddisruptionbudgets",
+            "NetworkPolicy": "networkpolicies",
+        }[kind]
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         base = f"{prefix}/namespaces/{namespace}/{plural}"
         return f"{base}/{name}" if name else base
@@ -103,6 +109,9 @@ class KubeApi:
         meta = obj["metadata"]
         path = self.object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         return self.request("PATCH", path, patch, content_type=MERGE_PATCH) or {}
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.request("DELETE", self.object_path(api_version, kind, namespace, name))
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         secret = self.get("v1", "Secret", namespace, name)

@@ -25,7 +25,7 @@ from model_store.promotion import promote
 from model_store.publish import utc_now
 from model_store.registry import record_once, sync_registries
 from trading_operator import GROUP, KIND, VERSION
-from trading_operator.builders import SPEC_HASH_ANNOTATION, rollout_state, selector
+from trading_operator.builders import DROPPED_LABELS, SPEC_HASH_ANNOTATION, live_selector, rollout_state
 from trading_operator.claims import Claimant, claims_of, rival, spec_claim
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import (
@@ -101,7 +101,8 @@ def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: boo
     target_ready = None
     if deployment is not None and not rollout_state(deployment)[2]:
         version = ((body.get("spec") or {}).get("version")) or ""
-        target_ready = deps.kube.count_ready_pods(namespace, {**selector(name), "trading.io/version": version})
+        pods = {**live_selector(name, deployment), "trading.io/version": version}
+        target_ready = deps.kube.count_ready_pods(namespace, pods)
     return View(
         body=body,
         config=deps.config,
@@ -152,10 +153,15 @@ def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
             _scale_to_zero(view, deps)
         if plan.deployment is not None:
             _apply_owned(body, plan.deployment, view.deployment, deps)
-        if plan.service is not None and not view.rollout_only:
-            service = plan.service["metadata"]
-            live = deps.kube.get("v1", "Service", service["namespace"], service["name"])
-            _apply_owned(body, plan.service, live, deps)
+        if not view.rollout_only:
+            for owned in [plan.service, *plan.extras] if plan.service is not None else plan.extras:
+                meta = owned["metadata"]
+                live = deps.kube.get(owned["apiVersion"], owned["kind"], meta["namespace"], meta["name"])
+                _apply_owned(body, owned, live, deps)
+        if plan.scale_to_zero:  # no budget over pods that are gone: it would only hold up drains
+            plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
+        for api_version, kind in plan.unwanted if not view.rollout_only else ():
+            _delete_owned(body, api_version, kind, deps)
     except ApiException as exc:
         plan = _api_failure(view, plan, exc)
         if plan.scale_to_zero:  # refused for good: nothing may serve a version it does not hold
@@ -184,6 +190,21 @@ def _api_failure(view: View, plan: Plan, exc: ApiException) -> Plan:
     return deployment_rejected(view, plan, exc.status or 500, detail)
 
 
+def _dropped_labels(live: dict[str, Any]) -> dict[str, None]:
+    """Labels an older operator set that must go (a merge patch removes a key set to null)."""
+    return {key: None for key in (live["metadata"].get("labels") or {}) if key in DROPPED_LABELS}
+
+
+def _delete_owned(body: dict[str, Any], api_version: str, kind: str, deps: Deps) -> None:
+    """Delete our object of that kind, if there is one and it is ours (a GET first: a pass that
+    finds nothing to delete sends no write)."""
+    meta = body["metadata"]
+    live = deps.kube.get(api_version, kind, meta["namespace"], meta["name"])
+    owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
+    if live is not None and any(ref.get("uid") == meta.get("uid") for ref in owners):
+        deps.kube.delete(api_version, kind, meta["namespace"], meta["name"])
+
+
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -208,7 +229,7 @@ def _apply_owned(body: dict[str, Any], desired: dict[str, Any], live: dict[str, 
         live,
         {
             "metadata": {
-                "labels": meta["labels"],
+                "labels": {**_dropped_labels(live), **meta["labels"]},
                 "annotations": meta["annotations"],
                 "ownerReferences": meta["ownerReferences"],
             },

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_store.layout import InvalidName, ModelLocation, Stage, check_ticker, check_version
+from trading_operator.quantity import InvalidQuantity, parse_quantity
 
 ARCHIVED = "Archived"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -33,6 +34,9 @@ class TradingModelSpec:
     image: str | None
     resources: dict[str, Any] = field(default_factory=dict)
     tickers: tuple[str, ...] = ()  # stock only: every ticker the universal model serves, ticker first
+    service_account: str | None = None  # the serving pods' (e.g. an IRSA role); None: the namespace's default
+    image_pull_secrets: tuple[str, ...] = ()
+    progress_deadline_seconds: int | None = None  # a rollout without progress this long is reported
 
     @property
     def location(self) -> ModelLocation:
@@ -63,6 +67,41 @@ def check_name(name: str) -> None:
         )
 
 
+LABEL_VALUE_MAX = 63  # spec.version becomes a label value of the serving pods
+
+
+def check_resources(resources: Any) -> dict[str, Any]:
+    """spec.serving.resources as a cluster would accept it: quantities, and no request above its limit."""
+    if not isinstance(resources, dict):
+        raise InvalidSpec("spec.serving.resources must be an object with requests and limits")
+    parsed: dict[str, dict[str, Any]] = {}
+    for section in ("requests", "limits"):
+        values = resources.get(section) or {}
+        if not isinstance(values, dict):
+            raise InvalidSpec(f"spec.serving.resources.{section} must map resource names to quantities")
+        for key, value in values.items():
+            try:
+                parsed.setdefault(section, {})[key] = parse_quantity(value)
+            except InvalidQuantity as exc:
+                raise InvalidSpec(f"spec.serving.resources.{section}.{key} {value!r}: {exc} (e.g. 500m, 1Gi)") from None
+    for key, request in (parsed.get("requests") or {}).items():
+        limit = (parsed.get("limits") or {}).get(key)
+        if limit is not None and request > limit:
+            raise InvalidSpec(f"spec.serving.resources.requests.{key} must be less than or equal to its limit")
+    return dict(resources)
+
+
+def _serving_identity(serving: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    account = serving.get("serviceAccountName") or None
+    if account is not None and (not _DNS_NAME_RE.match(str(account)) or len(str(account)) > 253):
+        raise InvalidSpec(f"spec.serving.serviceAccountName {account!r} is not a valid ServiceAccount name")
+    secrets = serving.get("imagePullSecrets") or []
+    names = tuple(str((s or {}).get("name") or "") if isinstance(s, dict) else "" for s in secrets)
+    if not isinstance(secrets, list) or not all(_DNS_NAME_RE.match(n) for n in names):
+        raise InvalidSpec("spec.serving.imagePullSecrets must be a list of {name: <Secret name>}")
+    return account, names
+
+
 def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
     def need(mapping: dict[str, Any], key: str, where: str) -> Any:
         if mapping.get(key) in (None, ""):
@@ -76,6 +115,8 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
         version = check_version(str(need(spec, "version", "spec")))
     except InvalidName as exc:
         raise InvalidSpec(str(exc)) from None
+    if len(version) > LABEL_VALUE_MAX:
+        raise InvalidSpec(f"spec.version must be at most {LABEL_VALUE_MAX} characters: it is a label of the pods")
     asset_class = spec.get("assetClass") or "etf"
     if asset_class not in ("etf", "stock"):
         raise InvalidSpec(f"spec.assetClass must be etf or stock, got {asset_class!r}")
@@ -103,6 +144,10 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
     secret = (storage.get("secretRef") or {}).get("name") or None
     if secret is not None and not _DNS_NAME_RE.match(secret):
         raise InvalidSpec(f"spec.storage.secretRef.name {secret!r} is not a valid Secret name")
+    deadline = serving.get("progressDeadlineSeconds")
+    if deadline is not None and (not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 1):
+        raise InvalidSpec(f"spec.serving.progressDeadlineSeconds must be a whole number of seconds, got {deadline!r}")
+    account, pull_secrets = _serving_identity(serving)
     return TradingModelSpec(
         ticker=ticker,
         asset_class=asset_class,
@@ -114,6 +159,9 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
         secret_name=secret,
         replicas=replicas,
         image=serving.get("image") or None,
-        resources=dict(serving.get("resources") or {}),
+        resources=check_resources(serving.get("resources") or {}),
         tickers=tickers if asset_class == "stock" else (),
+        service_account=account,
+        image_pull_secrets=pull_secrets,
+        progress_deadline_seconds=deadline,
     )

@@ -47,7 +47,7 @@ class Settings(PodModel):
         return cls(
             **{f.name: getattr(pod, f.name) for f in fields(PodModel)},
             host=env.text("HOST", "0.0.0.0"),
-            log_level=env.text("LOG_LEVEL", "INFO").upper(),
+            log_level=env.log_level("LOG_LEVEL", "INFO"),
             compile_trees=env.flag("SERVING_COMPILE_TREES", True),
             max_body_bytes=env.integer("SERVING_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
             max_batch_rows=env.integer("SERVING_MAX_BATCH_ROWS", 10_000, 1, 10_000_000),

@@ -251,3 +251,57 @@ def test_claims_come_from_the_spec_and_the_status() -> None:
     for change in ({"stage": "Archived"}, {"stage": "Prod"}, {"stage": "Staging"}):
         still = claims_of(body(change, {"claim": HELD}))
         assert still[HELD].holds, change
+
+
+def test_a_rollout_past_its_progress_deadline_is_stalled_and_keeps_the_old_pods() -> None:
+    plan = decide(view(body(status={"activeVersion": "v1.0"})), promoted())
+    stuck = live_deployment(plan, ready=2, updated=1)  # the old pods ready, the new one is not
+    said = 'ReplicaSet "spy-production-abc" has timed out progressing.'
+    stuck["status"]["conditions"] = [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": said}
+    ]
+    stalled = decide(view(body(status=plan.status), deployment=stuck, target_ready=0), promoted(False, False))
+    assert stalled.phase == "Failed" and not stalled.scale_to_zero
+    assert reasons(stalled)["Ready"] == ("False", "ProgressDeadlineExceeded")
+    assert reasons(stalled)["Stalled"] == ("True", "ProgressDeadlineExceeded")  # kstatus: Failed
+    assert reasons(stalled)["Reconciling"][0] == "False"
+    message = next(c["message"] for c in stalled.status["conditions"] if c["type"] == "Ready")
+    assert "v1.1 made no progress for 600 s" in message and "0/2 new pods ready" in message and said in message
+    assert "2 pod(s) of v1.0 keep serving" in message
+    assert [e[:2] for e in stalled.events] == [("Warning", "ProgressDeadlineExceeded")]
+    assert stalled.deployment is not None and stalled.deployment["spec"]["replicas"] == 2  # nothing scaled down
+    # reported once: the next pass over the same stall posts no Event again
+    again = decide(view(body(status=stalled.status), deployment=stuck, target_ready=0), promoted(False, False))
+    assert again.events == [] and reasons(again)["Ready"] == ("False", "ProgressDeadlineExceeded")
+    # the pods become ready after all: Ready, not stuck in Failed
+    stuck["status"].update(updatedReplicas=2, readyReplicas=2, conditions=[])
+    healed = decide(view(body(status=stalled.status), deployment=stuck), promoted(False, False))
+    assert healed.phase == "Ready"
+
+
+def test_a_condition_about_an_earlier_spec_is_no_stall_of_this_one() -> None:
+    plan = decide(view(), promoted())
+    stuck = live_deployment(plan, ready=0, updated=0)
+    stuck["metadata"]["generation"] = 2  # our write, not observed by the controller yet
+    stuck["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]
+    rolling = decide(view(body(status=plan.status), deployment=stuck, target_ready=0), promoted(False, False))
+    assert rolling.phase == "RollingOut"
+
+
+def test_the_disruption_budget_follows_the_replicas_and_the_network_policy_is_always_there() -> None:
+    two = decide(view(), promoted())
+    assert sorted(o["kind"] for o in two.extras) == ["NetworkPolicy", "PodDisruptionBudget"] and not two.unwanted
+    one = decide(view(body({"serving": {"replicas": 1}})), promoted())
+    assert [o["kind"] for o in one.extras] == ["NetworkPolicy"]
+    assert one.unwanted == [("policy/v1", "PodDisruptionBudget")]
+
+
+def test_a_deployment_of_an_older_operator_keeps_its_selector_everywhere() -> None:
+    legacy = {"app.kubernetes.io/name": "tradingmodel-serving", "app.kubernetes.io/instance": "spy-production"}
+    plan = decide(view(), promoted())
+    live = live_deployment(plan, ready=2)
+    live["spec"] = {**live["spec"], "selector": {"matchLabels": legacy}}
+    again = decide(view(body(status=plan.status), deployment=live), promoted(False, False))
+    assert again.deployment is not None and again.service is not None
+    assert again.deployment["spec"]["selector"]["matchLabels"] == again.service["spec"]["selector"] == legacy
+    assert all(o["spec"].get("selector", o["spec"].get("podSelector")) == {"matchLabels": legacy} for o in again.extras)
