@@ -206,6 +206,19 @@ def _condition(
     }
 
 
+def rollout_progress(
+    deployment: Mapping[str, Any], replica_sets: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+) -> tuple[int, ...]:
+    """What moves when a rollout progresses: pods of the current template, ready ones, and all pods
+    (old ones retired). The Deployment controller's deadline counts from the last change of these."""
+    hash_ = template_hash((deployment.get("spec") or {}).get("template") or {})
+    owned = [rs for rs in replica_sets if is_owned_by(rs, deployment)]
+    current = [rs for rs in owned if (_meta(rs).get("labels") or {}).get(HASH_LABEL) == hash_]
+    live = [pod for pod in pods if not is_deleting(pod) and any(is_owned_by(pod, rs) for rs in owned)]
+    new = [pod for pod in live if any(is_owned_by(pod, rs) for rs in current)]
+    return len(new), sum(1 for pod in new if pod_ready(pod)), len(live)
+
+
 def deployment_status(
     deployment: Mapping[str, Any],
     replica_sets: Sequence[Mapping[str, Any]],

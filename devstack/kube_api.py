@@ -45,6 +45,8 @@ _DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _WATCH_IDLE_SECONDS = 5.0
 REQUEST_COUNTS_PATH = "/local-stack/requests"  # GET: the requests served so far, by client, verb and resource
+# GET: the objects sent so far in lists and watch events, by client, resource and namespace/name
+SENT_COUNTS_PATH = "/local-stack/sent"
 T = TypeVar("T")
 
 
@@ -84,6 +86,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     object_history: int = 10  # versions kept per object in the kmock ``objects`` mirror
     # (client, verb, resource) -> requests served: what a benchmark divides by the work done.
     request_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # (client, resource, namespace/name) -> times sent in a list or a watch event: what a client
+    # holds of the cluster (does a label selector really keep the rest away from it?).
+    sent_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _openapi_documents: dict[tuple[str, str], dict[str, Any]] | None = attrs.field(default=None, init=False)
 
@@ -124,6 +129,13 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 [
                     {"client": c, "verb": v, "resource": r, "count": n}
                     for (c, v, r), n in sorted(self.request_counts.items())
+                ]
+            )
+        if path == SENT_COUNTS_PATH:
+            return _json(
+                [
+                    {"client": c, "resource": r, "object": o, "count": n}
+                    for (c, r, o), n in sorted(self.sent_counts.items())
                 ]
             )
         parsed = api_paths.parse_api_path(path)
@@ -325,6 +337,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
 
     def _serve_list(self, request: kmock.Request, rt: ResourceType, namespace: str | None) -> aiohttp.web.Response:
         items = self.store.list(rt, _selection(rt, namespace, request.params))
+        self._count_sent(request, rt, items)
         rv = self.store.resource_version
         accept = request.headers.get("Accept", "")
         table_version = tables.wants_table(accept)
@@ -355,6 +368,12 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                 "items": items,
             }
         )
+
+    def _count_sent(self, request: kmock.Request, rt: ResourceType, items: Iterable[Mapping[str, Any]]) -> None:
+        client = _client(request.headers.get("User-Agent", ""))
+        for obj in items:
+            meta = obj.get("metadata") or {}
+            self.sent_counts[client, rt.qualified_plural, f"{meta.get('namespace') or ''}/{meta.get('name')}"] += 1
 
     def _render(
         self,
@@ -401,6 +420,8 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         try:
             await response.prepare(raw_request)
             async for event in self._watch_events(rt, watcher, initial, params, send_initial):
+                if event["type"] != "BOOKMARK":
+                    self._count_sent(request, rt, [event["object"]])
                 if table_version and event["type"] != "BOOKMARK":
                     event = {
                         "type": event["type"],
@@ -660,7 +681,7 @@ def _kmock_request(
 def _count_key(raw_request: aiohttp.web.BaseRequest, parsed: api_paths.ApiPath) -> tuple[str, str, str]:
     """(client, verb, resource) as an audit log would name them: the client is the User-Agent's
     first product token (kopf, tradingmodel-operator, local-kubelet, kubectl…)."""
-    client = raw_request.headers.get("User-Agent", "").split("/", 1)[0].split(" ", 1)[0] or "unknown"
+    client = _client(raw_request.headers.get("User-Agent", ""))
     method = raw_request.method.upper()
     if method == "GET":
         verb = "get" if parsed.name else "watch" if raw_request.query.get("watch") in ("true", "1") else "list"
@@ -670,6 +691,10 @@ def _count_key(raw_request: aiohttp.web.BaseRequest, parsed: api_paths.ApiPath) 
             verb = "deletecollection"
     resource = parsed.plural + (f"/{parsed.subresource}" if parsed.subresource else "")
     return client, verb, resource
+
+
+def _client(user_agent: str) -> str:
+    return user_agent.split("/", 1)[0].split(" ", 1)[0] or "unknown"
 
 
 def _method(request: kmock.Request) -> str:

@@ -493,7 +493,10 @@ class LocalKubelet:
         self._workers: dict[str, PodWorker] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._proxies: dict[str, ServiceProxy] = {}
-        self._rollouts: dict[str, tuple[str, datetime.datetime]] = {}
+        # Deployment uid -> (template hash, progress seen, when it last progressed), and the timer that
+        # looks at it again once its progress deadline has passed
+        self._rollouts: dict[str, tuple[str, tuple[int, ...], datetime.datetime]] = {}
+        self._deadline_timers: dict[str, asyncio.TimerHandle] = {}
         self._snapshot = _Snapshot()
         self._informers = {
             path: _Informer(self._mark_dirty) for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES)
@@ -529,6 +532,9 @@ class LocalKubelet:
         log.info("event=kubelet_started api=%s state_dir=%s", self.api_url, self.state_dir)
 
     async def stop(self) -> None:
+        for timer in self._deadline_timers.values():
+            timer.cancel()
+        self._deadline_timers.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -812,14 +818,18 @@ class LocalKubelet:
 
         async def deployment_status(deployment: dict[str, Any]) -> None:
             meta = _meta(deployment)
+            uid = meta["uid"]
             hash_ = deployments.template_hash((deployment.get("spec") or {}).get("template") or {})
-            started = self._rollouts.get(meta["uid"])
-            if started is None or started[0] != hash_:
-                started = self._rollouts[meta["uid"]] = (hash_, now)
-            owned = snapshot.replica_sets_of.get(meta["uid"], [])
-            status = deployments.deployment_status(
-                deployment, owned, snapshot.owned_pods(owned), rollout_started=started[1], now=now
-            )
+            owned = snapshot.replica_sets_of.get(uid, [])
+            pods = snapshot.owned_pods(owned)
+            # Like the real controller, the deadline counts from the last progress (a new pod
+            # created, one more ready), not from the start of the rollout.
+            progress = deployments.rollout_progress(deployment, owned, pods)
+            seen = self._rollouts.get(uid)
+            if seen is None or seen[:2] != (hash_, progress):
+                seen = self._rollouts[uid] = (hash_, progress, now)
+            status = deployments.deployment_status(deployment, owned, pods, rollout_started=seen[2], now=now)
+            self._look_again_at_deadline(deployment, seen[2], now)
             if _differs(deployment.get("status"), status):
                 path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
                 self._wrote(
@@ -832,6 +842,28 @@ class LocalKubelet:
         known = {_meta(d)["uid"] for d in snapshot.deployments}
         for uid in [uid for uid in self._rollouts if uid not in known]:
             del self._rollouts[uid]
+            timer = self._deadline_timers.pop(uid, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _look_again_at_deadline(self, deployment: Mapping[str, Any], since: datetime.datetime,
+                                now: datetime.datetime) -> None:  # fmt: skip
+        """A rollout without progress gets a pass when its deadline passes (no event would start one)."""
+        uid = _meta(deployment)["uid"]
+        timer = self._deadline_timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
+        deadline = float((deployment.get("spec") or {}).get("progressDeadlineSeconds", 600))
+        remaining = deadline - (now - since).total_seconds()
+        if remaining < 0:
+            return
+
+        def look() -> None:
+            self._deadline_timers.pop(uid, None)
+            self._dirty.add(uid)
+            self._wake.set()
+
+        self._deadline_timers[uid] = asyncio.get_running_loop().call_later(remaining + 0.1, look)
 
     async def _sync_proxies(self, snapshot: _Snapshot) -> None:
         live = {

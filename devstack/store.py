@@ -28,7 +28,7 @@ from typing import Any
 
 from crd_validation import cel as cel_rules
 from crd_validation import structural as schemas
-from devstack import defaults, errors
+from devstack import builtin_validation, defaults, errors
 from devstack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
 from devstack.selectors import FieldRequirement, Requirement, fields_match, labels_match
 
@@ -450,6 +450,7 @@ class ObjectStore:
         """Kind-specific preparation, then the CRD schema: prune, default, validate, CEL rules."""
         if not rt.is_custom:
             defaults.apply(rt.group, rt.kind, obj)
+            builtin_validation.check(rt, obj, old)
         if rt.key == SECRET_KEY:
             _fold_string_data(obj)
         if rt.key == NAMESPACE_KEY:

@@ -129,6 +129,13 @@ INVALID = [
     pytest.param("spec.storage.endpoint", "minio:9000", "spec.storage.endpoint", id="endpoint-without-scheme"),
     pytest.param("spec.storage.endpoint", "ftp://minio:9000", "spec.storage.endpoint", id="endpoint-ftp"),
     pytest.param("spec.storage.secretRef.name", "S3_Credentials", "spec.storage.secretRef.name", id="bad-secret-name"),
+    # spec.version becomes a label value of the pods: a cluster refuses one over 63 characters
+    pytest.param("spec.version", "v1.2-" + "a" * 59, "spec.version", id="version-over-63"),
+    pytest.param("spec.serving.serviceAccountName", "IRSA_Role", "spec.serving.serviceAccountName", id="bad-sa"),
+    pytest.param(
+        "spec.serving.imagePullSecrets", [{"name": "Bad_Secret"}], "spec.serving.imagePullSecrets[0].name", id="pull"
+    ),
+    pytest.param("spec.serving.progressDeadlineSeconds", 0, "spec.serving.progressDeadlineSeconds", id="deadline-0"),
 ]
 
 
@@ -162,10 +169,32 @@ def test_operator_refuses_what_the_schema_refuses(field: str, value: Any, expect
         ("spec.storage.endpoint", "http://minio.minio.svc:9000"),
         ("spec.storage.endpoint", "https://s3.eu-west-1.amazonaws.com/"),
         ("spec.storage.secretRef", DELETE),
+        ("spec.storage.endpoint", ""),  # AWS, as documented
+        ("spec.version", "v1.2-" + "a" * 58),
+        ("spec.serving.serviceAccountName", "spy-irsa"),
+        ("spec.serving.imagePullSecrets", [{"name": "ghcr-pull"}]),
+        ("spec.serving.progressDeadlineSeconds", 120),
     ],
 )
 def test_valid_variants_are_accepted(field: str, value: Any) -> None:
     assert error_fields(with_change(BASE, field, value)) == set()
+
+
+def test_every_version_the_schema_admits_is_a_valid_label_value() -> None:
+    """The pods carry spec.version as a label value: whatever the schema lets through must be one
+    a cluster accepts (63 characters at most, alphanumeric at both ends), else a 422 at rollout."""
+    import random
+
+    node = SCHEMA["properties"]["spec"]["properties"]["version"]
+    version, label = re.compile(node["pattern"]), re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    rng, alphabet, admitted = random.Random(10), "v0123456789.-abz", 0
+    for _ in range(20_000):
+        text = "v" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 70)))
+        if version.match(text) and len(text) <= node["maxLength"]:
+            admitted += 1
+            assert label.match(text), text
+    assert admitted > 100  # the sample reached the versions the pattern admits
+    assert node["maxLength"] == 63
 
 
 def test_spec_is_required() -> None:

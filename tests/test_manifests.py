@@ -120,6 +120,8 @@ NEEDED = {
     ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
 }
 ALL_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 

@@ -349,3 +349,101 @@ def test_test_reactions_win_over_the_store(background_loop: BackgroundLoop) -> N
         assert api.get(CONFIGMAPS)["kind"] == "ConfigMapList"  # other requests never noticed
     finally:
         background_loop.run(local.stop())
+
+
+# -- built-in kinds: what a real API server refuses in the fields the operator sets ---------------
+
+DEPLOYMENTS = "/apis/apps/v1/namespaces/default/deployments"
+
+
+def deployment(name: str, labels: dict[str, str] | None = None, **container: Any) -> dict[str, Any]:
+    pods = {"app": name, **(labels or {})}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": pods},
+                "spec": {"containers": [{"name": "c", "image": "i:1", **container}]},
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("labels", "detail"),
+    [
+        ({"version": "v1.2-" + "a" * 59}, "must be no more than 63 characters"),
+        ({"version": "-v1"}, "a valid label must be an empty string or consist of alphanumeric characters"),
+        ({"bad key!": "x"}, "name part must consist of alphanumeric characters"),
+        ({"Trading.IO/x": "y"}, "prefix part a lowercase RFC 1123 subdomain"),
+    ],
+)
+def test_a_label_a_cluster_refuses_is_refused_with_its_message(http_api: HttpApi, labels: dict[str, str],
+                                                                detail: str) -> None:  # fmt: skip
+    status, body = http_api.call("POST", DEPLOYMENTS, deployment("labelled", labels))
+    assert status == 422 and body["reason"] == "Invalid", body
+    assert body["message"].startswith('Deployment.apps "labelled" is invalid: [metadata.labels: Invalid value: ')
+    assert detail in body["message"]  # and the same for the template: two causes, listed as the real server does
+    fields = {cause["field"] for cause in body["details"]["causes"]}
+    assert fields == {"metadata.labels", "spec.template.metadata.labels"}  # the pods' too
+    assert http_api.call("GET", f"{DEPLOYMENTS}/labelled")[0] == 404
+
+
+def test_a_quantity_that_is_none_is_a_bad_request_like_a_failed_decode(http_api: HttpApi) -> None:
+    status, body = http_api.call("POST", DEPLOYMENTS, deployment("q", resources={"limits": {"cpu": "two"}}))
+    assert status == 400, body
+    assert body["message"] == (
+        'Deployment in version "v1" cannot be handled as a Deployment: quantities must match the regular '
+        "expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+    )
+
+
+def test_a_request_above_its_limit_or_below_zero_is_invalid(http_api: HttpApi) -> None:
+    over = {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}
+    status, body = http_api.call("POST", DEPLOYMENTS, deployment("over", resources=over))
+    assert status == 422, body
+    assert body["details"]["causes"][0]["field"] == "spec.template.spec.containers[0].resources.requests"
+    assert 'Invalid value: "2Gi": must be less than or equal to memory limit of 1Gi' in body["message"]
+    status, body = http_api.call("POST", DEPLOYMENTS, deployment("neg", resources={"requests": {"cpu": "-1"}}))
+    assert status == 422 and "must be greater than or equal to 0" in body["message"], body
+    fine = {"requests": {"cpu": "250m", "ephemeral-storage": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+    assert http_api.call("POST", DEPLOYMENTS, deployment("fine", resources=fine))[0] == 201
+
+
+def test_a_deployment_selector_matches_its_template_and_never_changes(http_api: HttpApi) -> None:
+    made = http_api.ok("POST", DEPLOYMENTS, deployment("sel"))
+    moved = {"spec": {"selector": {"matchLabels": {"app": "sel", "tier": "x"}},
+                      "template": {"metadata": {"labels": {"tier": "x"}}}}}  # fmt: skip
+    status, body = http_api.call("PATCH", f"{DEPLOYMENTS}/sel", moved, content_type="application/merge-patch+json")
+    assert status == 422 and "spec.selector: Invalid value: " in body["message"], body
+    assert "field is immutable" in body["message"]
+    assert http_api.get(f"{DEPLOYMENTS}/sel")["spec"]["selector"] == made["spec"]["selector"]
+    stray = deployment("stray")
+    stray["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
+    status, body = http_api.call("POST", DEPLOYMENTS, stray)
+    assert status == 422 and "`selector` does not match template `labels`" in body["message"], body
+
+
+def test_what_a_label_selector_leaves_out_is_never_sent_to_the_client(kube_api: LocalKubeAPI,
+                                                                      http_api: HttpApi) -> None:  # fmt: skip
+    """The local API counts the objects it sends each client: a selector filters on the server."""
+    http_api.ok("POST", DEPLOYMENTS, deployment("ours-1", {"team": "ours"}))
+    http_api.ok("POST", DEPLOYMENTS, deployment("theirs-1", {"team": "theirs"}))
+    agent = {"User-Agent": "selective/1.0"}
+    listing = http_api.ok("GET", f"{DEPLOYMENTS}?labelSelector=team%3Dours", headers=agent)
+    assert [d["metadata"]["name"] for d in listing["items"]] == ["ours-1"]
+    url = f"{kube_api.url}{DEPLOYMENTS}?watch=true&labelSelector=team%3Dours&resourceVersion=" + str(
+        listing["metadata"]["resourceVersion"]
+    )
+    request = urllib.request.Request(url, headers=agent)
+    with urllib.request.urlopen(request, timeout=10) as stream:
+        http_api.ok("POST", DEPLOYMENTS, deployment("theirs-2", {"team": "theirs"}))
+        http_api.ok("POST", DEPLOYMENTS, deployment("ours-2", {"team": "ours"}))
+        event = json.loads(stream.readline())
+    assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "ours-2")
+    sent = {row["object"]: row["count"] for row in http_api.get("/local-stack/sent") if row["client"] == "selective"}
+    assert sent == {"default/ours-1": 1, "default/ours-2": 1}

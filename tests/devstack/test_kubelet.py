@@ -246,6 +246,32 @@ def test_a_version_that_never_gets_ready_leaves_the_old_one_serving(api: HttpApi
     assert kubelet.endpoints("default", "stuck") == serving  # the good pod was never replaced
 
 
+def test_a_rollout_without_progress_past_its_deadline_is_reported_like_the_real_controller(
+    api: HttpApi, kubelet: LocalKubelet
+) -> None:
+    """Progressing=False, reason ProgressDeadlineExceeded, once progressDeadlineSeconds pass without
+    progress; found by a pass of its own (no event happens when nothing progresses)."""
+    good = deployment("deadline", version="good")
+    good["spec"]["progressDeadlineSeconds"] = 2
+    api.ok("POST", DEPLOYMENTS, good)
+    envs(kubelet, "deadline", 1)
+    serving = kubelet.endpoints("default", "deadline")
+    assert reasons(status_of(api, "deadline"))["Progressing"] == "NewReplicaSetAvailable"
+
+    bad_template = deployment("deadline", version="bad", extra_env={"STANDIN_NEVER_READY": "1"})["spec"]["template"]
+    api.merge(f"{DEPLOYMENTS}/deadline", {"spec": {"template": bad_template}})
+    wait_for(lambda: reasons(status_of(api, "deadline")).get("Progressing") == "ProgressDeadlineExceeded",
+             what="ProgressDeadlineExceeded")  # fmt: skip
+    progressing = next(c for c in status_of(api, "deadline")["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "False" and progressing["message"].endswith("has timed out progressing.")
+    assert kubelet.endpoints("default", "deadline") == serving  # maxUnavailable 0: the old pod serves on
+    assert get_json(f"{serving[0]}/env")["MODEL_VERSION"] == "good"
+
+    api.merge(f"{DEPLOYMENTS}/deadline", {"spec": {"template": good["spec"]["template"]}})  # roll back
+    wait_for(lambda: reasons(status_of(api, "deadline")).get("Progressing") == "NewReplicaSetAvailable",
+             what="the rollback to complete")  # fmt: skip
+
+
 def test_scaling_to_zero_stops_the_processes(api: HttpApi, kubelet: LocalKubelet) -> None:
     api.ok("POST", DEPLOYMENTS, deployment("scaled", replicas=2))
     envs(kubelet, "scaled", 2)

@@ -595,7 +595,7 @@ def test_a_garbage_registry_never_blocks_the_rollout_and_converges_when_restored
 def pods_of(stack: Stack, name: str) -> list[dict[str, Any]]:
     assert stack.kube is not None
     listing = stack.kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods",
-                                 query={"labelSelector": f"app.kubernetes.io/instance={name}"}) or {}  # fmt: skip
+                                 query={"labelSelector": f"tradingmodel.trading.io/name={name}"}) or {}  # fmt: skip
     return [p for p in listing.get("items") or [] if not p["metadata"].get("deletionTimestamp")]
 
 
@@ -736,7 +736,7 @@ def test_rollout_status_counts_only_pods_of_the_target_version(
 
     def command(pod: Any, container: Any) -> Any:  # v1.1 pods of this TradingModel never get ready
         labels = pod["metadata"].get("labels") or {}
-        if labels.get("app.kubernetes.io/instance") == name and labels.get("trading.io/version") == "v1.1":
+        if labels.get("tradingmodel.trading.io/name") == name and labels.get("trading.io/version") == "v1.1":
             return NEVER_READY
         return normal(pod, container)
 
