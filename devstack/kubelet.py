@@ -770,9 +770,14 @@ class LocalKubelet:
         namespace = _meta(replica_set).get("namespace")
         plan = deployments.plan_pods(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
         for _ in range(plan.create):
-            created = await self.client.create(
-                resource_path("v1", "pods", namespace), deployments.new_pod(replica_set, self.node_name)
-            )
+            try:
+                created = await self.client.create(
+                    resource_path("v1", "pods", namespace), deployments.new_pod(replica_set, self.node_name)
+                )
+            except KubeApiError as exc:  # refused (e.g. its service account is missing): tried again later
+                said = str(exc).split(": ", 1)[-1]  # without KubeApiError's "HTTP 403: "
+                await self.record(replica_set, "FailedCreate", f"Error creating: {said}", warning=True)
+                return changed
             self._wrote(_PODS, created)
             await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
             changed = True

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CRD_KEY: ResourceKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACE_KEY: ResourceKey = ("", "v1", "namespaces")
+POD_KEY: ResourceKey = ("", "v1", "pods")
+SERVICE_ACCOUNT_KEY: ResourceKey = ("", "v1", "serviceaccounts")
 SECRET_KEY: ResourceKey = ("", "v1", "secrets")
 _SERVER_OWNED_METADATA = (
     "uid",
@@ -269,6 +271,8 @@ class ObjectStore:
         if rt.has_status:
             obj.pop("status", None)
         warnings = self._admit(rt, obj, field_validation)
+        if rt.key == POD_KEY:
+            self._admit_service_account(obj)
         meta = obj["metadata"]  # admission may have rebuilt the object
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
@@ -477,6 +481,22 @@ class ObjectStore:
             if field_errors:
                 raise errors.invalid(rt, obj["metadata"].get("name", ""), field_errors)
         return warnings
+
+    def _admit_service_account(self, pod: dict[str, Any]) -> None:
+        """The ServiceAccount admission plugin: a pod naming an account that does not exist is
+        refused (the ReplicaSet controller then reports FailedCreate and creates no pod)."""
+        account = (pod.get("spec") or {}).get("serviceAccountName")
+        meta = pod["metadata"]
+        accounts = self.types.get(SERVICE_ACCOUNT_KEY)
+        if not account or account == "default" or accounts is None:
+            return  # every namespace has its default account
+        if self.find(accounts, meta.get("namespace"), account) is None:
+            raise errors.ApiError(
+                403,
+                "Forbidden",
+                f'pods "{meta["name"]}" is forbidden: error looking up service account '
+                f'{meta.get("namespace")}/{account}: serviceaccount "{account}" not found',
+            )
 
     def _admit_crd(self, rt: ResourceType, crd: dict[str, Any]) -> None:
         try:

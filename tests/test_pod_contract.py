@@ -74,3 +74,25 @@ def test_every_contract_variable_has_a_meaning_and_a_unique_name() -> None:
 def test_a_pod_with_a_broken_contract_is_told_which_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         read_pod_model(Env(env))
+
+
+def test_log_level_is_read_by_the_operator_and_the_server_and_refused_when_unknown() -> None:
+    import subprocess
+    import sys
+
+    from trading_operator.config import OperatorConfig
+
+    assert OperatorConfig.from_env({}).log_level == "WARNING"  # quiet by default
+    assert OperatorConfig.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert Settings.from_env({"S3_BUCKET": "models", "LOG_LEVEL": " error "}).log_level == "ERROR"
+    with pytest.raises(ConfigError, match="LOG_LEVEL must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG"):
+        Env({"LOG_LEVEL": "LOUD"}).log_level()
+    # the operator refuses to start with it, saying so (before it reaches any cluster)
+    run = subprocess.run(
+        [sys.executable, "-m", "trading_operator.cli", "operator"],
+        env={"LOG_LEVEL": "chatty", "PATH": "/usr/bin:/bin", "KUBECONFIG": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "LOG_LEVEL must be one of" in run.stderr and "'chatty'" in run.stderr, run.stderr

@@ -190,6 +190,15 @@ def _api_failure(view: View, plan: Plan, exc: ApiException) -> Plan:
     return deployment_rejected(view, plan, exc.status or 500, detail)
 
 
+def _replaced_selector(live: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A Service's selector is a map: a merge patch would keep the keys it no longer has."""
+    if desired["kind"] != "Service":
+        return {}
+    wanted = desired["spec"].get("selector") or {}
+    gone = {key: None for key in (live.get("spec") or {}).get("selector") or {} if key not in wanted}
+    return {"selector": {**gone, **wanted}}
+
+
 def _dropped_labels(live: dict[str, Any]) -> dict[str, None]:
     """Labels an older operator set that must go (a merge patch removes a key set to null)."""
     return {key: None for key in (live["metadata"].get("labels") or {}) if key in DROPPED_LABELS}
@@ -233,6 +242,6 @@ def _apply_owned(body: dict[str, Any], desired: dict[str, Any], live: dict[str, 
                 "annotations": meta["annotations"],
                 "ownerReferences": meta["ownerReferences"],
             },
-            "spec": desired["spec"],
+            "spec": {**desired["spec"], **_replaced_selector(live, desired)},
         },
     )

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import NAMESPACE, predict_at, running_notes
 from devstack.stack import LocalStack as Stack
-from devstack.stack import predict_at, running_notes
 from devstack.stack import tradingmodel as tradingmodel_object
 from helpers.gitops import argocd_health, kstatus
 from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
@@ -369,3 +369,110 @@ def test_a_rollout_under_keep_alive_load_fails_no_request(stack: Stack) -> None:
     assert not failures, failures[:5]
     assert set(versions) == {"v1.0", "v1.1"}
     assert total > 200
+
+
+# -- pod safety: a rollout that cannot finish, the owned budget and policy, the watched Deployments --
+
+
+def owned_by(obj: dict[str, Any] | None, tm: dict[str, Any]) -> bool:
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(ref["uid"] == tm["metadata"]["uid"] and ref.get("controller") for ref in refs)
+
+
+def test_a_version_whose_pods_never_come_is_stalled_and_the_old_one_keeps_serving(stack: Stack) -> None:
+    """A PR moves to v1.1 and names a ServiceAccount that does not exist yet: the API server refuses
+    every new pod (FailedCreate), the rollout makes no progress, and after progressDeadlineSeconds the
+    TradingModel says so while the v1.0 pods serve on. Creating the account lets it finish."""
+    name = "xlk-production"
+    manifest = tradingmodel_object(name, "XLK", "v1.0", stack.s3_endpoint,
+                                   serving={"replicas": 2, "progressDeadlineSeconds": 5})  # fmt: skip
+    stack.kubectl("apply", "-f", "-", input=manifest)
+    stack.wait_for(name, lambda tm: tm["status"].get("phase") == "Ready")
+    stack.wait_until(lambda: len(stack.endpoints(name)) == 2, "two ready replicas")
+
+    change = {"spec": {"version": "v1.1", "serving": {"serviceAccountName": "xlk-serving"}}}
+    stack.kubectl("patch", "tm", name, "--type", "merge", "-p", json.dumps(change))
+    tm = stack.wait_for(name, lambda tm: reason(tm) == "ProgressDeadlineExceeded", timeout=120)
+    status = tm["status"]
+    assert status["phase"] == "Failed" and reason(tm, "Stalled") == "ProgressDeadlineExceeded"
+    assert kstatus(tm) == "Failed" and argocd_health(tm)[0] == "Degraded"
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Ready")
+    assert "v1.1 made no progress for 5 s: 0/2 new pods ready" in message, message
+    assert "2 pod(s) of v1.0 keep serving" in message, message
+    stalls = [e for e in stack.events_for(name) if e.get("reason") == "ProgressDeadlineExceeded"]
+    assert [e["type"] for e in stalls] == ["Warning"] and "v1.1" in stalls[0]["message"]
+    refusals = [e["message"] for e in _events(stack) if e.get("reason") == "FailedCreate" and name in e["message"]]
+    assert refusals and 'serviceaccount "xlk-serving" not found' in refusals[0]
+    assert [predict_at(url, "XLK")["model_version"] for url in stack.endpoints(name)] == ["v1.0", "v1.0"]
+
+    # no spec change needed: once the account exists the rollout goes on and ends Ready
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "xlk-serving", "namespace": NAMESPACE},
+    }
+    stack.kubectl("apply", "-f", "-", input=account)
+    tm = stack.wait_for(
+        name, lambda tm: tm["status"].get("phase") == "Ready" and tm["status"].get("activeVersion") == "v1.1"
+    )
+    assert reason(tm, "Stalled") == "NotStalled" and kstatus(tm) == "Current"
+    stack.wait_until(lambda: len(stack.endpoints(name)) == 2, "two ready replicas of v1.1")
+    assert {predict_at(url, "XLK")["model_version"] for url in stack.endpoints(name)} == {"v1.1"}
+
+
+def _events(stack: Stack) -> list[dict[str, Any]]:
+    assert stack.kube is not None
+    return list((stack.kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events") or {}).get("items") or [])
+
+
+def test_the_serving_pods_get_a_disruption_budget_from_two_replicas_and_a_network_policy(stack: Stack) -> None:
+    name = "xlv-production"
+    stack.kubectl("apply", "-f", "-", input=tradingmodel_object(name, "XLV", "v1.0", stack.s3_endpoint,
+                                                                serving={"replicas": 2}))  # fmt: skip
+    tm = stack.wait_for(name, lambda tm: tm["status"].get("phase") == "Ready")
+    budget = stack.get("policy/v1", "poddisruptionbudgets", name)
+    policy = stack.get("networking.k8s.io/v1", "networkpolicies", name)
+    assert owned_by(budget, tm) and owned_by(policy, tm)
+    assert budget is not None and policy is not None
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert stack.kube is not None
+    selected = {"labelSelector": f"tradingmodel.trading.io/name={name}"}
+    pods = (stack.kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", query=selected) or {})["items"]
+    assert len(pods) == 2
+    for pod in pods:  # the budget and the policy select exactly these pods
+        labels = pod["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        assert "app.kubernetes.io/instance" not in labels  # Argo CD's tracking label
+        assert pod["spec"]["automountServiceAccountToken"] is False
+
+    stack.kubectl("patch", "tm", name, "--type", "merge", "-p", '{"spec": {"serving": {"replicas": 1}}}')
+    stack.wait_until(lambda: stack.get("policy/v1", "poddisruptionbudgets", name) is None, "the budget to go")
+    assert stack.get("networking.k8s.io/v1", "networkpolicies", name) is not None
+
+
+def test_kopf_is_never_sent_a_deployment_that_is_not_ours(stack: Stack) -> None:
+    """The Deployments watch asks the API server for our label: a cluster's other Deployments never
+    reach the operator (kopf's own `labels=` filter would apply only after receiving them all)."""
+    assert stack.kube is not None
+    namespace = NAMESPACE
+    bystander = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "bystander", "namespace": namespace, "labels": {"app": "bystander"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "bystander"}},
+                 "template": {"metadata": {"labels": {"app": "bystander"}},
+                              "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}}},
+    }  # fmt: skip
+    stack.kube.create(bystander)
+    # one of ours changes after it: once kopf has received that change, it would have had the bystander
+    watched = tradingmodel_object("spy-watch", "SPY", "v1.0", stack.s3_endpoint, stage="Staging")
+    stack.kubectl("apply", "-f", "-", input=watched)
+
+    def sent_to_kopf() -> dict[str, int]:
+        rows = stack.kube.request("GET", "/local-stack/sent") or []  # type: ignore[union-attr]
+        return {r["object"]: r["count"] for r in rows if r["client"] == "kopf" and r["resource"] == "deployments.apps"}
+
+    seen = stack.wait_until(lambda: (s := sent_to_kopf()).get(f"{namespace}/spy-watch") and s, "kopf to see spy-watch")
+    assert f"{namespace}/bystander" not in seen, seen
+    assert stack.get("apps/v1", "deployments", "bystander") is not None  # it is there, only not sent
