@@ -232,7 +232,7 @@ def _apply_owned(body: dict[str, Any], desired: dict[str, Any], live: dict[str, 
     if live is None:
         deps.kube.create(desired)
         return
-    if not needs_write(live, desired):
+    if not needs_write(live, desired) and not _dropped_labels(live):
         return
     deps.kube.merge_patch(
         live,

@@ -12,7 +12,7 @@ from devstack.stack import LocalStack, find_kubectl
 from model_store.layout import ModelLocation
 from model_store.publish import publish_version
 
-TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM", "GLD", "XLE", "TLT", "XLU", "XLK", "XLV"]
+TICKERS = ["SPY", "QQQ", "IWM", "XLF", "SMH", "DIA", "EEM", "GLD", "XLE", "TLT", "XLU", "XLK", "XLV", "XLB"]
 
 
 @pytest.fixture(scope="module")

@@ -476,3 +476,43 @@ def test_kopf_is_never_sent_a_deployment_that_is_not_ours(stack: Stack) -> None:
     seen = stack.wait_until(lambda: (s := sent_to_kopf()).get(f"{namespace}/spy-watch") and s, "kopf to see spy-watch")
     assert f"{namespace}/bystander" not in seen, seen
     assert stack.get("apps/v1", "deployments", "bystander") is not None  # it is there, only not sent
+
+
+def test_a_deployment_of_an_earlier_operator_keeps_its_selector_and_loses_the_tracking_label(stack: Stack) -> None:
+    """Earlier versions labelled the owned objects app.kubernetes.io/instance=<name> and selected the
+    pods by it. A Deployment's selector is immutable (the local API refuses a change with 422, as a
+    cluster does): the upgraded operator keeps it, drops the label from the objects, and serves."""
+    from trading_operator.builders import build_deployment, build_service, labels
+    from trading_operator.reconcile import owner_reference
+    from trading_operator.spec import parse_spec
+
+    name = "xlb-production"
+    stack.kill_operator()  # the "old operator" made these objects; the new one starts afterwards
+    try:
+        stack.kubectl("apply", "-f", "-", input=tradingmodel(name, "XLB", "v1.0", stack))
+        tm = stack.tradingmodel(name)
+        assert tm is not None and stack.kube is not None
+        legacy = {"app.kubernetes.io/name": "tradingmodel-serving", "app.kubernetes.io/instance": name}
+        model = parse_spec(tm["spec"])
+        old_labels = {**labels(name, model), "app.kubernetes.io/instance": name}
+        for obj in (
+            build_deployment(name, NAMESPACE, model, "sha256:" + "0" * 64, "img", 8080, match_labels=legacy),
+            build_service(name, NAMESPACE, model, 8080, match_labels=legacy),
+        ):
+            obj["metadata"]["labels"] = old_labels
+            obj["metadata"]["ownerReferences"] = [owner_reference(tm)]
+            stack.kube.create(obj)
+    finally:
+        stack.restart_operator()
+
+    tm = stack.wait_for(name, lambda tm: tm["status"].get("phase") == "Ready")
+    dep = stack.get("apps/v1", "deployments", name)
+    service = stack.get("v1", "services", name)
+    assert dep is not None and service is not None
+    assert dep["spec"]["selector"]["matchLabels"] == legacy == service["spec"]["selector"]
+    assert "app.kubernetes.io/instance" not in dep["metadata"]["labels"]
+    assert "app.kubernetes.io/instance" not in service["metadata"]["labels"]
+    assert dep["metadata"]["labels"]["tradingmodel.trading.io/name"] == name
+    assert not [e for e in stack.events_for(name) if e.get("reason") == "Failed"]
+    url = stack.service_url(name)
+    assert url is not None and predict_at(url, "XLB")["model_version"] == "v1.0"
