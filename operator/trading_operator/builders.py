@@ -187,17 +187,7 @@ def build_deployment(
             },
         },
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels(name, model),
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec)},
-        },
-        "spec": spec,
-    }
+    return _owned("apps/v1", "Deployment", name, namespace, model, spec)
 
 
 def build_service(
