@@ -238,12 +238,20 @@ def decide(view: View, store: StoreOutcome) -> Plan:
     plan.deployment, plan.service = deployment, service
     budget = build_disruption_budget(view.name, view.namespace, model, match_labels=match)
     plan.extras = [build_network_policy(view.name, view.namespace, model, port, match_labels=match)]
-    if budget is None:
-        plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
-    else:
+    if budget is not None:
         plan.extras.append(budget)
+    elif may_have_budget(view):
+        plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
     plan.events[:0] = plan_events
     return plan
+
+
+def may_have_budget(view: View) -> bool:
+    """A budget can exist only where two replicas or more were wanted: the live Deployment's or the
+    status' count (written last, so a pass that died before deleting the budget leaves it at 2+).
+    Elsewhere no pass spends a request on looking for one."""
+    live = int(((view.deployment or {}).get("spec") or {}).get("replicas") or 0)
+    return max(live, int(view.old.get("replicas") or 0)) >= 2
 
 
 def _stalled(view: View, model: TradingModelSpec, status: _Status, counts: tuple[int, int], said: str) -> Plan:

@@ -36,6 +36,7 @@ from trading_operator.decide import (
     View,
     decide,
     deployment_rejected,
+    may_have_budget,
     needs_write,
     status_changed,
     store_wanted,
@@ -158,7 +159,7 @@ def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
                 meta = owned["metadata"]
                 live = deps.kube.get(owned["apiVersion"], owned["kind"], meta["namespace"], meta["name"])
                 _apply_owned(body, owned, live, deps)
-        if plan.scale_to_zero:  # no budget over pods that are gone: it would only hold up drains
+        if plan.scale_to_zero and may_have_budget(view):  # no budget over pods that are gone
             plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
         for api_version, kind in plan.unwanted if not view.rollout_only else ():
             _delete_owned(body, api_version, kind, deps)
