@@ -61,6 +61,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # cluster's Deployments were streamed to it (and kept in memory).
     settings.watching.label_selectors["apps", "v1", "deployments"] = OWNED_SELECTOR
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+    # A TradingModel deleted while its drift pass runs (or waits for a thread) keeps kopf's
+    # finalizer until kopf looks again at its timer: every 60 s by default, a minute-long delete.
+    settings.background.cancellation_polling = 2
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
