@@ -31,8 +31,9 @@ def find_prometheus() -> str | None:
 
 
 class LocalPrometheus:
-    def __init__(self, workdir: Path, targets: Targets, scrape_seconds: int = 2) -> None:
+    def __init__(self, workdir: Path, targets: Targets, scrape_seconds: int = 2, operator: str | None = None) -> None:
         self.dir = workdir
+        self._operator = operator  # host:port of the operator's /metrics (job tradingmodel-operator)
         self._targets = targets
         self._scrape_seconds = scrape_seconds
         self._process: subprocess.Popen[bytes] | None = None
@@ -43,7 +44,7 @@ class LocalPrometheus:
     def start(self, binary: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_targets()
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": f"{self._scrape_seconds}s", "evaluation_interval": "5s"},
             "scrape_configs": [
                 {
@@ -53,6 +54,10 @@ class LocalPrometheus:
                 }
             ],
         }
+        if self._operator:
+            config["scrape_configs"].append(
+                {"job_name": "tradingmodel-operator", "static_configs": [{"targets": [self._operator]}]}
+            )
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"

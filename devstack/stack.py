@@ -28,7 +28,7 @@ import yaml
 
 from devstack.kube_api import BackgroundLoop, LocalKubeAPI
 from devstack.kubelet import LocalKubelet
-from devstack.pod_runtime import DIE_WITH_PARENT
+from devstack.pod_runtime import DIE_WITH_PARENT, free_port
 from devstack.prometheus import LocalPrometheus, find_prometheus
 from model_store.s3 import S3Settings, make_client
 from trading_operator import GROUP, PLURAL, VERSION
@@ -115,6 +115,7 @@ class LocalStack:
         self.kubelet: LocalKubelet | None = None
         self.s3: Any = None
         self.s3_endpoint = ""
+        self.operator_metrics_url = ""  # the operator's own /metrics
         self.kube: KubeApi | None = None
         self.kubeconfig = self.dir / "kubeconfig"
         self.kubectl_path = find_kubectl()
@@ -167,6 +168,8 @@ class LocalStack:
         self._loop.run(self.kubelet.start())
 
         self.say("starting the operator…")
+        metrics_port = free_port()
+        self.operator_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             # not in-cluster even when this runs in a pod: the operator must find the kubeconfig
             **{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV},
@@ -175,6 +178,7 @@ class LocalStack:
             "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
             "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
             "SERVING_IMAGE": "local-process",
+            "METRICS_PORT": str(metrics_port),
         }
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
         if self.operator_verbose:
@@ -188,7 +192,9 @@ class LocalStack:
         binary = find_prometheus() if self._want_prometheus else None
         if binary:
             self.say("starting Prometheus (scraping the serving pods)…")
-            self.prometheus = LocalPrometheus(self.dir / "prometheus", self.scrape_targets)
+            self.prometheus = LocalPrometheus(
+                self.dir / "prometheus", self.scrape_targets, operator=f"127.0.0.1:{metrics_port}"
+            )
             self.prometheus.start(binary)
         return self
 

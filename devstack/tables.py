@@ -197,6 +197,20 @@ def _event_last_seen(event: Mapping[str, Any]) -> Any:
     )
 
 
+def _hpa_targets(hpa: Mapping[str, Any]) -> str:
+    """As kubectl shows them: "cpu: <unknown>/80%" (no metrics server here measures anything)."""
+    shown = []
+    for metric in _get(hpa, "spec", "metrics", default=[]) or []:
+        source = metric.get(str(metric.get("type", "")).lower()) or {}
+        target = source.get("target") or {}
+        name = source.get("name") or (source.get("metric") or {}).get("name") or "?"
+        if "averageUtilization" in target:
+            shown.append(f"{name}: <unknown>/{target['averageUtilization']}%")
+        else:
+            shown.append(f"{name}: <unknown>/{target.get('averageValue', target.get('value', '?'))}")
+    return ", ".join(shown) or "<none>"
+
+
 def _wide(name: str, compute: Callable[[Mapping[str, Any]], Any]) -> Column:
     return Column(name, priority=1, compute=compute)
 
@@ -254,6 +268,16 @@ _BUILTIN: dict[str, list[Column]] = {
         Column("Port(s)", compute=_service_ports),
         AGE,
         _wide("Selector", lambda o: ",".join(f"{k}={v}" for k, v in (_get(o, "spec", "selector") or {}).items())),
+    ],
+    "HorizontalPodAutoscaler": [
+        NAME,
+        Column("Reference", compute=lambda o: f"{_get(o, 'spec', 'scaleTargetRef', 'kind')}/"
+               f"{_get(o, 'spec', 'scaleTargetRef', 'name')}"),  # fmt: skip
+        Column("Targets", compute=_hpa_targets),
+        Column("MinPods", type="integer", compute=lambda o: _get(o, "spec", "minReplicas", default=1)),
+        Column("MaxPods", type="integer", compute=lambda o: _get(o, "spec", "maxReplicas")),
+        Column("Replicas", type="integer", compute=lambda o: _get(o, "status", "currentReplicas", default=0)),
+        AGE,
     ],
     "Namespace": [NAME, Column("Status", compute=lambda o: _get(o, "status", "phase", default="Active")), AGE],
     "Secret": [

@@ -15,6 +15,9 @@ from trading_operator.spec import TradingModelSpec
 SERVING_APP = "tradingmodel-serving"
 CACHE_DIR = MODEL_CACHE_DIR.default
 SPEC_HASH_ANNOTATION = "trading.io/spec-hash"
+# The per-pod rate of prediction requests, as a metrics adapter (prometheus-adapter) serves it from
+# the pods' tradingmodel_requests_total: see manifests/prometheus/adapter-rules.yaml.
+REQUESTS_PER_SECOND_METRIC = "tradingmodel_requests_per_second"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
@@ -81,7 +84,7 @@ def build_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    spec = {
+    spec: dict[str, Any] = {
         "replicas": replicas,
         "revisionHistoryLimit": 5,
         "selector": {"matchLabels": selector(name)},
@@ -112,6 +115,8 @@ def build_deployment(
             },
         },
     }
+    if model.autoscaling is not None and not model.archived:
+        del spec["replicas"]  # the HorizontalPodAutoscaler's to set (build_autoscaler)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -123,6 +128,52 @@ def build_deployment(
         },
         "spec": spec,
     }
+
+
+def build_autoscaler(name: str, namespace: str, model: TradingModelSpec) -> dict[str, Any] | None:
+    """The HorizontalPodAutoscaler of the serving Deployment (autoscaling/v2), or None when the
+    spec asks for none or the model is archived (archived serves nothing)."""
+    scaling = model.autoscaling
+    if scaling is None or model.archived:
+        return None
+    if scaling.requests_per_second is not None:
+        metric: dict[str, Any] = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": REQUESTS_PER_SECOND_METRIC},
+                "target": {"type": "AverageValue", "averageValue": quantity(scaling.requests_per_second)},
+            },
+        }
+    else:
+        target = {"type": "Utilization", "averageUtilization": scaling.cpu_utilization}
+        metric = {"type": "Resource", "resource": {"name": "cpu", "target": target}}
+    spec = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": [metric],
+    }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(name, model),
+            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec)},
+        },
+        "spec": spec,
+    }
+
+
+def quantity(value: float) -> str:
+    """A Kubernetes quantity: whole numbers as they are, fractions in thousandths ("2500m")."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
+def selector_text(name: str) -> str:
+    """The serving pods' selector as a label selector string (the scale subresource's status.selector)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(name).items()))
 
 
 def build_service(name: str, namespace: str, model: TradingModelSpec, port: int) -> dict[str, Any]:

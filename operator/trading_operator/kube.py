@@ -87,7 +87,12 @@ class KubeApi:
     # Owned objects
     @staticmethod
     def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
-        plural = {"Deployment": "deployments", "Service": "services", "Secret": "secrets"}[kind]
+        plural = {
+            "Deployment": "deployments",
+            "Service": "services",
+            "Secret": "secrets",
+            "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+        }[kind]
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         base = f"{prefix}/namespaces/{namespace}/{plural}"
         return f"{base}/{name}" if name else base
@@ -103,6 +108,11 @@ class KubeApi:
         meta = obj["metadata"]
         path = self.object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         return self.request("PATCH", path, patch, content_type=MERGE_PATCH) or {}
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        """Delete it (gone already is fine)."""
+        meta = obj["metadata"]
+        self.request("DELETE", self.object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]))
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         secret = self.get("v1", "Secret", namespace, name)

@@ -24,7 +24,7 @@ from model_store.layout import InvalidName
 from model_store.promotion import promote
 from model_store.publish import utc_now
 from model_store.registry import record_once, sync_registries
-from trading_operator import GROUP, KIND, VERSION
+from trading_operator import GROUP, KIND, VERSION, metrics
 from trading_operator.builders import SPEC_HASH_ANNOTATION, rollout_state, selector
 from trading_operator.claims import Claimant, claims_of, rival, spec_claim
 from trading_operator.config import OperatorConfig
@@ -44,6 +44,7 @@ from trading_operator.kube import KubeApi
 from trading_operator.storage import S3Factory
 
 log = logging.getLogger(__name__)
+AUTOSCALING = "autoscaling/v2"
 
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, Normal|Warning, reason, message)
 Claims = Mapping[str, Iterable[Claimant]]  # claim -> claimants (kopf's index)
@@ -88,8 +89,9 @@ def reconcile(
         view = _observe(body, deps, claims, rollout_only, deep)
         wanted = store_wanted(view)
         outcome = _converge_store(wanted, view, deps)
-        plan = decide(view, outcome)
-        return _apply(view, plan, deps)
+        plan = _apply(view, decide(view, outcome), deps)
+        metrics.observe_pass(view, wanted, outcome, plan)
+        return plan
 
 
 def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool) -> View:
@@ -102,8 +104,12 @@ def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: boo
     if deployment is not None and not rollout_state(deployment)[2]:
         version = ((body.get("spec") or {}).get("version")) or ""
         target_ready = deps.kube.count_ready_pods(namespace, {**selector(name), "trading.io/version": version})
+    autoscaler = None
+    if not rollout_only and (_wants_autoscaling(body) or (body.get("status") or {}).get("autoscaler")):
+        autoscaler = deps.kube.get(AUTOSCALING, "HorizontalPodAutoscaler", namespace, name)
     return View(
         body=body,
+        autoscaler=autoscaler,
         config=deps.config,
         now=deps.now(),
         rival=holder.ref if holder else None,
@@ -112,6 +118,10 @@ def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: boo
         rollout_only=rollout_only,
         deep=deep,
     )
+
+
+def _wants_autoscaling(body: dict[str, Any]) -> bool:
+    return bool(((body.get("spec") or {}).get("serving") or {}).get("autoscaling"))
 
 
 def _converge_store(wanted: Promote | RecordArchive | None, view: View, deps: Deps) -> StoreOutcome:
@@ -156,11 +166,17 @@ def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
             service = plan.service["metadata"]
             live = deps.kube.get("v1", "Service", service["namespace"], service["name"])
             _apply_owned(body, plan.service, live, deps)
+        if plan.autoscaler is not None:
+            _apply_owned(body, plan.autoscaler, view.autoscaler, deps)
+        elif plan.remove_autoscaler and view.autoscaler is not None:
+            deps.kube.delete(view.autoscaler)
     except ApiException as exc:
         plan = _api_failure(view, plan, exc)
         if plan.scale_to_zero:  # refused for good: nothing may serve a version it does not hold
             with contextlib.suppress(ApiException):
                 _scale_to_zero(view, deps)
+                if plan.remove_autoscaler and view.autoscaler is not None:
+                    deps.kube.delete(view.autoscaler)
     for type_, reason, message in plan.events:
         deps.emit(body, type_, reason, message)
     if status_changed(view.old, plan.status):
