@@ -197,6 +197,11 @@ def _event_last_seen(event: Mapping[str, Any]) -> Any:
     )
 
 
+def _hpa_reference(hpa: Mapping[str, Any]) -> str:
+    ref = _get(hpa, "spec", "scaleTargetRef", default={}) or {}
+    return f"{ref.get('kind')}/{ref.get('name')}"
+
+
 def _hpa_targets(hpa: Mapping[str, Any]) -> str:
     """As kubectl shows them: "cpu: <unknown>/80%" (no metrics server here measures anything)."""
     shown = []
@@ -271,8 +276,7 @@ _BUILTIN: dict[str, list[Column]] = {
     ],
     "HorizontalPodAutoscaler": [
         NAME,
-        Column("Reference", compute=lambda o: f"{_get(o, 'spec', 'scaleTargetRef', 'kind')}/"
-               f"{_get(o, 'spec', 'scaleTargetRef', 'name')}"),  # fmt: skip
+        Column("Reference", compute=_hpa_reference),
         Column("Targets", compute=_hpa_targets),
         Column("MinPods", type="integer", compute=lambda o: _get(o, "spec", "minReplicas", default=1)),
         Column("MaxPods", type="integer", compute=lambda o: _get(o, "spec", "maxReplicas")),

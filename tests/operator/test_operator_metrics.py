@@ -56,9 +56,10 @@ def test_series_move_through_a_promotion_a_failure_a_repair_and_a_conflict(stack
     stack.wait_until(grows(stack, before, "tradingmodel_operator_time_to_ready_seconds_count"), "time to Ready")
     after = scrape(stack)
     promoted = 'promotions_total{action="promote", result="success"}'
-    assert value(after, "tradingmodel_operator_promotions_total", action="promote", result="success") == value(
-        before, "tradingmodel_operator_promotions_total", action="promote", result="success"
-    ) + 1, promoted
+    assert (
+        value(after, "tradingmodel_operator_promotions_total", action="promote", result="success")
+        == value(before, "tradingmodel_operator_promotions_total", action="promote", result="success") + 1
+    ), promoted
     assert value(after, "tradingmodel_operator_reconciles_total", trigger="spec", outcome="converged") > value(
         before, "tradingmodel_operator_reconciles_total", trigger="spec", outcome="converged"
     )
@@ -82,8 +83,17 @@ def test_series_move_through_a_promotion_a_failure_a_repair_and_a_conflict(stack
         "a failed promotion counted",
     )
     stack.wait_until(
-        lambda: status_series(scrape(stack), "xlf-production")
-        == [{"namespace": "trading", "tradingmodel": "xlf-production", "phase": "Failed", "reason": "VersionNotFound"}],
+        lambda: (
+            status_series(scrape(stack), "xlf-production")
+            == [
+                {
+                    "namespace": "trading",
+                    "tradingmodel": "xlf-production",
+                    "phase": "Failed",
+                    "reason": "VersionNotFound",
+                }
+            ]
+        ),
         "the status gauge to show the failure",
     )
     assert value(scrape(stack), "tradingmodel_operator_reconciles_total", outcome="retry") > value(
