@@ -108,7 +108,7 @@ def fired(alert: str, at: str, labels: list[dict[str, str]], extra: dict[str, st
 
 
 def operator_alert_tests() -> list[dict[str, Any]]:
-    warning, critical, info = {"severity": "warning"}, {"severity": "critical"}, {"severity": "info"}
+    warning, info = {"severity": "warning"}, {"severity": "info"}
     model = {"namespace": "trading"}
     return [
         # qqq has not been Ready for 59 minutes (through three phases); iwm was not Ready for 10 only.
