@@ -49,7 +49,8 @@ def metric_names(expr: str) -> set[str]:
 def test_metric_names_are_read_from_promql() -> None:
     expr = (
         "histogram_quantile(0.99, sum by (tradingmodel, le) "
-        '(rate(tradingmodel_request_duration_seconds_bucket{job="x", endpoint=~"predict|infer"}[$__rate_interval]) * on (instance) group_left (version) max by (instance, version) '
+        '(rate(tradingmodel_request_duration_seconds_bucket{job="x", endpoint=~"predict|infer"}[$__rate_interval]) '
+        "* on (instance) group_left (version) max by (instance, version) "
         "(tradingmodel_model_info))) > 0.1 unless absent(up)"
     )
     assert metric_names(expr) == {"tradingmodel_request_duration_seconds_bucket", "tradingmodel_model_info", "up"}
