@@ -4,16 +4,26 @@ decision (the HPA planned and owned, the Deployment's replicas left to it, archi
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from model_serving.metrics import Metrics
 from model_store.promotion import PromotionResult
-from trading_operator.builders import build_autoscaler, build_deployment, quantity, selector_text
+from trading_operator.builders import (
+    REQUESTS_PER_SECOND_METRIC,
+    build_autoscaler,
+    build_deployment,
+    quantity,
+    selector_text,
+)
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan, StoreOutcome, View, decide, needs_write
 from trading_operator.spec import InvalidSpec, parse_spec
 
+ROOT = Path(__file__).resolve().parents[2]
 DIGEST = "sha256:" + "cd" * 32
 SPEC: dict[str, Any] = {
     "ticker": "SPY",
@@ -148,3 +158,11 @@ def test_archived_or_autoscaling_removed_deletes_the_hpa() -> None:
     # A rollout-only pass (a Deployment event) reads no HPA and touches none.
     rollout = promoted(SPEC, live(promoted(SPEC), 3), rollout_only=True)
     assert rollout.autoscaler is None and not rollout.remove_autoscaler and "autoscaler" not in rollout.status
+
+
+def test_the_adapter_rule_serves_the_metric_the_hpa_asks_for() -> None:
+    rules = yaml.safe_load((ROOT / "manifests" / "prometheus" / "adapter-rules.yaml").read_text())
+    (rule,) = rules["rules"]["custom"]
+    assert rule["name"]["as"] == REQUESTS_PER_SECOND_METRIC
+    counters = {f.name + "_total" for f in Metrics().registry.collect() if f.type == "counter"}
+    assert rule["seriesQuery"].split("{")[0] in counters  # the serving pods export it
