@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -485,9 +486,32 @@ def running_notes(stack: LocalStack, names: list[str]) -> list[str]:
         f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
         + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()),
     ]
+    lines.append(f"    operator metrics: {stack.operator_metrics_url}")
     if stack.prometheus is not None:
         lines.append(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
+    lines.extend(dashboard_notes(stack.prometheus.url if stack.prometheus else None))
     lines.append("Ctrl-C stops everything.")
+    return lines
+
+
+DASHBOARD = ROOT / "manifests" / "grafana" / "tradingmodel-dashboard.json"
+
+
+def dashboard_notes(prometheus_url: str | None) -> list[str]:
+    """Where to see the Grafana dashboard: there is no Grafana in the stack, so its main panels
+    open as graphs in the stack's Prometheus (one URL), and the JSON imports into any Grafana."""
+    lines = [f"  Dashboard: import {DASHBOARD.relative_to(ROOT)} into a Grafana (Dashboards > Import)"]
+    if shutil.which("grafana-server") is None:
+        lines[0] += "; no Grafana is installed here"
+    if prometheus_url is None:
+        return lines
+    panels = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p.get("targets")]
+    chosen = [p for p in panels if p["type"] == "timeseries"][:6]
+    query = {}
+    for i, panel in enumerate(chosen):
+        expr = panel["targets"][0]["expr"].replace("$__rate_interval", "1m")
+        query.update({f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": "1h"})
+    lines.append(f"    its panels in Prometheus: {prometheus_url}/graph?{urllib.parse.urlencode(query)}")
     return lines
 
 

@@ -5,8 +5,10 @@ pointed at an S3 that is not there, and deleted: every series the alerts and the
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +19,7 @@ from devstack.stack import tradingmodel
 from model_store.layout import MODEL_NATIVE
 
 pytestmark = pytest.mark.slow
+DASHBOARD = Path(__file__).resolve().parents[2] / "manifests" / "grafana" / "tradingmodel-dashboard.json"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -144,3 +147,38 @@ def test_s3_that_does_not_answer_is_counted_as_errors(stack: Stack) -> None:
     }
     assert errors & {"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError"}, errors
     assert "StorageError" in {s["reason"] for s in status_series(scrape(stack), "tlt-production")}
+
+
+def test_the_dashboard_queries_run_on_the_local_prometheus(stack: Stack) -> None:
+    """Every dashboard query is valid PromQL for a real Prometheus scraping the operator and the
+    serving pods, and the panels an on-call person opens first show data."""
+    if stack.prometheus is None:
+        pytest.skip("no prometheus binary (Debian package 'prometheus'; .ci/run installs it)")
+    prometheus = stack.prometheus
+    stack.kubectl("apply", "-f", "-", input=tradingmodel("smh-production", "SMH", "v1.0", stack.s3_endpoint))
+    stack.wait_for("smh-production", lambda tm: tm["status"].get("phase") == "Ready")
+    for _ in range(5):
+        stack.predict("smh-production", "SMH")
+    queries = {
+        panel["title"]: target["expr"].replace("$__rate_interval", "1m")
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel.get("targets") or []
+    }
+    must_show = [
+        "TradingModels by phase",
+        "Promotions",
+        "Prediction requests per second, by model and version",
+        "Predictions by strategy",
+        "Reconcile passes per second, by trigger and outcome",
+    ]
+
+    def shown() -> list[str]:
+        return [title for title in must_show if prometheus.query(queries[title])]
+
+    stack.wait_until(lambda: shown() == must_show, f"data in the panels {must_show}", timeout=60)
+    for expr in queries.values():
+        prometheus.query(expr)  # raises on a query Prometheus refuses
+    (by_version,) = [
+        r for r in prometheus.query(queries[must_show[2]]) if r["metric"]["tradingmodel"] == "smh-production"
+    ]
+    assert by_version["metric"]["version"] == "v1.0"
