@@ -98,6 +98,13 @@ class LocalPrometheus:
             body = json.loads(response.read())
         return list(body["data"]["result"])
 
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """The result matrix of a range query (unix times)."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:.3f}"}
+        with urllib.request.urlopen(f"{self.url}/api/v1/query_range?{urllib.parse.urlencode(params)}", timeout=10) as r:
+            body = json.loads(r.read())
+        return list(body["data"]["result"])
+
     def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:

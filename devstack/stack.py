@@ -117,6 +117,7 @@ class LocalStack:
         self.s3: Any = None
         self.s3_endpoint = ""
         self.operator_metrics_url = ""  # the operator's own /metrics
+        self.started_at = 0.0  # unix time
         self.kube: KubeApi | None = None
         self.kubeconfig = self.dir / "kubeconfig"
         self.kubectl_path = find_kubectl()
@@ -129,6 +130,7 @@ class LocalStack:
         from moto.server import ThreadedMotoServer
 
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
         self._loop.__enter__()
         self.say("starting the local S3 (moto server)…")
@@ -468,6 +470,20 @@ def _walkthrough(stack: LocalStack) -> None:
         _say(f"    Prometheus ({stack.prometheus.url}) {promql}:")
         for sample in result:
             _say(f"      {sample['metric'].get('tradingmodel')}: {sample['value'][1]}")
+        _promotions_picture(stack)
+
+
+def _promotions_picture(stack: LocalStack) -> None:
+    """The demo's promotions, drawn from what Prometheus scraped of the operator."""
+    prometheus = stack.prometheus
+    if prometheus is None:
+        return
+    from devstack.promotions_chart import QUERY, promotions_svg
+
+    stack.wait_until(lambda: prometheus.query(QUERY), "Prometheus to scrape the operator's promotions", 30)
+    path = stack.dir / "promotions.svg"
+    path.write_text(promotions_svg(prometheus.query_range, stack.started_at, time.time()))
+    _say(f"    the promotions of this run, drawn from Prometheus: {path} (open it in a browser)")
 
 
 def running_notes(stack: LocalStack, names: list[str]) -> list[str]:

@@ -117,9 +117,16 @@ def build_deployment(
     }
     if model.autoscaling is not None and not model.archived:
         del spec["replicas"]  # the HorizontalPodAutoscaler's to set (build_autoscaler)
+    return _owned("apps/v1", "Deployment", name, namespace, model, spec)
+
+
+def _owned(
+    api_version: str, kind: str, name: str, namespace: str, model: TradingModelSpec, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """An object of this TradingModel, named after it, with the hash of its spec (see needs_write)."""
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {
             "name": name,
             "namespace": namespace,
@@ -153,17 +160,7 @@ def build_autoscaler(name: str, namespace: str, model: TradingModelSpec) -> dict
         "maxReplicas": scaling.max_replicas,
         "metrics": [metric],
     }
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": labels(name, model),
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec)},
-        },
-        "spec": spec,
-    }
+    return _owned("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace, model, spec)
 
 
 def quantity(value: float) -> str:

@@ -56,6 +56,15 @@ def test_the_operator_owns_an_hpa_and_leaves_replicas_to_it(stack: Stack) -> Non
     drift_passes(stack)
     assert replicas(stack, "dia-production") == 2
     stack.wait_for("dia-production", lambda tm: tm["status"].get("replicas") == 2)
+    stack.wait_until(
+        lambda: (hpa(stack, "dia-production") or {}).get("status", {}).get("currentReplicas") == 2, "HPA status"
+    )
+    # Above maxReplicas: the (local) HPA brings it back to 3, and the operator still does not interfere.
+    stack.kubectl("scale", "deployment", "dia-production", "--replicas=5")
+    stack.wait_until(lambda: replicas(stack, "dia-production") == 3, "the HPA to clamp replicas to maxReplicas")
+    drift_passes(stack, 1)
+    assert replicas(stack, "dia-production") == 3
+    print("$ kubectl get hpa (after a hand edit to 5 replicas)\n" + stack.kubectl("get", "hpa", "dia-production"))
 
     # Archived: the HPA is deleted and nothing serves.
     stack.kubectl("patch", "tm", "dia-production", "--type=merge", "-p", json.dumps({"spec": {"stage": "Archived"}}))

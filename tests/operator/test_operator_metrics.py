@@ -6,6 +6,7 @@ pointed at an S3 that is not there, and deleted: every series the alerts and the
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.pod_runtime import free_port
+from devstack.promotions_chart import promotions_svg
 from devstack.stack import LocalStack as Stack
 from devstack.stack import tradingmodel
 from model_store.layout import MODEL_NATIVE
@@ -178,6 +180,9 @@ def test_the_dashboard_queries_run_on_the_local_prometheus(stack: Stack) -> None
     stack.wait_until(lambda: shown() == must_show, f"data in the panels {must_show}", timeout=60)
     for expr in queries.values():
         prometheus.query(expr)  # raises on a query Prometheus refuses
+    # The demo's picture of the promotions, from the same Prometheus.
+    svg = promotions_svg(prometheus.query_range, stack.started_at, time.time())
+    assert "promote success" in svg and "<path" in svg
     (by_version,) = [
         r for r in prometheus.query(queries[must_show[2]]) if r["metric"]["tradingmodel"] == "smh-production"
     ]
