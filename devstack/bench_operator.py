@@ -479,11 +479,11 @@ def _figures(
 
     reconciles = delta("tradingmodel_operator_reconciles_total")
     result.reconciles = int(reconciles)
-    result.reconciles_by_trigger = {
-        key.split('"')[1]: int(value - before.get(key, 0))
-        for key, value in after.items()
-        if key.startswith("tradingmodel_operator_reconciles_total{") and value - before.get(key, 0)
-    }
+    by_trigger: Counter[str] = Counter()  # summed over outcomes (the trigger is the first label)
+    for key, value in after.items():
+        if key.startswith("tradingmodel_operator_reconciles_total{") and value - before.get(key, 0):
+            by_trigger[key.split('"')[1]] += int(value - before.get(key, 0))
+    result.reconciles_by_trigger = dict(by_trigger)
     per = max(reconciles, 1)
     result.mean_pass_ms = round(1000 * delta("tradingmodel_operator_reconcile_duration_seconds_sum") / per, 1)
     api = after_api - before_api

@@ -48,6 +48,10 @@ REQUEST_COUNTS_PATH = "/local-stack/requests"  # GET: the requests served so far
 # GET: the objects sent so far in lists and watch events, by client, resource and namespace/name
 SENT_COUNTS_PATH = "/local-stack/sent"
 T = TypeVar("T")
+# The store converts nothing between versions, and kmock's discovery names an arbitrary version
+# "preferred": with HPAs under both autoscaling/v1 and v2, `kubectl get hpa` would show either set
+# at random. Only v2 is served (what kubectl prefers on a real cluster, and what the operator writes).
+_UNSERVED = {("autoscaling", "v1", "horizontalpodautoscalers")}
 
 
 class _ServeNatively(Exception):
@@ -99,7 +103,8 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         self.fallback["get /version"] << self._serve_server_version
         self.resources.load_bundled()
         for rt in _resource_types_from_kmock(self.resources):
-            self.store.types[rt.key] = rt
+            if rt.key not in _UNSERVED:
+                self.store.types[rt.key] = rt
         self.store.type_listeners.append(self._sync_discovery)
         self.store.listeners.append(self._mirror)
         namespaces = self.store.types[("", "v1", "namespaces")]

@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from devstack import annotation_keys, deployments, kube_events
+from devstack import annotation_keys, autoscalers, deployments, kube_events
 from devstack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
 from devstack.pod_env import POD_IP, EnvError, resolve_env
 from devstack.pod_runtime import ContainerProcess, Probe, free_port
@@ -523,7 +523,11 @@ class LocalKubelet:
         self._wake = asyncio.Event()
         self._client = await KubeClient(self.api_url).__aenter__()
         self._http = aiohttp.ClientSession()
-        self._tasks = [asyncio.create_task(self._control_loop(), name="kubelet-control")]
+        self._tasks = [
+            asyncio.create_task(self._control_loop(), name="kubelet-control"),
+            # The HorizontalPodAutoscaler controller's share that needs no metrics (devstack/autoscalers.py).
+            asyncio.create_task(autoscalers.run(self._client, self.resync_seconds), name="local-hpa"),
+        ]
         for path in self._informers:
             self._informers[path] = _Informer(self._mark_dirty)
             self._tasks.append(

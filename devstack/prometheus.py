@@ -31,8 +31,9 @@ def find_prometheus() -> str | None:
 
 
 class LocalPrometheus:
-    def __init__(self, workdir: Path, targets: Targets, scrape_seconds: int = 2) -> None:
+    def __init__(self, workdir: Path, targets: Targets, scrape_seconds: int = 2, operator: str | None = None) -> None:
         self.dir = workdir
+        self._operator = operator  # host:port of the operator's /metrics (job tradingmodel-operator)
         self._targets = targets
         self._scrape_seconds = scrape_seconds
         self._process: subprocess.Popen[bytes] | None = None
@@ -43,7 +44,7 @@ class LocalPrometheus:
     def start(self, binary: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_targets()
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": f"{self._scrape_seconds}s", "evaluation_interval": "5s"},
             "scrape_configs": [
                 {
@@ -53,6 +54,10 @@ class LocalPrometheus:
                 }
             ],
         }
+        if self._operator:
+            config["scrape_configs"].append(
+                {"job_name": "tradingmodel-operator", "static_configs": [{"targets": [self._operator]}]}
+            )
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -91,6 +96,13 @@ class LocalPrometheus:
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
         with urllib.request.urlopen(url, timeout=5) as response:
             body = json.loads(response.read())
+        return list(body["data"]["result"])
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """The result matrix of a range query (unix times)."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:.3f}"}
+        with urllib.request.urlopen(f"{self.url}/api/v1/query_range?{urllib.parse.urlencode(params)}", timeout=10) as r:
+            body = json.loads(r.read())
         return list(body["data"]["result"])
 
     def _ready(self) -> bool:

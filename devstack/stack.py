@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ import yaml
 
 from devstack.kube_api import BackgroundLoop, LocalKubeAPI
 from devstack.kubelet import LocalKubelet
-from devstack.pod_runtime import DIE_WITH_PARENT
+from devstack.pod_runtime import DIE_WITH_PARENT, free_port
 from devstack.prometheus import LocalPrometheus, find_prometheus
 from model_store.s3 import S3Settings, make_client
 from trading_operator import GROUP, PLURAL, VERSION
@@ -115,6 +116,8 @@ class LocalStack:
         self.kubelet: LocalKubelet | None = None
         self.s3: Any = None
         self.s3_endpoint = ""
+        self.operator_metrics_url = ""  # the operator's own /metrics
+        self.started_at = 0.0  # unix time
         self.kube: KubeApi | None = None
         self.kubeconfig = self.dir / "kubeconfig"
         self.kubectl_path = find_kubectl()
@@ -127,6 +130,7 @@ class LocalStack:
         from moto.server import ThreadedMotoServer
 
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
         self._loop.__enter__()
         self.say("starting the local S3 (moto server)…")
@@ -167,6 +171,8 @@ class LocalStack:
         self._loop.run(self.kubelet.start())
 
         self.say("starting the operator…")
+        metrics_port = free_port()
+        self.operator_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             # not in-cluster even when this runs in a pod: the operator must find the kubeconfig
             **{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV},
@@ -175,6 +181,7 @@ class LocalStack:
             "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
             "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
             "SERVING_IMAGE": "local-process",
+            "METRICS_PORT": str(metrics_port),
         }
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
         if self.operator_verbose:
@@ -188,7 +195,9 @@ class LocalStack:
         binary = find_prometheus() if self._want_prometheus else None
         if binary:
             self.say("starting Prometheus (scraping the serving pods)…")
-            self.prometheus = LocalPrometheus(self.dir / "prometheus", self.scrape_targets)
+            self.prometheus = LocalPrometheus(
+                self.dir / "prometheus", self.scrape_targets, operator=f"127.0.0.1:{metrics_port}"
+            )
             self.prometheus.start(binary)
         return self
 
@@ -461,6 +470,20 @@ def _walkthrough(stack: LocalStack) -> None:
         _say(f"    Prometheus ({stack.prometheus.url}) {promql}:")
         for sample in result:
             _say(f"      {sample['metric'].get('tradingmodel')}: {sample['value'][1]}")
+        _promotions_picture(stack)
+
+
+def _promotions_picture(stack: LocalStack) -> None:
+    """The demo's promotions, drawn from what Prometheus scraped of the operator."""
+    prometheus = stack.prometheus
+    if prometheus is None:
+        return
+    from devstack.promotions_chart import QUERY, promotions_svg
+
+    stack.wait_until(lambda: prometheus.query(QUERY), "Prometheus to scrape the operator's promotions", 30)
+    path = stack.dir / "promotions.svg"
+    path.write_text(promotions_svg(prometheus.query_range, stack.started_at, time.time()))
+    _say(f"    the promotions of this run, drawn from Prometheus: {path} (open it in a browser)")
 
 
 def running_notes(stack: LocalStack, names: list[str]) -> list[str]:
@@ -479,9 +502,32 @@ def running_notes(stack: LocalStack, names: list[str]) -> list[str]:
         f"    for tmctl: export S3_BUCKET={stack.bucket} S3_ENDPOINT_URL={stack.s3_endpoint} "
         + " ".join(f"{k}={v}" for k, v in LOCAL_KEYS.items()),
     ]
+    lines.append(f"    operator metrics: {stack.operator_metrics_url}")
     if stack.prometheus is not None:
         lines.append(f"    Prometheus: {stack.prometheus.url}  (try: tradingmodel_requests_total)")
+    lines.extend(dashboard_notes(stack.prometheus.url if stack.prometheus else None))
     lines.append("Ctrl-C stops everything.")
+    return lines
+
+
+DASHBOARD = ROOT / "manifests" / "grafana" / "tradingmodel-dashboard.json"
+
+
+def dashboard_notes(prometheus_url: str | None) -> list[str]:
+    """Where to see the Grafana dashboard: there is no Grafana in the stack, so its main panels
+    open as graphs in the stack's Prometheus (one URL), and the JSON imports into any Grafana."""
+    lines = [f"  Dashboard: import {DASHBOARD.relative_to(ROOT)} into a Grafana (Dashboards > Import)"]
+    if shutil.which("grafana-server") is None:
+        lines[0] += "; no Grafana is installed here"
+    if prometheus_url is None:
+        return lines
+    panels = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p.get("targets")]
+    chosen = [p for p in panels if p["type"] == "timeseries"][:6]
+    query = {}
+    for i, panel in enumerate(chosen):
+        expr = panel["targets"][0]["expr"].replace("$__rate_interval", "1m")
+        query.update({f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": "1h"})
+    lines.append(f"    its panels in Prometheus: {prometheus_url}/graph?{urllib.parse.urlencode(query)}")
     return lines
 
 

@@ -197,6 +197,25 @@ def _event_last_seen(event: Mapping[str, Any]) -> Any:
     )
 
 
+def _hpa_reference(hpa: Mapping[str, Any]) -> str:
+    ref = _get(hpa, "spec", "scaleTargetRef", default={}) or {}
+    return f"{ref.get('kind')}/{ref.get('name')}"
+
+
+def _hpa_targets(hpa: Mapping[str, Any]) -> str:
+    """As kubectl shows them: "cpu: <unknown>/80%" (no metrics server here measures anything)."""
+    shown = []
+    for metric in _get(hpa, "spec", "metrics", default=[]) or []:
+        source = metric.get(str(metric.get("type", "")).lower()) or {}
+        target = source.get("target") or {}
+        name = source.get("name") or (source.get("metric") or {}).get("name") or "?"
+        if "averageUtilization" in target:
+            shown.append(f"{name}: <unknown>/{target['averageUtilization']}%")
+        else:
+            shown.append(f"{name}: <unknown>/{target.get('averageValue', target.get('value', '?'))}")
+    return ", ".join(shown) or "<none>"
+
+
 def _wide(name: str, compute: Callable[[Mapping[str, Any]], Any]) -> Column:
     return Column(name, priority=1, compute=compute)
 
@@ -254,6 +273,15 @@ _BUILTIN: dict[str, list[Column]] = {
         Column("Port(s)", compute=_service_ports),
         AGE,
         _wide("Selector", lambda o: ",".join(f"{k}={v}" for k, v in (_get(o, "spec", "selector") or {}).items())),
+    ],
+    "HorizontalPodAutoscaler": [
+        NAME,
+        Column("Reference", compute=_hpa_reference),
+        Column("Targets", compute=_hpa_targets),
+        Column("MinPods", type="integer", compute=lambda o: _get(o, "spec", "minReplicas", default=1)),
+        Column("MaxPods", type="integer", compute=lambda o: _get(o, "spec", "maxReplicas")),
+        Column("Replicas", type="integer", compute=lambda o: _get(o, "status", "currentReplicas", default=0)),
+        AGE,
     ],
     "Namespace": [NAME, Column("Status", compute=lambda o: _get(o, "status", "phase", default="Active")), AGE],
     "Secret": [

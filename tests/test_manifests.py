@@ -24,7 +24,7 @@ from trading_operator.spec import parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 OPERATOR_BUILDS = ["default", "overlays/staging", "overlays/production"]
-BUILDS = [*OPERATOR_BUILDS, "crd", "rbac", "manager", "samples", "prometheus"]
+BUILDS = [*OPERATOR_BUILDS, "crd", "rbac", "manager", "samples", "prometheus", "grafana"]
 OVERLAYS = ["overlays/staging", "overlays/production"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
@@ -65,6 +65,15 @@ def the(folder: str, kind: str) -> dict[str, Any]:
     found = objects(folder, kind)
     assert len(found) == 1, f"manifests/{folder}: expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def named(folder: str, kind: str, name: str) -> dict[str, Any]:
+    return next(obj for obj in objects(folder, kind) if obj["metadata"]["name"] == name)
+
+
+def scrape_job(name: str) -> dict[str, Any]:
+    jobs = read_yaml(MANIFESTS / "prometheus" / "scrape-config.yml")["scrape_configs"]
+    return next(job for job in jobs if job["job_name"] == name)
 
 
 def operator_deployment(folder: str) -> dict[str, Any]:
@@ -119,6 +128,7 @@ NEEDED = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
     ("", "secrets"): {"get"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
@@ -296,7 +306,7 @@ def label_name(key: str) -> str:
 
 @needs_kubectl
 def test_pod_monitor_selects_the_serving_pods() -> None:
-    monitor = the("prometheus", "PodMonitor")["spec"]
+    monitor = named("prometheus", "PodMonitor", "tradingmodel-serving")["spec"]
     template = serving_pod_template()
     labels = template["metadata"]["labels"]
     assert monitor["selector"]["matchLabels"].items() <= labels.items()
@@ -306,7 +316,7 @@ def test_pod_monitor_selects_the_serving_pods() -> None:
     assert endpoint["port"] in ports
     assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
     # job= in the alerts: the pod label PodMonitor takes it from, equal to the plain config's job.
-    (job,) = read_yaml(MANIFESTS / "prometheus" / "scrape-config.yml")["scrape_configs"]
+    job = scrape_job("tradingmodel-serving")
     assert labels[monitor["jobLabel"]] == job["job_name"]
     for relabel in endpoint["relabelings"]:
         for source in relabel["sourceLabels"]:
@@ -350,7 +360,7 @@ def discovered_pod(template: dict[str, Any], name: str, phase: str = "Running") 
 
 
 def test_plain_scrape_config_keeps_serving_pods_only() -> None:
-    (job,) = read_yaml(MANIFESTS / "prometheus" / "scrape-config.yml")["scrape_configs"]
+    job = scrape_job("tradingmodel-serving")
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
     rules = job["relabel_configs"]
     template = serving_pod_template()
@@ -373,6 +383,29 @@ def test_plain_scrape_config_keeps_serving_pods_only() -> None:
     if KUBECTL is not None:  # the operator's own pod is no serving pod
         operator_template = operator_deployment("default")["spec"]["template"]
         assert relabel(discovered_pod(operator_template, "tradingmodel-operator"), rules) is None
+
+
+@needs_kubectl
+def test_the_operator_is_scraped_on_its_metrics_port() -> None:
+    deployment = operator_deployment("default")
+    template = deployment["spec"]["template"]
+    c = container(deployment, "operator")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert int(env_values(c)["METRICS_PORT"]) == ports["metrics"]
+    monitor = named("prometheus", "PodMonitor", "tradingmodel-operator")["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert monitor["namespaceSelector"] == {"any": True}  # the overlays move the operator's namespace
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+    job = scrape_job("tradingmodel-operator")
+    assert template["metadata"]["labels"][monitor["jobLabel"]] == job["job_name"]
+    # The plain scrape config keeps the operator's metrics port, not its health port, and no serving pod.
+    found = discovered_pod(template, "tradingmodel-operator-5c7d9-abcde")
+    found["__meta_kubernetes_pod_container_port_name"] = "metrics"
+    assert relabel(found, job["relabel_configs"]) is not None
+    found["__meta_kubernetes_pod_container_port_name"] = "health"
+    assert relabel(found, job["relabel_configs"]) is None
+    assert relabel(discovered_pod(serving_pod_template(), "spy-production"), job["relabel_configs"]) is None
 
 
 # --- promtool: the rules and the config as Prometheus reads them -------------------------------------

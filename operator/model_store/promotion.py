@@ -333,7 +333,7 @@ def _intended_move(
     move = {
         "id": uuid.uuid4().hex,
         "at": utc_now(),
-        "action": _action(manifest.version, previous),
+        "action": move_action(manifest.version, previous),
         "model": location.model_key,
         "ticker": location.ticker,
         "stage": stage.value,
@@ -401,7 +401,7 @@ def _record(client: Any, bucket: str, move: dict[str, Any], intent_key: str) -> 
     return done, None
 
 
-def _action(version: str, previous: str | None) -> str:
+def move_action(version: str, previous: str | None) -> str:
     if previous == version:
         return "repair"
     if previous is not None and _is_older(version, previous):

@@ -25,6 +25,9 @@ DROPPED_LABELS = ("app.kubernetes.io/instance",)  # earlier versions of this ope
 CACHE_SIZE, TMP_SIZE = "2Gi", "256Mi"
 # Limits on every resource (a platform's LimitRange/admission policies ask for them); the disk
 # limit covers the model cache and /tmp emptyDirs plus the container's logs.
+# The per-pod rate of prediction requests, as a metrics adapter (prometheus-adapter) serves it from
+# the pods' tradingmodel_requests_total: see manifests/prometheus/adapter-rules.yaml.
+REQUESTS_PER_SECOND_METRIC = "tradingmodel_requests_per_second"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "256Mi"},
     "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "3Gi"},
@@ -153,7 +156,7 @@ def build_deployment(
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    spec = {
+    spec: dict[str, Any] = {
         "replicas": replicas,
         "revisionHistoryLimit": 5,
         "progressDeadlineSeconds": model.progress_deadline_seconds or DEFAULT_PROGRESS_DEADLINE_SECONDS,
@@ -187,7 +190,45 @@ def build_deployment(
             },
         },
     }
+    if model.autoscaling is not None and not model.archived:
+        del spec["replicas"]  # the HorizontalPodAutoscaler's to set (build_autoscaler)
     return _owned("apps/v1", "Deployment", name, namespace, model, spec)
+
+
+def build_autoscaler(name: str, namespace: str, model: TradingModelSpec) -> dict[str, Any] | None:
+    """The HorizontalPodAutoscaler of the serving Deployment (autoscaling/v2), or None when the
+    spec asks for none or the model is archived (archived serves nothing)."""
+    scaling = model.autoscaling
+    if scaling is None or model.archived:
+        return None
+    if scaling.requests_per_second is not None:
+        metric: dict[str, Any] = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": REQUESTS_PER_SECOND_METRIC},
+                "target": {"type": "AverageValue", "averageValue": quantity(scaling.requests_per_second)},
+            },
+        }
+    else:
+        target = {"type": "Utilization", "averageUtilization": scaling.cpu_utilization}
+        metric = {"type": "Resource", "resource": {"name": "cpu", "target": target}}
+    spec = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": [metric],
+    }
+    return _owned("autoscaling/v2", "HorizontalPodAutoscaler", name, namespace, model, spec)
+
+
+def quantity(value: float) -> str:
+    """A Kubernetes quantity: whole numbers as they are, fractions in thousandths ("2500m")."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
+def selector_text(name: str) -> str:
+    """The serving pods' selector as a label selector string (the scale subresource's status.selector)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(name).items()))
 
 
 def build_service(

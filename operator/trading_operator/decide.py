@@ -19,6 +19,7 @@ from model_store.promotion import PromotionResult
 from model_store.s3 import error_code, is_missing_bucket
 from trading_operator.builders import (
     SPEC_HASH_ANNOTATION,
+    build_autoscaler,
     build_deployment,
     build_disruption_budget,
     build_network_policy,
@@ -26,6 +27,7 @@ from trading_operator.builders import (
     live_selector,
     progress_deadline_exceeded,
     rollout_state,
+    selector_text,
 )
 from trading_operator.config import OperatorConfig
 from trading_operator.spec import InvalidSpec, TradingModelSpec, check_name, parse_spec
@@ -59,6 +61,7 @@ class View:
     target_ready: int | None = None  # ready pods of the wanted version, counted while a rollout runs
     rollout_only: bool = False  # a Deployment event: S3 was converged for this generation already
     deep: bool = False  # hash every stage file against its manifest
+    autoscaler: dict[str, Any] | None = None  # the live HorizontalPodAutoscaler (read when one may exist)
 
     @property
     def name(self) -> str:
@@ -114,6 +117,8 @@ class Plan:
     service: dict[str, Any] | None = None
     extras: list[dict[str, Any]] = field(default_factory=list)  # more owned objects, written like the Service
     unwanted: list[tuple[str, str]] = field(default_factory=list)  # (apiVersion, kind) owned objects to delete
+    autoscaler: dict[str, Any] | None = None  # create or replace when its spec hash differs
+    remove_autoscaler: bool = False  # delete the live one: not wanted any more, or serving goes to zero
     scale_to_zero: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
     message: str = ""
@@ -214,7 +219,12 @@ def decide(view: View, store: StoreOutcome) -> Plan:
         view.name, view.namespace, model, result.digest, view.config.serving_image, port, match_labels=match
     )
     service = build_service(view.name, view.namespace, model, port, match_labels=match)
-    desired = int(deployment["spec"]["replicas"])
+    autoscaler = build_autoscaler(view.name, view.namespace, model)
+    live_replicas = ((view.deployment or {}).get("spec") or {}).get("replicas")
+    if autoscaler is not None and not live_replicas:
+        # A new Deployment (or one back from zero, where an HPA never acts) starts at the minimum.
+        deployment["spec"]["replicas"] = autoscaler["spec"]["minReplicas"]
+    desired = int(deployment["spec"].get("replicas", live_replicas))
     if needs_write(view.deployment, deployment):
         verb = "Created" if view.deployment is None else "Rolling out"
         plan_events.append(("Normal", "RollingOut", f"{verb} Deployment {view.name} with {model.version}"))
@@ -242,6 +252,9 @@ def decide(view: View, store: StoreOutcome) -> Plan:
         plan.extras.append(budget)
     elif may_have_budget(view):
         plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
+    if not view.rollout_only:
+        plan.autoscaler, plan.remove_autoscaler = autoscaler, autoscaler is None and view.autoscaler is not None
+        plan.status["autoscaler"] = autoscaler["metadata"]["name"] if autoscaler else None
     plan.events[:0] = plan_events
     return plan
 
@@ -296,7 +309,7 @@ def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
     status = dict(plan.status, phase=FAILED, conditions=conditions)
     return Plan(
         FAILED, status, events=events, message=message, retryable=retryable, permanent=not retryable,
-        scale_to_zero=not retryable,
+        scale_to_zero=not retryable, remove_autoscaler=not retryable and view.autoscaler is not None,
     )  # fmt: skip
 
 
@@ -367,7 +380,9 @@ def needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
     if live is None:
         return True
     live_hash = (live["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    same_replicas = (live.get("spec") or {}).get("replicas") == desired["spec"].get("replicas")
+    # No replicas in ours: an autoscaled Deployment, whose replica count is the HPA's (or anyone's).
+    wanted = desired["spec"].get("replicas")
+    same_replicas = "replicas" not in desired["spec"] or (live.get("spec") or {}).get("replicas") == wanted
     return not (live_hash == desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION] and same_replicas)
 
 
@@ -416,9 +431,11 @@ def _plan(
     news = view.old.get("phase") != phase or _reason(view.old) != _reason(new)
     if phase in (FAILED, CONFLICT) and news:
         events.append(("Warning", phase, message))
+    if scale_to_zero:  # an HPA would hold replicas at its minimum: serving zero means no HPA
+        new["autoscaler"] = None
     return Plan(
         phase, new, scale_to_zero=scale_to_zero, events=events, message=message, retryable=retryable,
-        permanent=permanent,
+        permanent=permanent, remove_autoscaler=scale_to_zero and view.autoscaler is not None,
     )  # fmt: skip
 
 
@@ -462,6 +479,7 @@ class _Status:
         self._history: list[dict[str, Any]] = list(old.get("history") or [])
         self.values: dict[str, Any] = {}
         self.claim: str | None = None  # the stage this TradingModel holds after the pass
+        self.selector = selector_text(view.name)
 
     def kstatus(self, phase: str, message: str, retryable: bool, permanent: bool) -> None:
         self._conditions = kstatus_conditions(
@@ -478,6 +496,7 @@ class _Status:
         return {
             "observedGeneration": self.generation,
             "phase": phase,
+            "selector": self.selector,  # the scale subresource's labelSelectorPath
             **self.values,
             "claim": self.claim,
             "conditions": self._conditions,

@@ -98,8 +98,9 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
 def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
             **_: Any) -> None:  # fmt: skip
-    with metrics.timed_pass("spec"):
+    with metrics.timed_pass("spec") as record:
         plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+        record.ended_with(plan)
     _raise_for(plan, retry)
 
 
@@ -123,12 +124,22 @@ async def deep_check(
 
 
 def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:
-    with metrics.timed_pass(trigger):
-        reconcile(namespace, name, deps, claims, **options)
+    with metrics.timed_pass(trigger) as record:
+        record.ended_with(reconcile(namespace, name, deps, claims, **options))
 
 
 _progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on
 _progress_guard = threading.Lock()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_tradingmodel(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+    """The models-by-phase gauge follows what the watch shows (deletions included): no API call."""
+    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
+    if type == "DELETED":
+        metrics.MODEL_STATUS.forget(namespace, name)
+    else:
+        metrics.MODEL_STATUS.saw(namespace, name, dict(body.get("status") or {}))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})  # and OWNED_SELECTOR

@@ -93,6 +93,7 @@ class KubeApi:
             "Secret": "secrets",
             "PodDisruptionBudget": "poddisruptionbudgets",
             "NetworkPolicy": "networkpolicies",
+            "HorizontalPodAutoscaler": "horizontalpodautoscalers",
         }[kind]
         prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         base = f"{prefix}/namespaces/{namespace}/{plural}"

@@ -24,7 +24,7 @@ from model_store.layout import InvalidName
 from model_store.promotion import promote
 from model_store.publish import utc_now
 from model_store.registry import record_once, sync_registries
-from trading_operator import GROUP, KIND, VERSION
+from trading_operator import GROUP, KIND, VERSION, metrics
 from trading_operator.builders import DROPPED_LABELS, SPEC_HASH_ANNOTATION, live_selector, rollout_state
 from trading_operator.claims import Claimant, claims_of, rival, spec_claim
 from trading_operator.config import OperatorConfig
@@ -45,6 +45,7 @@ from trading_operator.kube import KubeApi
 from trading_operator.storage import S3Factory
 
 log = logging.getLogger(__name__)
+AUTOSCALING = "autoscaling/v2"
 
 EventSink = Callable[[dict[str, Any], str, str, str], None]  # (body, Normal|Warning, reason, message)
 Claims = Mapping[str, Iterable[Claimant]]  # claim -> claimants (kopf's index)
@@ -89,8 +90,9 @@ def reconcile(
         view = _observe(body, deps, claims, rollout_only, deep)
         wanted = store_wanted(view)
         outcome = _converge_store(wanted, view, deps)
-        plan = decide(view, outcome)
-        return _apply(view, plan, deps)
+        plan = _apply(view, decide(view, outcome), deps)
+        metrics.observe_pass(view, wanted, outcome, plan)
+        return plan
 
 
 def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool) -> View:
@@ -104,8 +106,12 @@ def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: boo
         version = ((body.get("spec") or {}).get("version")) or ""
         pods = {**live_selector(name, deployment), "trading.io/version": version}
         target_ready = deps.kube.count_ready_pods(namespace, pods)
+    autoscaler = None
+    if not rollout_only and (_wants_autoscaling(body) or (body.get("status") or {}).get("autoscaler")):
+        autoscaler = deps.kube.get(AUTOSCALING, "HorizontalPodAutoscaler", namespace, name)
     return View(
         body=body,
+        autoscaler=autoscaler,
         config=deps.config,
         now=deps.now(),
         rival=holder.ref if holder else None,
@@ -114,6 +120,10 @@ def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: boo
         rollout_only=rollout_only,
         deep=deep,
     )
+
+
+def _wants_autoscaling(body: dict[str, Any]) -> bool:
+    return bool(((body.get("spec") or {}).get("serving") or {}).get("autoscaling"))
 
 
 def _converge_store(wanted: Promote | RecordArchive | None, view: View, deps: Deps) -> StoreOutcome:
@@ -163,11 +173,17 @@ def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
             plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
         for api_version, kind in plan.unwanted if not view.rollout_only else ():
             _delete_owned(body, api_version, kind, deps)
+        if plan.autoscaler is not None:
+            _apply_owned(body, plan.autoscaler, view.autoscaler, deps)
+        elif plan.remove_autoscaler and view.autoscaler is not None:
+            _delete_live(view.autoscaler, deps)
     except ApiException as exc:
         plan = _api_failure(view, plan, exc)
         if plan.scale_to_zero:  # refused for good: nothing may serve a version it does not hold
             with contextlib.suppress(ApiException):
                 _scale_to_zero(view, deps)
+                if plan.remove_autoscaler and view.autoscaler is not None:
+                    _delete_live(view.autoscaler, deps)
     for type_, reason, message in plan.events:
         deps.emit(body, type_, reason, message)
     if status_changed(view.old, plan.status):
@@ -213,6 +229,11 @@ def _delete_owned(body: dict[str, Any], api_version: str, kind: str, deps: Deps)
     owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
     if live is not None and any(ref.get("uid") == meta.get("uid") for ref in owners):
         deps.kube.delete(api_version, kind, meta["namespace"], meta["name"])
+
+
+def _delete_live(live: dict[str, Any], deps: Deps) -> None:
+    meta = live["metadata"]
+    deps.kube.delete(live["apiVersion"], live["kind"], meta["namespace"], meta["name"])
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:

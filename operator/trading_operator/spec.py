@@ -21,6 +21,19 @@ class InvalidSpec(ValueError):
 
 
 @dataclass(frozen=True)
+class Autoscaling:
+    """spec.serving.autoscaling: a HorizontalPodAutoscaler owns the serving replicas."""
+
+    min_replicas: int
+    max_replicas: int
+    cpu_utilization: int | None  # percent of the pods' CPU request
+    requests_per_second: float | None  # per pod, through the pods metric (needs a metrics adapter)
+
+
+DEFAULT_CPU_UTILIZATION = 80
+
+
+@dataclass(frozen=True)
 class TradingModelSpec:
     ticker: str
     asset_class: str
@@ -37,6 +50,7 @@ class TradingModelSpec:
     service_account: str | None = None  # the serving pods' (e.g. an IRSA role); None: the namespace's default
     image_pull_secrets: tuple[str, ...] = ()
     progress_deadline_seconds: int | None = None  # a rollout without progress this long is reported
+    autoscaling: Autoscaling | None = None
 
     @property
     def location(self) -> ModelLocation:
@@ -164,4 +178,38 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
         service_account=account,
         image_pull_secrets=pull_secrets,
         progress_deadline_seconds=deadline,
+        autoscaling=parse_autoscaling(serving.get("autoscaling"), serving.get("resources")),
     )
+
+
+def parse_autoscaling(raw: Any, resources: Any) -> Autoscaling | None:
+    if raw is None:
+        return None
+    where = "spec.serving.autoscaling"
+    if not isinstance(raw, dict):
+        raise InvalidSpec(f"{where} must be an object (minReplicas, maxReplicas, a target)")
+
+    def whole(key: str, default: int | None, low: int) -> int:
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 100:
+            raise InvalidSpec(f"{where}.{key} must be a whole number from {low} to 100, got {value!r}")
+        return value
+
+    low, high = whole("minReplicas", 1, 1), whole("maxReplicas", None, 1)
+    if low > high:
+        raise InvalidSpec(f"{where}.minReplicas ({low}) must not exceed maxReplicas ({high})")
+    cpu, rps = raw.get("targetCPUUtilizationPercentage"), raw.get("targetRequestsPerSecond")
+    if cpu is not None and rps is not None:
+        raise InvalidSpec(f"{where}: set one target, targetCPUUtilizationPercentage or targetRequestsPerSecond")
+    if rps is not None:
+        if not isinstance(rps, int | float) or isinstance(rps, bool) or rps <= 0:
+            raise InvalidSpec(f"{where}.targetRequestsPerSecond must be a number above 0, got {rps!r}")
+        return Autoscaling(low, high, None, float(rps))
+    if cpu is None:
+        cpu = DEFAULT_CPU_UTILIZATION
+    if not isinstance(cpu, int) or isinstance(cpu, bool) or not 1 <= cpu <= 100:
+        raise InvalidSpec(f"{where}.targetCPUUtilizationPercentage must be a whole number from 1 to 100, got {cpu!r}")
+    if resources and not ((resources.get("requests") or {}).get("cpu")):
+        # The HPA divides usage by the request: without one it cannot scale on CPU at all.
+        raise InvalidSpec(f"{where}: a CPU target needs spec.serving.resources.requests.cpu (or no resources)")
+    return Autoscaling(low, high, int(cpu), None)
