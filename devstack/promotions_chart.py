@@ -44,10 +44,13 @@ def render_svg(series: Series, title: str) -> str:
         colour = _COLOURS[i % len(_COLOURS)]
         path, last = [], None
         for t, v in values:
-            if last is not None:
-                path.append(f"L{x(t):.1f},{y(last):.1f}")  # a step: the count holds until it moves
-            path.append(f"{'M' if last is None else 'L'}{x(t):.1f},{y(v):.1f}")
+            if last is None:
+                path.append(f"M{x(t):.1f},{y(v):.1f}")
+            elif v != last:  # a step: the count holds until it moves
+                path.append(f"L{x(t):.1f},{y(last):.1f} L{x(t):.1f},{y(v):.1f}")
             last = v
+        if values:
+            path.append(f"L{x(values[-1][0]):.1f},{y(values[-1][1]):.1f}")
         parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
         total = values[-1][1] if values else 0
         row = _TOP + 18 * i

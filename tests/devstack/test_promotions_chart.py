@@ -20,7 +20,7 @@ def test_one_line_and_one_legend_entry_per_series() -> None:
     texts = [e.text for e in root.iter(f"{SVG}text")]
     assert "promote success: 3" in texts and "repair success: 1" in texts and "Promotions" in texts
     # Steps: the line holds a count flat until it moves (two points per change after the first).
-    assert paths[0].attrib["d"].count("L") == 4
+    assert paths[0].attrib["d"].count("L") == 5  # two per change, one to the last sample
 
 
 def test_no_data_says_so() -> None:

@@ -36,6 +36,18 @@ def scrape(stack: Stack) -> Samples:
     }
 
 
+def first_scrape(stack: Stack) -> Samples:
+    """The operator serves /metrics once its startup handler ran, a moment after the process starts."""
+
+    def attempt() -> Samples | None:
+        try:
+            return scrape(stack)
+        except OSError:
+            return None
+
+    return stack.wait_until(attempt, "the operator's /metrics", timeout=60)
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     """The sum over the series of `name` whose labels include `labels` (0 when there is none)."""
     wanted = set(labels.items())
@@ -55,7 +67,7 @@ def status_series(samples: Samples, name: str) -> list[dict[str, str]]:
 
 
 def test_series_move_through_a_promotion_a_failure_a_repair_and_a_conflict(stack: Stack) -> None:
-    before = scrape(stack)
+    before = first_scrape(stack)
     stack.kubectl("apply", "-f", "-", input=tradingmodel("xlf-production", "XLF", "v1.0", stack.s3_endpoint))
     stack.wait_for("xlf-production", lambda tm: tm["status"].get("phase") == "Ready")
     stack.wait_until(grows(stack, before, "tradingmodel_operator_time_to_ready_seconds_count"), "time to Ready")
@@ -131,7 +143,7 @@ def test_series_move_through_a_promotion_a_failure_a_repair_and_a_conflict(stack
 
 
 def test_s3_that_does_not_answer_is_counted_as_errors(stack: Stack) -> None:
-    before = scrape(stack)
+    before = first_scrape(stack)
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     stack.kubectl("apply", "-f", "-", input=tradingmodel("tlt-production", "TLT", "v1.0", nowhere))
     stack.wait_for("tlt-production", lambda tm: tm["status"].get("phase") == "Failed")
