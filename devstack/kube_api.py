@@ -45,6 +45,9 @@ _DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _WATCH_IDLE_SECONDS = 5.0
 REQUEST_COUNTS_PATH = "/local-stack/requests"  # GET: the requests served so far, by client, verb and resource
+# GET: each distinct (client, API group, resource, verb, namespace) asked for so far, as RBAC names them (the
+# namespace is null for a cluster-wide call); DELETE: forget them. What tests compare with manifests/rbac/.
+ACCESS_PATH = "/local-stack/access"
 T = TypeVar("T")
 
 
@@ -84,6 +87,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     object_history: int = 10  # versions kept per object in the kmock ``objects`` mirror
     # (client, verb, resource) -> requests served: what a benchmark divides by the work done.
     request_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    access: set[tuple[str, str, str, str, str | None]] = attrs.field(factory=set, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _openapi_documents: dict[tuple[str, str], dict[str, Any]] | None = attrs.field(default=None, init=False)
 
@@ -126,11 +130,18 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                     for (c, v, r), n in sorted(self.request_counts.items())
                 ]
             )
+        if path == ACCESS_PATH:
+            if raw_request.method.upper() == "DELETE":
+                self.access.clear()
+            return _json([dict(zip(("client", "group", "resource", "verb", "namespace"), a, strict=True))
+                          for a in sorted(self.access, key=str)])  # fmt: skip
         parsed = api_paths.parse_api_path(path)
         if parsed is None and not path.startswith("/openapi/"):
             return await super().__call__(raw_request)
         if parsed is not None:
-            self.request_counts[_count_key(raw_request, parsed)] += 1
+            client, verb, resource = key = _count_key(raw_request, parsed)
+            self.request_counts[key] += 1
+            self.access.add((client, parsed.group, resource, verb, parsed.namespace))
         body = await raw_request.read()
         media_type = raw_request.headers.get("Content-Type", "").split(";")[0].strip()
         if body and not (media_type.endswith(("json", "yaml")) or media_type in ("", "text/plain")):

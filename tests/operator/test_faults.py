@@ -606,7 +606,7 @@ def handled_since_restart(stack: Stack, name: str) -> bool:
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             if (record.get("object") or {}).get("name") == name and re.match(
-                r"(Handler|Timer) '[^']+' succeeded", record.get("message", "")
+                r"Handler 'reconcile-on-[a-z]+' succeeded", record.get("message", "")
             ):
                 return True
     return False
