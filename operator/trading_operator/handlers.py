@@ -17,7 +17,7 @@ from trading_operator.builders import rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
-from trading_operator.kube import KubeApi
+from trading_operator.kube import Forbidden, KubeApi
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
 from trading_operator.sweep import Sweep
@@ -98,7 +98,10 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
 def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
             **_: Any) -> None:  # fmt: skip
     with metrics.timed_pass("spec"):
-        plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+        try:
+            plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+        except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
+            raise kopf.TemporaryError(str(exc), delay=CONFIG.retry_max_seconds) from exc
     _raise_for(plan, retry)
 
 
