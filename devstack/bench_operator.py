@@ -633,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, action="append", help="TradingModels (repeat: --n 100 --n 1000)")
     parser.add_argument("--replicas", type=int, default=1, choices=[0, 1, 2],
                         help="serving replicas per TradingModel (hollow pods; 0: no pods)")  # fmt: skip
-    parser.add_argument("--drift-seconds", type=int, default=60, help="the operator's drift timer (its default: 60)")
+    parser.add_argument(
+        "--drift-seconds", type=int, default=60, help="the operator's drift check interval (its default: 60)"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="give up waiting after this many seconds")
     parser.add_argument("--dir", help="keep the runs' logs here (default: a temporary folder, removed)")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -47,6 +47,9 @@ _WATCH_IDLE_SECONDS = 5.0
 REQUEST_COUNTS_PATH = "/local-stack/requests"  # GET: the requests served so far, by client, verb and resource
 # GET: the objects sent so far in lists and watch events, by client, resource and namespace/name
 SENT_COUNTS_PATH = "/local-stack/sent"
+# GET: each distinct (client, API group, resource, verb, namespace) asked for so far, as RBAC names them (the
+# namespace is null for a cluster-wide call); DELETE: forget them. What tests compare with manifests/rbac/.
+ACCESS_PATH = "/local-stack/access"
 T = TypeVar("T")
 # The store converts nothing between versions, and kmock's discovery names an arbitrary version
 # "preferred": with HPAs under both autoscaling/v1 and v2, `kubectl get hpa` would show either set
@@ -93,6 +96,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     # (client, resource, namespace/name) -> times sent in a list or a watch event: what a client
     # holds of the cluster (does a label selector really keep the rest away from it?).
     sent_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    access: set[tuple[str, str, str, str, str | None]] = attrs.field(factory=set, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _openapi_documents: dict[tuple[str, str], dict[str, Any]] | None = attrs.field(default=None, init=False)
 
@@ -143,11 +147,18 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                     for (c, r, o), n in sorted(self.sent_counts.items())
                 ]
             )
+        if path == ACCESS_PATH:
+            if raw_request.method.upper() == "DELETE":
+                self.access.clear()
+            return _json([dict(zip(("client", "group", "resource", "verb", "namespace"), a, strict=True))
+                          for a in sorted(self.access, key=str)])  # fmt: skip
         parsed = api_paths.parse_api_path(path)
         if parsed is None and not path.startswith("/openapi/"):
             return await super().__call__(raw_request)
         if parsed is not None:
-            self.request_counts[_count_key(raw_request, parsed)] += 1
+            client, verb, resource = key = _count_key(raw_request, parsed)
+            self.request_counts[key] += 1
+            self.access.add((client, parsed.group, resource, verb, parsed.namespace))
         body = await raw_request.read()
         media_type = raw_request.headers.get("Content-Type", "").split(";")[0].strip()
         if body and not (media_type.endswith(("json", "yaml")) or media_type in ("", "text/plain")):

@@ -101,9 +101,11 @@ class LocalStack:
         retry_base_seconds: int = 2,
         operator_verbose: bool = False,
         prometheus: bool = True,
+        watch_namespace: str = "",
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.dir = workdir.resolve()
+        self.watch_namespace = watch_namespace  # empty: the operator watches every namespace
         self.drift_check_seconds = drift_check_seconds
         self.retry_base_seconds = retry_base_seconds
         self.operator_verbose = operator_verbose
@@ -182,6 +184,7 @@ class LocalStack:
             "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
             "SERVING_IMAGE": "local-process",
             "METRICS_PORT": str(metrics_port),
+            "WATCH_NAMESPACE": self.watch_namespace,
         }
         args = [sys.executable, "-m", "trading_operator.cli", "operator"]
         if self.operator_verbose:
@@ -310,9 +313,11 @@ class LocalStack:
         self._operator.wait(10)
         return pid
 
-    def restart_operator(self) -> int:
-        """Start the operator again, with the arguments and environment it had, after it ended; its PID."""
+    def restart_operator(self, **env: str) -> int:
+        """Start the operator again, with the arguments and environment it had (`env` changed), after it
+        ended; its PID."""
         assert self._operator is not None and self._operator.poll() is not None, "the operator still runs"
+        self._operator_env = {**self._operator_env, **env}
         with self.operator_log.open("ab") as log:
             log.write(f"--- operator restarted by the stack (was pid {self._operator.pid}) ---\n".encode())
             log.flush()

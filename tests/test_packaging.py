@@ -50,8 +50,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 
 def test_the_dockerfile_copies_only_the_product() -> None:
-    assert sorted(dockerfile_copies()) == ["operator/", "pyproject.toml", "serving/"]
+    copied = ["README.md", "operator/", "pyproject.toml", "requirements-build.lock", "requirements.lock", "serving/"]
+    assert sorted(dockerfile_copies()) == copied
     allowed = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    assert sorted(line[1:] for line in allowed) == copied  # the context holds what is copied, no more
     assert not [line for line in allowed if "devstack" in line or "tests" in line], allowed
 
 

@@ -139,12 +139,20 @@ def cmd_operator(args: argparse.Namespace) -> None:
     import kopf
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
+    if args.namespace:  # before the handlers read their configuration
+        os.environ["WATCH_NAMESPACE"] = args.namespace
     import trading_operator.handlers  # (registers the handlers; reads the configuration)
 
     if not args.verbose:
         logging.getLogger().setLevel(trading_operator.handlers.CONFIG.log_level)
 
-    namespace = args.namespace or trading_operator.handlers.CONFIG.watch_namespace
+    config = trading_operator.handlers.CONFIG
+    if not config.serving_image:
+        raise ValueError(
+            "SERVING_IMAGE is not set: it names the image of the serving pods "
+            "(manifests/manager sets it from the `images:` of the kustomization you apply)"
+        )
+    namespace = args.namespace or config.watch_namespace
     kopf.run(
         clusterwide=not namespace,
         namespaces=[namespace] if namespace else (),

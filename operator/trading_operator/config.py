@@ -10,7 +10,7 @@ from pod_contract import Env
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    serving_image: str = "ghcr.io/example/tradingmodel-operator:0.1.0"
+    serving_image: str = ""  # required by `tmctl operator`: the manifests set it from their `images:`
     watch_namespace: str = ""  # empty: all namespaces
     drift_check_seconds: int = 60  # list each stage: stray, missing or rewritten files
     deep_check_seconds: int = 3600  # hash each stage file against its manifest

@@ -17,9 +17,10 @@ from trading_operator.builders import rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
-from trading_operator.kube import KubeApi
+from trading_operator.kube import Forbidden, KubeApi
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
+from trading_operator.sweep import Sweep
 
 CONFIG = OperatorConfig.from_env()
 OWNED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGER}"
@@ -48,12 +49,16 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
+    # Watching one namespace, the operator needs nothing cluster-scoped (overlays/namespaced grants a
+    # Role only): no scan of the cluster's CRDs or namespaces, the resource is found once at startup.
+    settings.scanning.disabled = bool(CONFIG.watch_namespace)
     # Handler progress in annotations keeps `status` for what users read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{GROUP}/finalizer"  # kopf's timer needs one to stop cleanly
+    # No handler needs a finalizer (no timers: see Periodic); kopf removes the one older releases set.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
     settings.execution.max_workers = CONFIG.workers
     settings.watching.server_timeout = 300
@@ -67,6 +72,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
+    memo.periodic = Periodic()
     metrics.serve(CONFIG.metrics_port)
 
 
@@ -99,28 +105,63 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
 def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
             **_: Any) -> None:  # fmt: skip
     with metrics.timed_pass("spec") as record:
-        plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+        try:
+            plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+        except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
+            raise kopf.TemporaryError(str(exc), delay=CONFIG.retry_max_seconds) from exc
         record.ended_with(plan)
     _raise_for(plan, retry)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
-async def drift_check(
-    *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
-) -> None:
-    """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge.
-    Also when a spec change looks pending: kopf runs no update handler for a spec set back to the
-    last one it handled (e.g. a refused version reverted), so only this pass converges it."""
-    await _in_lane(_timer_lane, _timed, "drift", namespace or "default", name, memo.deps, tradingmodel_claims)
+class Periodic:
+    """The drift and deep checks of every TradingModel (sweep.py: kopf's timers would put a finalizer
+    on each one). Started from the first watch event, so that its passes run in kopf's per-object
+    context (kopf.event needs it); kopf's claims index is live, so the one seen first is kept."""
+
+    def __init__(self) -> None:
+        self.drift = Sweep(CONFIG.drift_check_seconds, functools.partial(self._pass, "drift"))
+        self.deep = Sweep(CONFIG.deep_check_seconds, functools.partial(self._pass, "deep", deep=True))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deps: Deps | None = None
+        self._claims: Claims = NO_CLAIMS
+
+    def start(self, deps: Deps, claims: Claims) -> None:
+        if not self._tasks:
+            self._deps, self._claims = deps, claims
+            self._tasks = [asyncio.create_task(sweep.run()) for sweep in (self.drift, self.deep)]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def _pass(self, trigger: str, key: Any, **options: Any) -> None:
+        """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge.
+        Also when a spec change looks pending: kopf runs no update handler for a spec set back to
+        the last one it handled (e.g. a refused version reverted), so only this pass converges it.
+        The deep pass hashes every file of the stage against its manifest (an edit that kept the ETag)."""
+        namespace, name = key
+        await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self._claims, **options)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.deep_check_seconds, initial_delay=CONFIG.deep_check_seconds)
-async def deep_check(
-    *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def schedule_checks(
+    *, type: str | None, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
 ) -> None:
-    """Less often: hash every file of the stage against its manifest (an edit that kept the ETag)."""
-    where = namespace or "default"
-    await _in_lane(_timer_lane, _timed, "deep", where, name, memo.deps, tradingmodel_claims, deep=True)
+    periodic: Periodic = memo.periodic
+    periodic.start(memo.deps, tradingmodel_claims)
+    key = (body.metadata.namespace or "default", body.metadata.name)
+    for sweep in (periodic.drift, periodic.deep):
+        if type == "DELETED":
+            sweep.forget(key)
+        else:
+            sweep.track(key)
+
+
+@kopf.on.cleanup()
+def stop_checks(memo: Any, **_: Any) -> None:
+    periodic: Periodic | None = getattr(memo, "periodic", None)
+    if periodic is not None:
+        periodic.stop()
 
 
 def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +16,37 @@ from kubernetes.client.rest import ApiException
 from trading_operator import GROUP, MANAGER, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+_PATH = re.compile(
+    r"^/api(?:s/(?P<group>[^/]+))?/[^/]+(?:/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$"
+)
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+class Forbidden(ApiException):  # type: ignore[misc]  # (the kubernetes library is untyped)
+    """A 403, said in RBAC's words: which verb on which resource where, and where to grant it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(status=403, reason=message)
+        self.body = json.dumps({"message": message})
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+
+def forbidden_message(method: str, path: str, server_message: str = "") -> str:
+    """'the operator may not list pods in namespace trading ...' for a refused request."""
+    found = _PATH.match(path.split("?", 1)[0])
+    if found is None:
+        return f"the operator may not {method} {path} (403 Forbidden): {server_message}".rstrip(": ")
+    verb = _VERBS.get(method) or ("get" if found["name"] else "watch" if "watch=" in path else "list")
+    resource = found["plural"] + (f"/{found['subresource']}" if found["subresource"] else "")
+    group = f" (API group {found['group']})" if found["group"] else ""
+    where = f"in namespace {found['namespace']}" if found["namespace"] else "cluster-wide"
+    return (
+        f"the operator may not {verb} {resource}{group} {where} (403 Forbidden): grant it to the operator's "
+        f"service account (manifests/rbac/role.yaml){': ' + server_message if server_message else ''}"
+    )
 
 
 class KubeApi:
@@ -60,6 +93,8 @@ class KubeApi:
         except ApiException as exc:
             if exc.status == 404 and method in ("GET", "DELETE"):
                 return None
+            if exc.status == 403:
+                raise Forbidden(forbidden_message(method, path, _server_message(exc))) from exc
             raise
         raw = response.data
         return json.loads(raw) if raw else {}
@@ -120,3 +155,10 @@ class KubeApi:
             return None
         decoded = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         return {**decoded, **(secret.get("stringData") or {})}
+
+
+def _server_message(exc: ApiException) -> str:
+    body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body or "")
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(body).get("message", body))
+    return body
