@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from model_store.layout import Stage
-from pod_contract import MODEL_CACHE_DIR, PRESTOP_SECONDS, PodModel, render_env, termination_grace_seconds
+from pod_contract import (
+    MODEL_CACHE_DIR,
+    PRESTOP_SECONDS,
+    PodModel,
+    ShadowPin,
+    render_env,
+    termination_grace_seconds,
+)
 from trading_operator import MANAGER
 from trading_operator.spec import TradingModelSpec
 
@@ -36,7 +43,9 @@ def selector(name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": SERVING_APP, "app.kubernetes.io/instance": name}
 
 
-def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> list[dict[str, Any]]:
+def serving_env(
+    name: str, model: TradingModelSpec, digest: str, port: int, shadow: ShadowPin | None = None
+) -> list[dict[str, Any]]:
     pod = PodModel(
         bucket=model.bucket,
         endpoint_url=model.endpoint,
@@ -50,15 +59,23 @@ def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> l
         cache_dir=Path(CACHE_DIR),
         port=port,
         tickers=model.tickers,
+        shadow=shadow,
     )
     return render_env(pod, model.secret_name)
 
 
 def build_deployment(
-    name: str, namespace: str, model: TradingModelSpec, digest: str, image: str, port: int
+    name: str,
+    namespace: str,
+    model: TradingModelSpec,
+    digest: str,
+    image: str,
+    port: int,
+    shadow: ShadowPin | None = None,
 ) -> dict[str, Any]:
     """The serving Deployment: pods pin the exact version and digest, so a promotion is an
-    ordinary rollout and readiness means "this model is loaded and verified"."""
+    ordinary rollout and readiness means "this model is loaded and verified". A shadow challenger
+    is pinned the same way (a new challenger is a rollout too)."""
     replicas = 0 if model.archived else model.replicas
     pod_labels = {**labels(name, model), "trading.io/version": model.version}
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
@@ -67,7 +84,7 @@ def build_deployment(
         "image": model.image or image,
         "command": ["python", "-m", "model_serving"],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": serving_env(name, model, digest, port),
+        "env": serving_env(name, model, digest, port, shadow),
         "resources": model.resources or DEFAULT_RESOURCES,
         "readinessProbe": probe,
         "startupProbe": {**probe, "failureThreshold": 60, "periodSeconds": 2},

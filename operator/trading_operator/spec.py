@@ -20,6 +20,19 @@ class InvalidSpec(ValueError):
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """spec.shadow: the challenger production pods score beside the model, never answering with it.
+    Either a pinned version, or whatever another stage of the same model holds (from_stage)."""
+
+    version: str | None
+    from_stage: str | None  # "Staging": followed as the staging TradingModel promotes
+    fraction: float = 1.0
+
+    def describe(self) -> str:
+        return self.version or f"whatever {self.from_stage} holds"
+
+
+@dataclass(frozen=True)
 class TradingModelSpec:
     ticker: str
     asset_class: str
@@ -33,6 +46,7 @@ class TradingModelSpec:
     image: str | None
     resources: dict[str, Any] = field(default_factory=dict)
     tickers: tuple[str, ...] = ()  # stock only: every ticker the universal model serves, ticker first
+    shadow: ShadowSpec | None = None  # Production only
 
     @property
     def location(self) -> ModelLocation:
@@ -103,6 +117,7 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
     secret = (storage.get("secretRef") or {}).get("name") or None
     if secret is not None and not _DNS_NAME_RE.match(secret):
         raise InvalidSpec(f"spec.storage.secretRef.name {secret!r} is not a valid Secret name")
+    shadow = _parse_shadow(spec.get("shadow"), stage, version)
     return TradingModelSpec(
         ticker=ticker,
         asset_class=asset_class,
@@ -116,4 +131,30 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
         image=serving.get("image") or None,
         resources=dict(serving.get("resources") or {}),
         tickers=tickers if asset_class == "stock" else (),
+        shadow=shadow,
     )
+
+
+def _parse_shadow(raw: Any, stage: str, version: str) -> ShadowSpec | None:
+    if raw in (None, {}):
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidSpec("spec.shadow must be an object: {version: v1.3} or {fromStage: Staging}")
+    if stage != "Production":
+        raise InvalidSpec("spec.shadow is for a Production TradingModel: it scores a challenger beside production")
+    pinned, from_stage = raw.get("version") or None, raw.get("fromStage") or None
+    if (pinned is None) == (from_stage is None):
+        raise InvalidSpec("spec.shadow needs exactly one of version (a published version) or fromStage: Staging")
+    if from_stage is not None and from_stage != "Staging":
+        raise InvalidSpec(f"spec.shadow.fromStage must be Staging, got {from_stage!r}")
+    if pinned is not None:
+        try:
+            check_version(str(pinned))
+        except InvalidName as exc:
+            raise InvalidSpec(f"spec.shadow.version: {exc}") from None
+        if pinned == version:
+            raise InvalidSpec(f"spec.shadow.version is {pinned}, the version production serves: name the challenger")
+    fraction = raw.get("fraction", 1)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise InvalidSpec(f"spec.shadow.fraction must be a number from 0 to 1, got {fraction!r}")
+    return ShadowSpec(str(pinned) if pinned else None, from_stage, float(fraction))
