@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_decide import DIGEST, body, promoted, reasons, view
 
 from devstack.demo_model import DemoModel
 from helpers.serving import publish
 from model_store.layout import ModelLocation
 from pod_contract import Env, ShadowPin, read_pod_model
-from test_decide import DIGEST, body, promoted, reasons, view
 from trading_operator.decide import Promote, StoreOutcome, decide, store_wanted
 from trading_operator.shadow import ShadowOutcome, resolve
 from trading_operator.spec import InvalidSpec, parse_spec
