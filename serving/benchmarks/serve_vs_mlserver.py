@@ -66,6 +66,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the checkout: de
 
 import loadgen
 import servers
+import shadow_row
 import single_row
 
 TICKER = "SPY"
@@ -368,6 +369,14 @@ def format_report(results: dict[str, Any]) -> str:
         sc = results["shadow"]
         lines.append("")
         lines.append(f"== shadow challenger: ours-shadow scores {CHALLENGER} beside {VERSION} on every request ==")
+        if sc.get("in_process"):
+            ip = sc["in_process"]
+            lines.append(
+                f"in-process, best of 7 ({ip['engine']}): score() of one row {ip['score_us']} us alone, "
+                f"{ip['score_with_shadow_us']} us with the shadow (+{ip['overhead_us']} us per single-row request)"
+            )
+    if results.get("shadow", {}).get("challenger_us_per_request") is not None:
+        sc = results["shadow"]
         lines.append(
             f"challenger time per request (its histogram): {sc['challenger_us_per_request']} us; "
             f"agreement {sc['agreement_rate']}; failures {sc['failures']:.0f}"
@@ -512,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = request_rows(args.rows, len(names))
         v2_bodies = [v2_body(r) for r in rows]
         targets: list[tuple[str, str, servers.Server, list[bytes]]] = []
+        challenger_files: dict[str, bytes] | None = None
         running: dict[str, servers.Server] = {}
 
         if not args.skip_ours:
@@ -543,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(("ours-capi", V2_PATH, capi, v2_bodies))
             if not args.no_shadow:
                 say(f"step 2/7: our server with a shadow challenger ({CHALLENGER}, another seed, from staging/)")
-                challenger = train_demo_model(version=CHALLENGER, seed=11, rounds=args.rounds)
-                shadow_digest = publish(s3_endpoint, challenger.files, CHALLENGER, "staging")
+                challenger_files = train_demo_model(version=CHALLENGER, seed=11, rounds=args.rounds).files
+                shadow_digest = publish(s3_endpoint, challenger_files, CHALLENGER, "staging")
                 pin = {"MODEL_SHADOW_VERSION": CHALLENGER, "MODEL_SHADOW_DIGEST": shadow_digest}
                 shadowed, shadow_facts = time_ours_start(
                     procs, work, env_args, "ours-shadow", args.engine_timeout, extra=pin
@@ -624,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_single_row:
             say("step 7/7: single-row compute per engine, in-process")
             results["single_row"] = single_row.measure(model_text, calls=2000, repeats=7, progress=say)
+        if challenger_files is not None:
+            say("step 7/7: what the shadow adds to one single-row score() call, in-process")
+            results.setdefault("shadow", {})["in_process"] = shadow_row.measure(model.files, challenger_files)
 
         results["load_average_after"] = load_average()
         print(format_report(results), flush=True)

@@ -129,3 +129,22 @@ def test_a_rollout_pass_reads_no_s3_and_keeps_the_pin() -> None:
     assert store_wanted(rollout) is None
     plan = decide(rollout, StoreOutcome())
     assert env_of(plan)["MODEL_SHADOW_DIGEST"] == pin.digest and "MODEL_SHADOW_FRACTION" not in env_of(plan)
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ({"MODEL_SHADOW_VERSION": "v1.2"}, "pin the shadow challenger together"),
+        ({"MODEL_SHADOW_VERSION": "1.2", "MODEL_SHADOW_DIGEST": DIGEST}, "MODEL_SHADOW_VERSION"),
+        ({"MODEL_SHADOW_VERSION": "v1.2", "MODEL_SHADOW_DIGEST": "abc"}, "is not a version digest"),
+        ({"MODEL_SHADOW_VERSION": "v1.1", "MODEL_SHADOW_DIGEST": DIGEST}, "the served version itself"),
+        ({"MODEL_SHADOW_VERSION": "v1.2", "MODEL_SHADOW_DIGEST": DIGEST, "MODEL_SHADOW_FRACTION": "2"},
+         "MODEL_SHADOW_FRACTION must be between 0 and 1"),
+    ],
+)  # fmt: skip
+def test_the_pod_refuses_a_shadow_it_cannot_use(extra: dict[str, str], error: str) -> None:
+    from pod_contract import ConfigError
+
+    env = {"S3_BUCKET": "models", "MODEL_TICKER": "SPY", "MODEL_VERSION": "v1.1", "MODEL_DIGEST": DIGEST, **extra}
+    with pytest.raises(ConfigError, match=error):
+        read_pod_model(Env(env))

@@ -16,6 +16,8 @@ row's scoring (5-10 us) plus the comparison to a request.
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import random
 import time
 from typing import TYPE_CHECKING
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REST_SECONDS = 5.0  # after a timeout, the challenger sits out this long
-FAILURES = ("error", "timeout", "incompatible")
 _LOG_EVERY = 1000  # a failing challenger logs its first failure and then one in this many
 
 
@@ -48,14 +49,7 @@ class Shadow:
         self.challenger = challenger
         self.fraction = fraction
         self.timeout_seconds = timeout_seconds
-        labels = (champion.key, champion.version, challenger.version)
-        self._compared = metrics.shadow_predictions.labels(*labels)
-        self._agreements = metrics.shadow_agreements.labels(*labels)
-        self._abs_difference = metrics.shadow_abs_difference.labels(*labels)
-        self._duration = metrics.shadow_duration.labels(*labels)
-        self._failures = {reason: metrics.shadow_failures.labels(*labels, reason) for reason in FAILURES}
-        self._sampled_out = metrics.shadow_skipped.labels(*labels, "sampled")
-        self._resting = metrics.shadow_skipped.labels(*labels, "resting")
+        self._tally = metrics.shadow.tally(champion.key, champion.version, challenger.version)
         self._rest_until = 0.0
         self._failed = 0
         self.problem = ""
@@ -71,11 +65,11 @@ class Shadow:
         """Compare the challenger with the champion's `probabilities` for `rows`. Never raises."""
         n = rows.shape[0]
         if self.fraction < 1.0 and random.random() >= self.fraction:
-            self._sampled_out.inc(n)
+            self._tally.skip("sampled", n)
             return
         started = time.perf_counter()
         if started < self._rest_until:
-            self._resting.inc(n)
+            self._tally.skip("resting", n)
             return
         try:
             if self.problem:
@@ -94,11 +88,7 @@ class Shadow:
         except Exception as exc:  # whatever the challenger does, the champion's answer goes out
             self._fail("error", repr(exc))
             return
-        self._compared.inc(n)
-        if agreements:
-            self._agreements.inc(agreements)
-        self._abs_difference.inc(abs_difference)
-        self._duration.observe(time.perf_counter() - started)
+        self._tally.compared_rows(n, agreements, abs_difference, time.perf_counter() - started)
 
     def _compare(self, ours: np.ndarray, theirs: np.ndarray) -> tuple[int, float]:
         if theirs.shape != (ours.shape[0], len(self.challenger.classes)):
@@ -109,14 +99,15 @@ class Shadow:
             theirs = aligned
             if self._width > ours.shape[1]:
                 ours = np.pad(ours, ((0, 0), (0, self._width - ours.shape[1])))
-        if ours.shape[0] == 1:
-            row_ours, row_theirs = ours[0], theirs[0]
-            return int(row_ours.argmax() == row_theirs.argmax()), float(np.abs(row_ours - row_theirs).mean())
+        if ours.shape[0] == 1:  # plain Python: numpy's per-call overhead on ten numbers costs more than the math
+            a, b = ours[0].tolist(), theirs[0].tolist()
+            agree = a.index(max(a)) == b.index(max(b))  # the first of equal maxima, like argmax
+            return int(agree), math.fsum(map(abs, map(operator.sub, a, b))) / len(a)
         agreements = int(np.count_nonzero(ours.argmax(axis=1) == theirs.argmax(axis=1)))
         return agreements, float(np.abs(ours - theirs).mean(axis=1).sum())
 
     def _fail(self, reason: str, detail: str) -> None:
-        self._failures[reason].inc()
+        self._tally.failed(reason)
         if self._failed % _LOG_EVERY == 0:
             log.warning("shadow challenger failed; the response is not affected", extra=self._extra(detail, reason))
         self._failed += 1
