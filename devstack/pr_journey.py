@@ -81,7 +81,7 @@ def _ready_with(version: str) -> Callable[[dict[str, Any]], bool]:
     return check
 
 
-def _shadow_lines(urls: list[str]) -> list[str]:
+def _shadow_totals(urls: list[str]) -> dict[str, float]:
     """The shadow series of each pod's /metrics, summed over the pods."""
     totals: dict[str, float] = {}
     for url in urls:
@@ -91,7 +91,7 @@ def _shadow_lines(urls: list[str]) -> list[str]:
                                     "tradingmodel_shadow_probability_abs_difference_total")):  # fmt: skip
                     name, _, value = line.rpartition(" ")
                     totals[name] = totals.get(name, 0.0) + float(value)
-    return [f"{name} {value:g}" for name, value in sorted(totals.items())]
+    return totals
 
 
 def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
@@ -134,16 +134,20 @@ def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
     service = stack.wait_until(lambda: stack.service_url("spy-production"), "the spy-production Service", 30)
     rows, _ = synthetic_market(300, seed=31)
     names = feature_names()
-    for row in rows:
-        predict_at(service, "SPY", dict(zip(names, map(float, row), strict=True)))
-    say(f"    300 predictions through the Service: every answer from v1.1, the pods compared {CHALLENGER}:")
-    for line in _shadow_lines(urls):
-        say(f"      {line}")
+    answered = {predict_at(service, "SPY", dict(zip(names, map(float, row), strict=True)))["model_version"]
+                for row in rows}  # fmt: skip
+    say(f"    300 predictions through the Service, answered by {', '.join(sorted(answered))}; the pods compared "
+        f"{CHALLENGER}:")  # fmt: skip
+    totals = _shadow_totals(urls)
+    for name, value in sorted(totals.items()):
+        say(f"      {name} {value:g}")
+    compared = next((v for k, v in totals.items() if k.startswith("tradingmodel_shadow_predictions_total")), 0.0)
 
     say(f"\n[{step()}] PR 3 promotes {CHALLENGER} to production; the check reads the shadow agreement:")
     flags: tuple[str, ...] = ()
     if prometheus is not None:
-        stack.wait_until(lambda: sum(float(r["value"][1]) for r in prometheus.query(series)) >= 300,
+        # what the pods count now (a pod restarted meanwhile starts again from 0)
+        stack.wait_until(lambda: sum(float(r["value"][1]) for r in prometheus.query(series)) >= compared,
                          "Prometheus to scrape the comparisons", 60)  # fmt: skip
         flags = ("--prometheus-url", prometheus.url, "--prometheus-window", "1h")
     else:
