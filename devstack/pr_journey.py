@@ -69,7 +69,7 @@ def _merge(stack: LocalStack, docs: list[dict[str, Any]]) -> None:
         stack.kubectl("apply", "-f", "-", input=doc)
 
 
-def _ready_with(version: str) -> Callable[[dict[str, Any]], bool]:
+def ready_with(version: str) -> Callable[[dict[str, Any]], bool]:
     def check(tm: dict[str, Any]) -> bool:
         status = tm["status"]
         return bool(
@@ -103,7 +103,7 @@ def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
     code, report = tmctl_check(stack, _pr(stack, 1, docs))
     _show(say, code, report)
     _merge(stack, [staging])
-    stack.wait_for("spy-staging", _ready_with(CHALLENGER), timeout=180)
+    stack.wait_for("spy-staging", ready_with(CHALLENGER), timeout=180)
     say(f"    merged: spy-staging serves {CHALLENGER}")
 
     say(f"\n[{step()}] PR 2 gives spy-production a shadow challenger (spec.shadow: {{fromStage: Staging}}):")
@@ -115,7 +115,7 @@ def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
     _merge(stack, [production])
     tm = stack.wait_for(
         "spy-production",
-        lambda t: _ready_with("v1.1")(t) and (t["status"].get("shadow") or {}).get("version") == CHALLENGER,
+        lambda t: ready_with("v1.1")(t) and (t["status"].get("shadow") or {}).get("version") == CHALLENGER,
         timeout=180,
     )
     shadow = next(c for c in tm["status"]["conditions"] if c["type"] == "Shadow")
@@ -162,7 +162,7 @@ def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
     code, report = tmctl_check(stack, _pr(stack, 3, [promoted, staging]), *flags)
     _show(say, code, report, full=True)
     _merge(stack, [promoted])
-    tm = stack.wait_for("spy-production", _ready_with(CHALLENGER), timeout=180)
+    tm = stack.wait_for("spy-production", ready_with(CHALLENGER), timeout=180)
     shadow = next(c for c in tm["status"]["conditions"] if c["type"] == "Shadow")
     say(f"    merged: spy-production serves {CHALLENGER}; Shadow {shadow['status']} ({shadow['reason']})")
 

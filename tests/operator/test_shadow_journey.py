@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from devstack.pr_journey import ready_with
 from devstack.stack import LocalStack as Stack
 from devstack.stack import tradingmodel
 
@@ -17,18 +18,6 @@ pytestmark = pytest.mark.slow
 
 def condition(tm: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in tm["status"].get("conditions") or [] if c["type"] == type_), {})
-
-
-def ready_with(version: str) -> Any:
-    def check(tm: dict[str, Any]) -> bool:
-        status = tm["status"]
-        return bool(
-            status.get("phase") == "Ready"
-            and status.get("observedGeneration") == tm["metadata"].get("generation")
-            and status.get("activeVersion") == version
-        )
-
-    return check
 
 
 def pod_env(stack: Stack, name: str) -> dict[str, str]:
