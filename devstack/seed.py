@@ -20,6 +20,7 @@ DEMO_VERSIONS = [
     ("SPY", "etf", "v1.0", 7),
     ("SPY", "etf", "v1.1", 8),
     ("SPY", "etf", "v1.2", 12),
+    ("SPY", "etf", "v1.3", 13),  # the PR journey stages it, shadows it in production, promotes it
     ("QQQ", "etf", "v1.0", 9),
     ("AAPL", "stock", "v1.0", 10),
 ]

@@ -418,15 +418,14 @@ def _metrics_excerpt(url: str) -> list[str]:
 
 
 def _walkthrough(stack: LocalStack) -> None:
-    step = iter(range(1, 10))
+    step = iter(range(1, 20))
     _say(f"\n[{next(step)}] a prediction from the spy-production pod (the seeds' call):")
     answer = stack.predict("spy-production", "SPY")
     _say(f"    SPY -> {answer['strategy']} (confidence {answer['confidence']:.2f}, model {answer['model_version']})")
 
-    _say(f"\n[{next(step)}] a PR sets spec.version v1.2 on spy-production and is merged (kubectl patch here):")
-    stack.kubectl("patch", "tm", "spy-production", "--type", "merge", "-p", '{"spec":{"version":"v1.2"}}')
-    tm = stack.wait_for("spy-production", lambda t: _ready(t) and t["status"].get("activeVersion") == "v1.2")
-    _say(f"    Ready: active {tm['status']['activeVersion']}, previous {tm['status'].get('previousVersion')}")
+    from devstack.pr_journey import journey  # promotion by PR: tmctl check, a shadow, refused PRs
+
+    journey(stack, _say, lambda: next(step))
     _say(f"    the pod now answers with model {stack.predict('spy-production', 'SPY')['model_version']}")
 
     _say(f"\n[{next(step)}] rollback: a PR sets spec.version back to v1.1:")

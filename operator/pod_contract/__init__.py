@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "Env",
     "PodModel",
+    "ShadowPin",
     "Var",
     "read_pod_model",
     "render_env",
@@ -54,11 +55,21 @@ AWS_REGION = Var("AWS_REGION", "the bucket's region (AWS_DEFAULT_REGION is read 
 MODEL_CACHE_DIR = Var("MODEL_CACHE_DIR", "the local disk cache, keyed by digest", "/var/cache/models")
 PORT = Var("PORT", "the HTTP port (predictions, health, /metrics)", "8080")
 OMP_NUM_THREADS = Var("OMP_NUM_THREADS", "LightGBM threads per prediction: 1, requests run side by side", "1")
+# The shadow challenger (spec.shadow, production only): loaded from archive/<version>/ beside the model
+# and verified like it, scored on the same rows; its answers are compared and counted, never returned.
+MODEL_SHADOW_VERSION = Var(
+    "MODEL_SHADOW_VERSION", "the challenger version scored in shadow (archive/<version>/); unset: no shadow"
+)
+MODEL_SHADOW_DIGEST = Var("MODEL_SHADOW_DIGEST", "the challenger's digest, sha256:<64 hex>; required with its version")
+MODEL_SHADOW_FRACTION = Var(
+    "MODEL_SHADOW_FRACTION", "the share of requests the challenger scores too, from 0 to 1 (spec.shadow.fraction)", "1"
+)
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # from the Secret named by spec.storage.secretRef
 
 CONTRACT = (
     MODEL_NAME, MODEL_TICKER, MODEL_TICKERS, MODEL_ASSET_CLASS, MODEL_STAGE, MODEL_VERSION, MODEL_DIGEST,
     S3_BUCKET, S3_ENDPOINT_URL, AWS_REGION, MODEL_CACHE_DIR, PORT, OMP_NUM_THREADS,
+    MODEL_SHADOW_VERSION, MODEL_SHADOW_DIGEST, MODEL_SHADOW_FRACTION,
 )  # fmt: skip
 
 # Stopping a serving pod without failing a request, in order: the Deployment's preStop pause (the
@@ -94,6 +105,16 @@ class PodModel:
     cache_dir: Path
     port: int
     tickers: tuple[str, ...]  # stock pods: the declared set; empty: the asset registry decides
+    shadow: ShadowPin | None  # the challenger scored in shadow, if any
+
+
+@dataclass(frozen=True)
+class ShadowPin:
+    """A challenger version, pinned like the model itself, and the share of requests it scores."""
+
+    version: str
+    digest: str
+    fraction: float = 1.0
 
 
 def render_env(pod: PodModel, secret_name: str | None = None) -> list[dict[str, Any]]:
@@ -112,6 +133,9 @@ def render_env(pod: PodModel, secret_name: str | None = None) -> list[dict[str, 
         MODEL_CACHE_DIR: str(pod.cache_dir),
         PORT: str(pod.port),
         OMP_NUM_THREADS: OMP_NUM_THREADS.default,
+        MODEL_SHADOW_VERSION: pod.shadow.version if pod.shadow else None,
+        MODEL_SHADOW_DIGEST: pod.shadow.digest if pod.shadow else None,
+        MODEL_SHADOW_FRACTION: f"{pod.shadow.fraction:g}" if pod.shadow and pod.shadow.fraction != 1 else None,
     }
     env: list[dict[str, Any]] = [{"name": var.name, "value": value} for var, value in values.items() if value]
     if secret_name:
@@ -166,4 +190,29 @@ def read_pod_model(env: Env) -> PodModel:
         cache_dir=Path(env.text(MODEL_CACHE_DIR.name, MODEL_CACHE_DIR.default)),
         port=env.integer(PORT.name, int(PORT.default), 0, 65535),
         tickers=tickers,
+        shadow=_read_shadow(env, ticker, version),
     )
+
+
+def _read_shadow(env: Env, ticker: str | None, champion: str | None) -> ShadowPin | None:
+    version = env.optional(MODEL_SHADOW_VERSION.name)
+    digest = env.optional(MODEL_SHADOW_DIGEST.name)
+    if not version and not digest:
+        return None
+    what = f"{MODEL_SHADOW_VERSION.name}/{MODEL_SHADOW_DIGEST.name}"
+    if not version or not digest:
+        raise ConfigError(f"{what} pin the shadow challenger together: set both, or neither for no shadow")
+    try:
+        check_version(version)
+    except InvalidName as exc:
+        raise ConfigError(f"{MODEL_SHADOW_VERSION.name}: {exc}") from None
+    if not _DIGEST_RE.fullmatch(digest):
+        raise ConfigError(
+            f"{MODEL_SHADOW_DIGEST.name} {digest!r} is not a version digest: expected sha256:<64 lower-case hex digits>"
+        )
+    if not ticker:
+        raise ConfigError(f"{what}: a challenger shadows one model: set {MODEL_TICKER.name} as well")
+    if version == champion:
+        raise ConfigError(f"{MODEL_SHADOW_VERSION.name} is {version}, the served version itself: name another one")
+    fraction = env.number(MODEL_SHADOW_FRACTION.name, float(MODEL_SHADOW_FRACTION.default), 0.0, 1.0)
+    return ShadowPin(version, digest, fraction)

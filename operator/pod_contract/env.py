@@ -50,6 +50,9 @@ class Env:
     def seconds(self, name: str, default: float, low: float = 0, high: float = 1e6) -> float:
         return self._number(name, default, float, low, high, "a number of seconds")
 
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        return self._number(name, default, float, low, high, "a number")
+
     def _number(self, name: str, default: float, kind: type, low: float, high: float, what: str) -> float:
         raw = self.text(name)
         if not raw:

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from model_store.layout import Stage
-from pod_contract import MODEL_CACHE_DIR, PRESTOP_SECONDS, PodModel, render_env, termination_grace_seconds
+from pod_contract import (
+    MODEL_CACHE_DIR,
+    PRESTOP_SECONDS,
+    PodModel,
+    ShadowPin,
+    render_env,
+    termination_grace_seconds,
+)
 from trading_operator import GROUP, MANAGER
 from trading_operator.quantity import InvalidQuantity, parse_quantity
 from trading_operator.spec import TradingModelSpec
@@ -100,7 +107,9 @@ def spread(match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> list[dict[str, Any]]:
+def serving_env(
+    name: str, model: TradingModelSpec, digest: str, port: int, shadow: ShadowPin | None = None
+) -> list[dict[str, Any]]:
     pod = PodModel(
         bucket=model.bucket,
         endpoint_url=model.endpoint,
@@ -114,6 +123,7 @@ def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> l
         cache_dir=Path(CACHE_DIR),
         port=port,
         tickers=model.tickers,
+        shadow=shadow,
     )
     return render_env(pod, model.secret_name)
 
@@ -125,11 +135,13 @@ def build_deployment(
     digest: str,
     image: str,
     port: int,
+    shadow: ShadowPin | None = None,
     *,
     match_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The serving Deployment: pods pin the exact version and digest, so a promotion is an
-    ordinary rollout and readiness means "this model is loaded and verified"."""
+    ordinary rollout and readiness means "this model is loaded and verified". A shadow challenger
+    is pinned the same way (a new challenger is a rollout too)."""
     replicas = 0 if model.archived else model.replicas
     match = dict(match_labels or selector(name))
     pod_labels = {**labels(name, model), **match, "trading.io/version": model.version}
@@ -142,7 +154,7 @@ def build_deployment(
         "imagePullPolicy": "Always",
         "command": ["python", "-m", "model_serving"],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": serving_env(name, model, digest, port),
+        "env": serving_env(name, model, digest, port, shadow),
         "resources": serving_resources(model.resources),
         "readinessProbe": probe,
         "startupProbe": {**probe, "failureThreshold": 60, "periodSeconds": 2},

@@ -126,6 +126,13 @@ def cmd_check(args: argparse.Namespace) -> None:
         return make_client(S3Settings(bucket=model.bucket, endpoint_url=endpoint, region=model.region))
 
     options = Options(require_staging=not args.no_require_staging, allow_feature_change=args.allow_feature_change)
+    if args.prometheus_url:
+        from trading_operator.shadow_agreement import check_window, query_agreement
+
+        window = check_window(args.prometheus_window)
+        options.agreement = lambda model, champion, challenger: query_agreement(
+            args.prometheus_url, model, champion, challenger, window
+        )
     checked = check(documents, crd, s3_for, options)
     report = render_markdown(checked)
     if args.report:
@@ -197,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="also write the Markdown report to this file (e.g. for a PR comment)")
     p.add_argument("--no-require-staging", action="store_true", help="allow Production without Staging first")
     p.add_argument("--allow-feature-change", action="store_true", help="allow features/strategies to differ")
+    p.add_argument(
+        "--prometheus-url",
+        default=os.environ.get("PROMETHEUS_URL"),
+        help="add the shadow agreement of each production change (spec.shadow on the production pods) to the report",
+    )
+    p.add_argument("--prometheus-window", default="7d", help="how far back the shadow counters count (default 7d)")
 
     p = add("operator", cmd_operator, "run the operator against the current cluster")
     p.add_argument("--namespace", help="watch one namespace (default: $WATCH_NAMESPACE or all)")

@@ -17,6 +17,7 @@ from model_store.errors import CorruptVersion, RegistryError, StoreError, Versio
 from model_store.layout import InvalidName
 from model_store.promotion import PromotionResult
 from model_store.s3 import error_code, is_missing_bucket
+from pod_contract import ShadowPin
 from trading_operator.builders import (
     SPEC_HASH_ANNOTATION,
     build_autoscaler,
@@ -30,6 +31,8 @@ from trading_operator.builders import (
     selector_text,
 )
 from trading_operator.config import OperatorConfig
+from trading_operator.shadow import CONDITION as SHADOW
+from trading_operator.shadow import ShadowOutcome, known_pin, status_value
 from trading_operator.spec import InvalidSpec, TradingModelSpec, check_name, parse_spec
 from trading_operator.status import (
     ARCHIVED,
@@ -89,6 +92,7 @@ class Promote:
     last_known: str | None  # the version this TradingModel last saw in the stage
     recorded: frozenset[str]  # move ids its status shows, known to be in the audit log
     deep: bool
+    known_shadow: ShadowPin | None = None  # the challenger the pods were given last (status.shadow)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class StoreOutcome:
     result: PromotionResult | None = None
     error: Exception | None = None
     registry_error: str | None = None
+    shadow: ShadowOutcome | None = None  # spec.shadow resolved (None: no spec.shadow, or S3 not read)
 
 
 @dataclass
@@ -153,6 +158,7 @@ def store_wanted(view: View) -> StoreWanted:
         last_known=old.get("activeVersion") if old.get("claim") == model.claim() else None,
         recorded=frozenset(h["id"] for h in old.get("history") or [] if h.get("id")),
         deep=view.deep,
+        known_shadow=known_pin(old, model),
     )
 
 
@@ -213,10 +219,11 @@ def decide(view: View, store: StoreOutcome) -> Plan:
     if old_active != model.version:
         status.values.update(previousVersion=old_active, activeVersion=model.version)
     status.values["digest"] = result.digest
+    shadow = _shadow(view, model, store, status, plan_events)
 
     port, match = view.config.serving_port, live_selector(view.name, view.deployment)
     deployment = build_deployment(
-        view.name, view.namespace, model, result.digest, view.config.serving_image, port, match_labels=match
+        view.name, view.namespace, model, result.digest, view.config.serving_image, port, shadow, match_labels=match
     )
     service = build_service(view.name, view.namespace, model, port, match_labels=match)
     autoscaler = build_autoscaler(view.name, view.namespace, model)
@@ -289,6 +296,30 @@ def _stalled(view: View, model: TradingModelSpec, status: _Status, counts: tuple
 
 def _deadline(view: View) -> int:
     return int(((view.deployment or {}).get("spec") or {}).get("progressDeadlineSeconds") or 600)
+
+
+def _shadow(
+    view: View, model: TradingModelSpec, store: StoreOutcome, status: _Status, events: list[tuple[str, str, str]]
+) -> ShadowPin | None:
+    """The challenger the pods score (status.shadow and the Shadow condition say which and why)."""
+    known = known_pin(view.old, model)
+    outcome = store.shadow if store.result is not None else None
+    if model.shadow is None:
+        status.values["shadow"] = None
+        status.drop(SHADOW)
+        return None
+    if outcome is None:  # a rollout pass: S3 was not read; the pods keep what they were given
+        status.values["shadow"] = status_value(known)
+        return known
+    pin = known if outcome.keep_last else outcome.pin
+    status.values["shadow"] = status_value(pin)
+    before = condition(view.old.get("conditions") or [], SHADOW) or {}
+    status.set(SHADOW, outcome.ok, outcome.reason, outcome.message)
+    if pin is not None and (known is None or known.digest != pin.digest):
+        events.append(("Normal", "Shadowing", outcome.message))
+    elif not outcome.ok and before.get("reason") != outcome.reason:
+        events.append(("Warning" if outcome.reason != "NoChallenger" else "Normal", outcome.reason, outcome.message))
+    return pin
 
 
 def deployment_rejected(view: View, plan: Plan, code: int, detail: str) -> Plan:
@@ -488,6 +519,9 @@ class _Status:
 
     def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
         self._conditions = set_condition(self._conditions, type_, ok, reason, message, self.generation, self.now)
+
+    def drop(self, type_: str) -> None:
+        self._conditions = [c for c in self._conditions if c.get("type") != type_]
 
     def history(self, entry: dict[str, Any]) -> None:
         self._history = append_history(self._history, entry, self._limit)

@@ -22,9 +22,12 @@ from model_store.layout import FEATURE_NAMES, METADATA, InvalidName, ModelLocati
 from model_store.promotion import stage_manifest, verified_files
 from model_store.registry import DETAILS, deployment_history
 from trading_operator import KIND
+from trading_operator.shadow_agreement import PrometheusError, ShadowAgreement
 from trading_operator.spec import InvalidSpec, TradingModelSpec, check_name, parse_spec
 
 S3For = Callable[[TradingModelSpec], Any]  # spec -> a read-only S3 client for its bucket
+# (model key, champion version, challenger version) -> the shadow agreement (trading_operator.shadow_agreement)
+AgreementFor = Callable[[str, str, str], "ShadowAgreement"]
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -39,6 +42,7 @@ class Checked:
     current: str | None = None  # the version its stage holds now
     deltas: list[tuple[str, Any, Any]] = field(default_factory=list)  # (metadata key, current, proposed)
     problems: list[str] = field(default_factory=list)  # each says what is wrong and what to do
+    shadow: str | None = None  # the shadow agreement of the proposed version, in words (--prometheus-url)
 
     @property
     def title(self) -> str:
@@ -49,6 +53,7 @@ class Checked:
 class Options:
     require_staging: bool = True  # Production only for a version Staging of the same model had
     allow_feature_change: bool = False
+    agreement: AgreementFor | None = None  # with a Prometheus URL: the shadow agreement of each production change
 
 
 def load_manifests(paths: Iterable[str], stdin: str | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -111,7 +116,20 @@ def check(
     for item in checked:
         if item.model is not None and not item.model.archived:
             _check_store(item, item.model, s3_for(item.model), histories, options)
+            _shadow_agreement(item, item.model, options)
     return checked
+
+
+def _shadow_agreement(item: Checked, model: TradingModelSpec, options: Options) -> None:
+    """A production change from a known version: what the shadow said of the proposed one."""
+    if options.agreement is None or model.s3_stage is not Stage.PRODUCTION:
+        return
+    if item.current is None or item.current == model.version:
+        return
+    try:
+        item.shadow = options.agreement(model.location.model_key, item.current, model.version).describe()
+    except PrometheusError as exc:
+        item.shadow = f"the shadow agreement could not be read: {exc}"
 
 
 def _check_claims(checked: list[Checked]) -> None:
@@ -220,12 +238,14 @@ def render_markdown(checked: list[Checked]) -> str:
             move = f"{model.version} (unchanged)"
         lines.append(f"| `{c.title}` | {where} | {stage} | {move} | {'❌' if c.problems else '✅'} |")
     for c in checked:
-        if not c.deltas and not c.problems:
+        if not c.deltas and not c.problems and not c.shadow:
             continue
         lines += ["", f"### `{c.title}` ({c.source})"]
         if c.deltas:
             lines += ["", "| metadata | now | proposed |", "|---|---|---|"]
             lines += [f"| {key} | {_cell(old)} | {_cell(new)} |" for key, old, new in c.deltas]
+        if c.shadow:
+            lines += ["", f"**Shadow agreement**: {c.shadow}"]
         if c.problems:
             lines += ["", *[f"- ❌ {p}" for p in c.problems]]
     return "\n".join([*lines, ""])

@@ -42,6 +42,7 @@ from trading_operator.decide import (
     store_wanted,
 )
 from trading_operator.kube import KubeApi
+from trading_operator.shadow import resolve as resolve_shadow
 from trading_operator.storage import S3Factory
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ def _converge_store(wanted: Promote | RecordArchive | None, view: View, deps: De
             sync_registries(s3, model.bucket, model.location, model.s3_stage, result.stage_manifest, model.tickers)
         except RegistryError as exc:
             registry_error = str(exc)
-    return StoreOutcome(result=result, registry_error=registry_error)
+    shadow = resolve_shadow(s3, model, wanted.known_shadow)
+    return StoreOutcome(result=result, registry_error=registry_error, shadow=shadow)
 
 
 def _apply(view: View, plan: Plan, deps: Deps) -> Plan:

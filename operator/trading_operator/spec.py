@@ -34,6 +34,19 @@ DEFAULT_CPU_UTILIZATION = 80
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """spec.shadow: the challenger production pods score beside the model, never answering with it.
+    Either a pinned version, or whatever another stage of the same model holds (from_stage)."""
+
+    version: str | None
+    from_stage: str | None  # "Staging": followed as the staging TradingModel promotes
+    fraction: float = 1.0
+
+    def describe(self) -> str:
+        return self.version or f"whatever {self.from_stage} holds"
+
+
+@dataclass(frozen=True)
 class TradingModelSpec:
     ticker: str
     asset_class: str
@@ -51,6 +64,7 @@ class TradingModelSpec:
     image_pull_secrets: tuple[str, ...] = ()
     progress_deadline_seconds: int | None = None  # a rollout without progress this long is reported
     autoscaling: Autoscaling | None = None
+    shadow: ShadowSpec | None = None  # Production only
 
     @property
     def location(self) -> ModelLocation:
@@ -162,6 +176,7 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
     if deadline is not None and (not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 1):
         raise InvalidSpec(f"spec.serving.progressDeadlineSeconds must be a whole number of seconds, got {deadline!r}")
     account, pull_secrets = _serving_identity(serving)
+    shadow = _parse_shadow(spec.get("shadow"), stage, version)
     return TradingModelSpec(
         ticker=ticker,
         asset_class=asset_class,
@@ -179,6 +194,7 @@ def parse_spec(spec: dict[str, Any]) -> TradingModelSpec:
         image_pull_secrets=pull_secrets,
         progress_deadline_seconds=deadline,
         autoscaling=parse_autoscaling(serving.get("autoscaling"), serving.get("resources")),
+        shadow=shadow,
     )
 
 
@@ -213,3 +229,28 @@ def parse_autoscaling(raw: Any, resources: Any) -> Autoscaling | None:
         # The HPA divides usage by the request: without one it cannot scale on CPU at all.
         raise InvalidSpec(f"{where}: a CPU target needs spec.serving.resources.requests.cpu (or no resources)")
     return Autoscaling(low, high, int(cpu), None)
+
+
+def _parse_shadow(raw: Any, stage: str, version: str) -> ShadowSpec | None:
+    if raw in (None, {}):
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidSpec("spec.shadow must be an object: {version: v1.3} or {fromStage: Staging}")
+    if stage != "Production":
+        raise InvalidSpec("spec.shadow is for a Production TradingModel: it scores a challenger beside production")
+    pinned, from_stage = raw.get("version") or None, raw.get("fromStage") or None
+    if (pinned is None) == (from_stage is None):
+        raise InvalidSpec("spec.shadow needs exactly one of version (a published version) or fromStage: Staging")
+    if from_stage is not None and from_stage != "Staging":
+        raise InvalidSpec(f"spec.shadow.fromStage must be Staging, got {from_stage!r}")
+    if pinned is not None:
+        try:
+            check_version(str(pinned))
+        except InvalidName as exc:
+            raise InvalidSpec(f"spec.shadow.version: {exc}") from None
+        if pinned == version:
+            raise InvalidSpec(f"spec.shadow.version is {pinned}, the version production serves: name the challenger")
+    fraction = raw.get("fraction", 1)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+        raise InvalidSpec(f"spec.shadow.fraction must be a number from 0 to 1, got {fraction!r}")
+    return ShadowSpec(str(pinned) if pinned else None, from_stage, float(fraction))

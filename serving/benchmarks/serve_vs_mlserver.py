@@ -24,6 +24,19 @@ What it does, printing each step:
      times single-row compute of each engine in-process (single_row.py);
   7. prints the table and writes the same figures as JSON (--json).
 
+With a shadow challenger (on unless --no-shadow): a second version (v1.1, another seed) is
+published to staging/ and a third server of ours ("ours-shadow", compiled trees) scores it
+beside v1.0 on every request (MODEL_SHADOW_VERSION/DIGEST); it runs the same load, interleaved
+with "ours", so the report gives the shadow's cost per request from the same run: the
+challenger's own time (tradingmodel_shadow_duration_seconds, mean per request) and the
+difference of the two servers' latency and CPU per request. `--shadow-cost` runs only that
+comparison (ours, ours-shadow, MLServer at concurrency 1 and 8):
+
+    ./dev bench --shadow-cost
+
+The load average is printed and recorded before and after: the figures of a loaded machine
+say little; rerun on a quiet one.
+
 Everything binds to 127.0.0.1, and every process it starts is stopped on the way
 out, also on Ctrl-C, SIGTERM or failure. The machine may be shared: run the full
 benchmark once, with short --seconds while developing.
@@ -53,10 +66,12 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # the checkout: de
 
 import loadgen
 import servers
+import shadow_row
 import single_row
 
 TICKER = "SPY"
 VERSION = "v1.0"
+CHALLENGER = "v1.1"  # the shadow challenger (another seed): scored beside VERSION by ours-shadow
 BUCKET = "tradingmodel-bench"
 V2_PATH = f"/v2/models/{TICKER}/infer"
 V1_PATH = "/v1/predict"
@@ -148,21 +163,94 @@ def first_probabilities(body: bytes) -> list[float]:
 # ----------------------------------------------------------------------------- steps
 
 
-def publish(s3_endpoint: str, files: dict[str, bytes]) -> str:
-    """archive/v1.0 with its manifest, promoted to production/; returns the version digest."""
+def publish(s3_endpoint: str, files: dict[str, bytes], version: str = VERSION, stage: str = "production") -> str:
+    """archive/<version> with its manifest, promoted to the stage; returns the version digest."""
     from model_store.layout import ModelLocation, Stage
     from model_store.promotion import promote_and_register
     from model_store.publish import publish_version
     from model_store.s3 import S3Settings, make_client
 
     client = make_client(S3Settings(bucket=BUCKET, endpoint_url=s3_endpoint))
-    client.create_bucket(Bucket=BUCKET)
+    if version == VERSION:
+        client.create_bucket(Bucket=BUCKET)
     location = ModelLocation.of(TICKER, "etf")
-    published = publish_version(client, BUCKET, location, VERSION, files)
+    published = publish_version(client, BUCKET, location, version, files)
     promote_and_register(
-        client, BUCKET, location, VERSION, Stage.PRODUCTION, actor="benchmark", reason="serve_vs_mlserver"
+        client, BUCKET, location, version, Stage.parse(stage), actor="benchmark", reason="serve_vs_mlserver"
     )
     return published.digest
+
+
+def shadow_metrics(port: int) -> dict[str, float]:
+    """The shadow counters of ours-shadow (summed over label sets), read from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = servers.http_get(port, "/metrics")
+    if status != 200:
+        raise RuntimeError(f"GET /metrics answered {status}")
+    wanted = {
+        "tradingmodel_shadow_predictions_total": "compared",
+        "tradingmodel_shadow_agreements_total": "agreements",
+        "tradingmodel_shadow_duration_seconds_sum": "seconds",
+        "tradingmodel_shadow_duration_seconds_count": "calls",
+        "tradingmodel_shadow_failures_total": "failures",
+        "process_cpu_seconds_total": "cpu_seconds",
+        "tradingmodel_requests_total": "requests",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[wanted[sample.name]] += sample.value
+    return out
+
+
+def wait_shadow_compiled(server: servers.Server, timeout: float) -> bool:
+    """True once both versions run compiled trees (two swaps) and the challenger is scoring."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.alive():
+        status, body = servers.http_get(server.port, "/metrics")
+        text = body.decode() if status == 200 else ""
+        if 'tradingmodel_engine_swaps_total{outcome="swapped"} 2.0' in text and 'state="scoring"' in text:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def shadow_cost(
+    load: list[dict[str, Any]], counters: dict[str, dict[str, float]], cpu_comparable: bool
+) -> dict[str, Any]:
+    """The shadow's cost per request during the load: the challenger's own time (its histogram)
+    and, per concurrency, ours-shadow against ours in the same run (latency, requests/s) and, when
+    both served the same requests (`cpu_comparable`: no /v1/predict row for ours), CPU per request."""
+    by = {(r["server"], r["concurrency"]): r for r in load if r["endpoint"] == V2_PATH}
+    shadow = counters.get("ours-shadow", {})
+    out: dict[str, Any] = {
+        "challenger_us_per_request": round(1e6 * shadow["seconds"] / shadow["calls"], 2)
+        if shadow.get("calls")
+        else None,
+        "agreement_rate": round(shadow["agreements"] / shadow["compared"], 4) if shadow.get("compared") else None,
+        "failures": shadow.get("failures"),
+        "by_concurrency": {},
+    }
+    cpu = {name: c["cpu_seconds"] / c["requests"] for name, c in counters.items() if c.get("requests")}
+    if cpu_comparable and "ours" in cpu and "ours-shadow" in cpu:
+        out["cpu_us_per_request"] = {name: round(1e6 * v, 1) for name, v in cpu.items()}
+        out["cpu_overhead_us_per_request"] = round(1e6 * (cpu["ours-shadow"] - cpu["ours"]), 1)
+    for (server, concurrency), row in by.items():
+        plain = by.get(("ours", concurrency))
+        if server != "ours-shadow" or plain is None:
+            continue
+        out["by_concurrency"][str(concurrency)] = {
+            "p50_ms": [plain["p50_ms"], row["p50_ms"]],
+            "requests_per_second": [plain["requests_per_second"], row["requests_per_second"]],
+            "p50_overhead_us": round(1000 * (row["p50_ms"] - plain["p50_ms"]), 1),
+        }
+    return out
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def download_production(s3_endpoint: str, name: str) -> tuple[bytes, float]:
@@ -277,6 +365,35 @@ def format_report(results: dict[str, Any]) -> str:
     for server, by_concurrency in results["ratio_to_mlserver"].items():
         pairs = ", ".join(f"c={c}: {v:.2f}x" for c, v in by_concurrency.items())
         lines.append(f"requests/s {server} / MLServer (V2 infer): {pairs}")
+    if results.get("shadow"):
+        sc = results["shadow"]
+        lines.append("")
+        lines.append(f"== shadow challenger: ours-shadow scores {CHALLENGER} beside {VERSION} on every request ==")
+        if sc.get("in_process"):
+            ip = sc["in_process"]
+            lines.append(
+                f"in-process, best of 7 ({ip['engine']}): score() of one row {ip['score_us']} us alone, "
+                f"{ip['score_with_shadow_us']} us with the shadow (+{ip['overhead_us']} us per single-row request)"
+            )
+    if results.get("shadow", {}).get("challenger_us_per_request") is not None:
+        sc = results["shadow"]
+        lines.append(
+            f"challenger time per request (its histogram): {sc['challenger_us_per_request']} us; "
+            f"agreement {sc['agreement_rate']}; failures {sc['failures']:.0f}"
+        )
+        if "cpu_overhead_us_per_request" in sc:
+            lines.append(
+                f"server CPU per request: ours {sc['cpu_us_per_request']['ours']} us, ours-shadow "
+                f"{sc['cpu_us_per_request']['ours-shadow']} us (+{sc['cpu_overhead_us_per_request']} us)"
+            )
+        for c, f in sc["by_concurrency"].items():
+            lines.append(
+                f"c={c}: p50 {f['p50_ms'][0]:.3f} -> {f['p50_ms'][1]:.3f} ms ({f['p50_overhead_us']:+.1f} us), "
+                f"req/s {f['requests_per_second'][0]:,.0f} -> {f['requests_per_second'][1]:,.0f}"
+            )
+    lines.append("")
+    lines.append(f"load average (1, 5, 15 min) before: {results.get('load_average_before')}, "
+                 f"after: {results.get('load_average_after')}")  # fmt: skip
     lines.append("")
     lines.append("== start to ready (s), RSS after load (MB) ==")
     for name, facts in results["servers"].items():
@@ -341,6 +458,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-capi-row", action="store_true", help="skip our server with SERVING_COMPILE_TREES=0 (C API engine)"
     )
     parser.add_argument("--engine-timeout", type=float, default=120.0, help="wait this long for compiled trees")
+    parser.add_argument("--no-shadow", action="store_true", help="skip ours-shadow (a challenger scored in shadow)")
+    parser.add_argument(
+        "--shadow-cost",
+        action="store_true",
+        help="only the shadow's cost: ours, ours-shadow and MLServer at concurrency 1,8 (no batches, no C API row)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs) afterwards")
     return parser.parse_args(argv)
@@ -348,6 +471,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.shadow_cost:
+        args.no_shadow, args.no_capi_row, args.batch_rows, args.skip_single_row = False, True, 0, True
+        if args.concurrency == "1,8,32":
+            args.concurrency = "1,8"
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     tool = loadgen.available_tool(args.loadgen)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -368,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": concurrencies,
         "servers": {},
         "load": [],
+        "load_average_before": load_average(),
     }
     say(
         f"work folder {work}; load generator: {tool}"
@@ -393,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = request_rows(args.rows, len(names))
         v2_bodies = [v2_body(r) for r in rows]
         targets: list[tuple[str, str, servers.Server, list[bytes]]] = []
+        challenger_files: dict[str, bytes] | None = None
         running: dict[str, servers.Server] = {}
 
         if not args.skip_ours:
@@ -422,6 +551,20 @@ def main(argv: list[str] | None = None) -> int:
                 results["servers"]["ours-capi"] = {"starts": {"warm_disk_cache": capi_facts}}
                 running["ours-capi"] = capi
                 targets.append(("ours-capi", V2_PATH, capi, v2_bodies))
+            if not args.no_shadow:
+                say(f"step 2/7: our server with a shadow challenger ({CHALLENGER}, another seed, from staging/)")
+                challenger_files = train_demo_model(version=CHALLENGER, seed=11, rounds=args.rounds).files
+                shadow_digest = publish(s3_endpoint, challenger_files, CHALLENGER, "staging")
+                pin = {"MODEL_SHADOW_VERSION": CHALLENGER, "MODEL_SHADOW_DIGEST": shadow_digest}
+                shadowed, shadow_facts = time_ours_start(
+                    procs, work, env_args, "ours-shadow", args.engine_timeout, extra=pin
+                )
+                if not wait_shadow_compiled(shadowed, args.engine_timeout):
+                    raise RuntimeError("ours-shadow: the challenger never ran on compiled trees")
+                say(f"  {describe_start(shadow_facts)}; challenger loaded and compiled")
+                results["servers"]["ours-shadow"] = {"starts": {"warm_disk_cache": shadow_facts}}
+                running["ours-shadow"] = shadowed
+                targets.append(("ours-shadow", V2_PATH, shadowed, v2_bodies))
 
         if not args.skip_mlserver:
             say("step 3/7: MLServer 1.7.1 (parallel_workers 0, OMP_NUM_THREADS=1)")
@@ -448,15 +591,21 @@ def main(argv: list[str] | None = None) -> int:
             results["outputs_max_abs_difference"] = max(
                 float(np.abs(answers[name] - answers["mlserver"]).max()) for name in answers
             )
-        if "ours" in running:
+        if "ours" in running and not args.shadow_cost:  # --shadow-cost: ours serves what ours-shadow serves
             status, body = servers.http_post(running["ours"].port, V1_PATH, v1_body(rows[0], names))
             if status != 200:
                 raise RuntimeError(f"ours answered {status} to /v1/predict: {body[:300]!r}")
             targets.append(("ours", V1_PATH, running["ours"], [v1_body(r, names) for r in rows]))
 
+        shadowing = "ours-shadow" in running and "ours" in running
+        before = {name: shadow_metrics(running[name].port) for name in ("ours", "ours-shadow")} if shadowing else {}
         say(f"step 5/7: load, concurrency {concurrencies}")
         results["load"] = load_matrix(targets, concurrencies, tool, args.seconds, args.warmup)
         results["ratio_to_mlserver"] = ratios(results["load"])
+        if shadowing:
+            after = {name: shadow_metrics(running[name].port) for name in ("ours", "ours-shadow")}
+            counters = {name: {k: after[name][k] - before[name][k] for k in after[name]} for name in after}
+            results["shadow"] = shadow_cost(results["load"], counters, cpu_comparable=args.shadow_cost)
 
         if args.batch_rows:
             batch = v2_batch_body(request_rows(args.batch_rows, len(names), seed=7))
@@ -485,7 +634,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_single_row:
             say("step 7/7: single-row compute per engine, in-process")
             results["single_row"] = single_row.measure(model_text, calls=2000, repeats=7, progress=say)
+        if challenger_files is not None:
+            say("step 7/7: what the shadow adds to one single-row score() call, in-process")
+            results.setdefault("shadow", {})["in_process"] = shadow_row.measure(model.files, challenger_files)
 
+        results["load_average_after"] = load_average()
         print(format_report(results), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))

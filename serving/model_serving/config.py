@@ -39,6 +39,7 @@ class Settings(PodModel):
     keepalive_timeout_seconds: float
     drain_seconds: float
     reload_token: str
+    shadow_timeout_seconds: float
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> Settings:
@@ -67,4 +68,6 @@ class Settings(PodModel):
             keepalive_timeout_seconds=env.seconds("SERVING_KEEPALIVE_TIMEOUT_SECONDS", 5.0),
             drain_seconds=env.seconds(DRAIN_SECONDS.name, float(DRAIN_SECONDS.default)),
             reload_token=env.text("SERVING_RELOAD_TOKEN", ""),
+            # a challenger call slower than this (per 1,000 rows) is a timeout: dropped, counted
+            shadow_timeout_seconds=env.seconds("SERVING_SHADOW_TIMEOUT_SECONDS", 0.02, 0.0001, 60),
         )

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
+from model_serving.shadow_metrics import ShadowCollector
+
 # The *_created series double the scrape size and nobody here queries them.
 disable_created_metrics()
 
@@ -93,8 +95,16 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.shadow = ShadowCollector()  # the shadow challenger's counters (shadow_metrics: cheap on the hot path)
+        r.register(self.shadow)
+        self.shadow_info = Gauge(
+            f"{PREFIX}_shadow_info",
+            "The shadow challenger of a model (value 1), by state (loading, scoring, failed).",
+            ["model", "challenger", "digest", "state"],
+            registry=r,
+        )
         self._endpoint_children: dict[str, tuple[Histogram, dict[int, Counter]]] = {}
-        self._info_labels: dict[str, tuple[str, ...]] = {}
+        self._info_labels: dict[tuple[int, str], tuple[str, ...]] = {}
         self._info_lock = threading.Lock()
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
@@ -110,13 +120,19 @@ class Metrics:
 
     def set_model_info(self, model: str, ticker: str, version: str, digest: str, engine: str, stage: str) -> None:
         """Replace the info series of `model` (one series per model at a time)."""
-        labels = (model, ticker, version, digest, engine, stage)
+        self._replace_info(self.model_info, model, (model, ticker, version, digest, engine, stage))
+
+    def set_shadow_info(self, model: str, challenger: str, digest: str, state: str) -> None:
+        """Replace the shadow info series of `model` (one series per model at a time)."""
+        self._replace_info(self.shadow_info, model, (model, challenger, digest, state))
+
+    def _replace_info(self, gauge: Gauge, model: str, labels: tuple[str, ...]) -> None:
         with self._info_lock:
-            old = self._info_labels.get(model)
+            old = self._info_labels.get((id(gauge), model))
             if old is not None and old != labels:
-                self.model_info.remove(*old)
-            self.model_info.labels(*labels).set(1)
-            self._info_labels[model] = labels
+                gauge.remove(*old)
+            gauge.labels(*labels).set(1)
+            self._info_labels[(id(gauge), model)] = labels
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -215,11 +215,12 @@ class ServingApp:
             self._buffered -= size
 
     async def _predict_rows(self, model: ServedModel, rows: np.ndarray) -> np.ndarray:
+        # model.score: the champion's answer, and the shadow challenger scored beside it
         if rows.shape[0] <= INLINE_ROWS:
-            probabilities = model.predict_proba(rows)
+            probabilities = model.score(rows)
         else:
             loop = asyncio.get_running_loop()
-            probabilities = await loop.run_in_executor(self.batch_pool, model.predict_proba, rows)
+            probabilities = await loop.run_in_executor(self.batch_pool, model.score, rows)
         counters = model.prediction_counters
         if rows.shape[0] == 1:
             counters[int(probabilities[0].argmax())].inc()

@@ -29,9 +29,10 @@ from model_serving.loading import engine_swap
 from model_serving.loading.loader import ModelLoader
 from model_serving.loading.s3_source import ModelSpec, S3Source
 from model_serving.loading.served_model import ServedModel
+from model_serving.loading.shadow import Shadow
 from model_serving.metrics import Metrics
 from model_serving.process_age import process_age_seconds
-from model_store.layout import AssetClass, InvalidName, ModelLocation, check_ticker
+from model_store.layout import AssetClass, InvalidName, ModelLocation, Stage, check_ticker
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class ModelService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading: dict[str, asyncio.Future[ServedModel]] = {}
         self._registry_lock = asyncio.Lock()
+        self.challenger: ServedModel | None = None  # the shadow challenger of the pod's model, once loaded
         self.ready = False
         self.not_ready_reason = "starting"
 
@@ -237,6 +239,7 @@ class ModelService:
             return
         if not model.prediction_counters:
             model.prediction_counters = [self.metrics.predictions.labels(model.key, c) for c in model.classes]
+        self._attach_shadow(model)
         self._models[model.key] = model
         self._publish_info(model)
         if previous is not None:
@@ -254,7 +257,7 @@ class ModelService:
 
     def _compile(self, model: ServedModel) -> None:
         with self._compile_lock:  # one gcc at a time: the pod has few cores and requests come first
-            if self._models.get(model.key) is not model:
+            if self._models.get(model.key) is not model and model is not self.challenger:
                 return
             cache_dir = self.loader.cache.compiled_dir(model.digest) if self.loader.cache.enabled else None
             if cache_dir is None:
@@ -265,6 +268,46 @@ class ModelService:
                 self._models.get(model.key) is model
             ):
                 self._publish_info(model)
+
+    # -- the shadow challenger ------------------------------------------------------------------
+
+    def _attach_shadow(self, model: ServedModel) -> None:
+        """The pod's model scores its challenger too (a reloaded model gets it again)."""
+        challenger, pin = self.challenger, self.settings.shadow
+        primary = self._primary
+        if challenger is None or pin is None or primary is None or model.key != primary.location.model_key:
+            return
+        model.shadow = Shadow(model, challenger, pin.fraction, self.settings.shadow_timeout_seconds, self.metrics)
+        state = "failed" if model.shadow.problem else "scoring"
+        self.metrics.set_shadow_info(model.key, challenger.version, challenger.digest, state)
+
+    async def _load_shadow(self) -> None:
+        """Load the challenger like any version (same loader: cache tiers, digest verified), retrying
+        with backoff; until it loads (or if it never does) the pod serves without a shadow."""
+        pin, primary = self.settings.shadow, await self.primary_spec()
+        assert pin is not None
+        spec = ModelSpec(primary.location, Stage.STAGING, pin.version, pin.digest)  # staging, else archive/
+        key = primary.location.model_key
+        self.metrics.set_shadow_info(key, pin.version, pin.digest, "loading")
+        delay = 1.0
+        while True:
+            try:
+                challenger = await asyncio.get_running_loop().run_in_executor(self.pool, self.loader.load, spec)
+                break
+            except Exception as exc:
+                message = exc.message if isinstance(exc, LoadError) else repr(exc)
+                log.error("shadow challenger load failed; serving without it", extra={"model": key,
+                          "challenger": pin.version, "error": message, "retry_seconds": delay})  # fmt: skip
+                self.metrics.set_shadow_info(key, pin.version, pin.digest, "failed")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max(self.settings.load_retry_max_seconds, 1.0))
+        self.challenger = challenger
+        model = self._models.get(key)
+        if model is not None:
+            self._attach_shadow(model)
+        log.info("shadow challenger loaded", extra={"model": key, "challenger": pin.version, "digest": pin.digest})
+        if self.settings.compile_trees and challenger.engine == "lightgbm-capi":
+            threading.Thread(target=self._compile, args=(challenger,), name="compile-trees", daemon=True).start()
 
     def loaded(self) -> list[tuple[str, ServedModel]]:
         """(ticker, model) for every ticker routed so far."""
@@ -308,6 +351,8 @@ class ModelService:
             self.ready = True
             self.not_ready_reason = ""
             self.metrics.ready.set(1)
+            if self.settings.shadow is not None:
+                self._spawn(self._load_shadow())  # after readiness: the champion never waits for it
             log.info(
                 "ready",
                 extra={

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model_serving.engines.predictor import Predictor, engine_name
 from model_serving.loading.model_files import ModelContent
 from model_store.layout import AssetClass, ModelLocation
+
+if TYPE_CHECKING:
+    from model_serving.loading.shadow import Shadow
 
 MODEL_TYPES = {AssetClass.ETF: "etf_specific", AssetClass.STOCK: "stock_universal"}
 
@@ -36,6 +39,7 @@ class ServedModel:
         self.metadata: dict[str, Any] = self.content.metadata
         # Bound per class by the service (metrics children), so counting a prediction is one inc().
         self.prediction_counters: list[Any] = []
+        self.shadow: Shadow | None = None  # a challenger scored on the same rows (set by the service)
 
     @property
     def key(self) -> str:
@@ -51,3 +55,12 @@ class ServedModel:
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         return self.predictor.predict_proba(rows)
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """The prediction every API path serves: the champion's probabilities, and the shadow
+        challenger (if any) scored on the same rows in the same call, compared and counted."""
+        probabilities = self.predictor.predict_proba(rows)
+        shadow = self.shadow
+        if shadow is not None:
+            shadow.score(rows, probabilities)
+        return probabilities
