@@ -123,7 +123,7 @@ def test_decide_plans_the_hpa_and_creates_the_deployment_at_the_minimum() -> Non
     assert (
         plan.status["selector"]
         == selector_text("spy")
-        == "app.kubernetes.io/instance=spy,app.kubernetes.io/name=tradingmodel-serving"
+        == "app.kubernetes.io/name=tradingmodel-serving,tradingmodel.trading.io/name=spy"
     )
 
 

@@ -90,7 +90,7 @@ def test_kubectl_scale_sets_the_replicas_of_a_tradingmodel(stack: Stack) -> None
     assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
     assert (
         scale["status"]["selector"]
-        == "app.kubernetes.io/instance=xlu-production,app.kubernetes.io/name=tradingmodel-serving"
+        == "app.kubernetes.io/name=tradingmodel-serving,tradingmodel.trading.io/name=xlu-production"
     )
     # Without autoscaling a hand edit of the Deployment is put back to spec.serving.replicas.
     stack.kubectl("scale", "deployment", "xlu-production", "--replicas=1")
