@@ -1,4 +1,5 @@
-"""The operator's own Prometheus metrics: reconcile passes by trigger and S3 requests by operation.
+"""The operator's own Prometheus metrics: reconcile passes by trigger, S3 requests by operation, and
+whether this replica is the one acting.
 
 Served on METRICS_PORT when it is set (`prometheus_client`'s default registry, so the process
 metrics — resident memory, CPU seconds — come along).
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "tradingmodel_operator_reconciles_total",
@@ -28,6 +29,10 @@ S3_REQUESTS = Counter(
     "tradingmodel_operator_s3_requests_total",
     "HTTP requests sent to S3 (every attempt, retries included), by S3 operation",
     ["operation"],
+)
+ACTIVE = Gauge(
+    "tradingmodel_operator_active",
+    "1 while this replica acts on TradingModels, 0 while it waits for a higher-priority peer (kopf peering)",
 )
 
 
