@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,7 @@ from kopf._core.engines import peering as kopf_peering
 from prometheus_client import REGISTRY
 
 from devstack.kube_api import BackgroundLoop, LocalKubeAPI
+from devstack.pod_runtime import DIE_WITH_PARENT, free_port
 from devstack.stack import CRD_PATH, PEERING_CRD_PATH, kube_client
 from trading_operator.config import OperatorConfig
 from trading_operator.kube import KubeApi
@@ -151,4 +156,43 @@ def test_without_the_peering_crd_the_operator_stops_at_startup_saying_what_to_in
         assert done.returncode != 0
         assert "crds/kopf-peering.yaml" in done.stdout + done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
     finally:
+        loop.run(api.stop())
+
+
+def test_an_operator_watching_one_namespace_peers_there_and_withdraws_when_stopped(
+    loop: BackgroundLoop, tmp_path: Path
+) -> None:
+    api, kube = _api(loop, tmp_path, [CRD_PATH, PEERING_CRD_PATH])
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig"), "POD_ID": "desk-replica",
+           "METRICS_PORT": str(port)}  # fmt: skip
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "desk"}})
+    command = [sys.executable, "-m", "trading_operator.cli", "operator", "--namespace", "desk"]
+    with (tmp_path / "operator.log").open("wb") as log:
+        operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=DIE_WITH_PARENT)  # fmt: skip
+    try:
+
+        def peers() -> dict[str, object]:
+            return dict((kube.request("GET", peering_path("tradingmodel-operator", "desk")) or {}).get("status") or {})
+
+        def acting() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                    return b"tradingmodel_operator_active 1.0" in response.read()
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 120
+        while not ("desk-replica" in peers() and acting()):
+            assert operator.poll() is None and time.monotonic() < deadline, (tmp_path / "operator.log").read_text()
+            time.sleep(0.2)
+        assert kube.request("GET", peering_path("tradingmodel-operator", None)) is None  # not cluster-wide
+        os.killpg(operator.pid, signal.SIGTERM)
+        assert operator.wait(60) == 0
+        assert "desk-replica" not in peers(), "a replica that stops must withdraw its keep-alive"
+    finally:
+        if operator.poll() is None:
+            os.killpg(operator.pid, signal.SIGKILL)
         loop.run(api.stop())
