@@ -200,9 +200,9 @@ def _serve(part: str, workdir: Path, api_url: str) -> None:
             loop.add_signal_handler(sig, stop.set)
         if part == "api":
             from devstack.kube_api import LocalKubeAPI
-            from devstack.stack import CRD_PATH, NAMESPACE
+            from devstack.stack import CRDS, NAMESPACE
 
-            api = LocalKubeAPI(port=0, crds=[CRD_PATH])
+            api = LocalKubeAPI(port=0, crds=CRDS)
             await api.start()
             api.write_kubeconfig(workdir / "kubeconfig", namespace=NAMESPACE)
             (workdir / "api-url.tmp").write_text(api.url)

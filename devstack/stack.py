@@ -38,6 +38,8 @@ from trading_operator.kube import KubeApi
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: devstack/ lives at its top
 CRD_PATH = ROOT / "crds" / "tradingmodel.yaml"
+PEERING_CRD_PATH = ROOT / "crds" / "kopf-peering.yaml"  # the operator replicas' peering (kopf.dev)
+CRDS = [CRD_PATH, PEERING_CRD_PATH]
 NAMESPACE = "trading"
 BUCKET = "options-trading-models"
 SECRET = "s3-credentials"
@@ -100,6 +102,7 @@ class LocalStack:
         drift_check_seconds: int = 30,
         retry_base_seconds: int = 2,
         operator_verbose: bool = False,
+        operator: bool = True,
         prometheus: bool = True,
         watch_namespace: str = "",
         say: Callable[[str], None] = lambda _: None,
@@ -109,6 +112,7 @@ class LocalStack:
         self.drift_check_seconds = drift_check_seconds
         self.retry_base_seconds = retry_base_seconds
         self.operator_verbose = operator_verbose
+        self._want_operator = operator  # False: the caller runs operator replicas of its own
         self.say = say
         self.bucket = BUCKET
         self._loop = BackgroundLoop()
@@ -144,7 +148,7 @@ class LocalStack:
         self.s3.create_bucket(Bucket=self.bucket)
 
         self.say("starting the local Kubernetes API with the TradingModel CRD…")
-        self.api = LocalKubeAPI(port=0, crds=[CRD_PATH])
+        self.api = LocalKubeAPI(port=0, crds=CRDS)
         self._loop.run(self.api.start())
         self.api.write_kubeconfig(self.kubeconfig, namespace=NAMESPACE)
         self.kube = kube_client(self.kubeconfig)
@@ -172,28 +176,16 @@ class LocalStack:
         )
         self._loop.run(self.kubelet.start())
 
-        self.say("starting the operator…")
-        metrics_port = free_port()
-        self.operator_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        env = {
-            # not in-cluster even when this runs in a pod: the operator must find the kubeconfig
-            **{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV},
-            "KUBECONFIG": str(self.kubeconfig),
-            "DRIFT_CHECK_SECONDS": str(self.drift_check_seconds),
-            "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
-            "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
-            "SERVING_IMAGE": "local-process",
-            "METRICS_PORT": str(metrics_port),
-            "WATCH_NAMESPACE": self.watch_namespace,
-        }
-        args = [sys.executable, "-m", "trading_operator.cli", "operator"]
-        if self.operator_verbose:
-            args.append("--verbose")
-        self._operator_env = env  # restart_operator starts it again with these
-        with self.operator_log.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self._operator = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, preexec_fn=DIE_WITH_PARENT
-            )
+        if self._want_operator:
+            self.say("starting the operator…")
+            metrics_port = free_port()
+            self.operator_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            # restarts keep it
+            self._operator_env = self.operator_env(POD_ID="devstack-operator", METRICS_PORT=str(metrics_port))
+            with self.operator_log.open("ab") as log:  # the child keeps its own copy of the descriptor
+                self._operator = subprocess.Popen(self.operator_args(), env=self._operator_env, stdout=log,
+                                                  stderr=subprocess.STDOUT, cwd=self.dir,
+                                                  preexec_fn=DIE_WITH_PARENT)  # fmt: skip
 
         binary = find_prometheus() if self._want_prometheus else None
         if binary:
@@ -203,6 +195,26 @@ class LocalStack:
             )
             self.prometheus.start(binary)
         return self
+
+    def operator_env(self, **extra: str) -> dict[str, str]:
+        """The environment an operator process gets here; `extra` adds or overrides variables.
+        POD_ID is kopf's name for the replica in the peering object: one that keeps it across
+        restarts takes its own place back at once instead of waiting for its old record to expire."""
+        return {
+            # not in-cluster even when this runs in a pod: the operator must find the kubeconfig
+            **{k: v for k, v in os.environ.items() if k not in IN_CLUSTER_ENV},
+            "KUBECONFIG": str(self.kubeconfig),
+            "DRIFT_CHECK_SECONDS": str(self.drift_check_seconds),
+            "RETRY_BASE_SECONDS": str(self.retry_base_seconds),
+            "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
+            "SERVING_IMAGE": "local-process",
+            "WATCH_NAMESPACE": self.watch_namespace,
+            **extra,
+        }
+
+    def operator_args(self) -> list[str]:
+        args = [sys.executable, "-m", "trading_operator.cli", "operator"]
+        return [*args, "--verbose"] if self.operator_verbose else args
 
     def scrape_targets(self) -> list[dict[str, Any]]:
         """file_sd groups: the ready pods of every TradingModel, labelled like the PodMonitor does."""

@@ -73,6 +73,10 @@ def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
+def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
 def env_values(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
@@ -152,8 +156,8 @@ def test_binding_reaches_the_operator_service_account(folder: str) -> None:
         assert not [o for o in build(folder) if o["kind"] in CLUSTER_SCOPED]
         return
     assert namespace in {ns["metadata"]["name"] for ns in objects(folder, "Namespace")}
-    crd = the(folder, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "tradingmodels.trading.io"
+    crds = {crd["metadata"]["name"] for crd in objects(folder, "CustomResourceDefinition")}
+    assert crds == {"tradingmodels.trading.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
 
 
 # --- the operator Deployment -----------------------------------------------------------------------
@@ -166,9 +170,17 @@ def test_operator_runs_tmctl_operator_locked_down(folder: str) -> None:
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment, "operator")
     assert c["command"] == ["tmctl", "operator"]
-    # One kopf instance at a time (standalone peering), also during upgrades.
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    # Two replicas, one acting (kopf peering, each replica named by its pod), spread over nodes;
+    # a rolling update keeps one running throughout.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}  # fmt: skip
+    pod_id = next(e for e in c["env"] if e["name"] == "POD_ID")
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    (budget,) = objects(folder, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
 
     def effective(key: str) -> Any:
         return c.get("securityContext", {}).get(key, pod.get("securityContext", {}).get(key))

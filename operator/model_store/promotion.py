@@ -36,7 +36,7 @@ from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, ch
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
 from model_store.registry import DETAILS, deployment_history, record_once, registered, sync_registries
-from model_store.s3 import get_bytes, is_not_found, is_precondition_failed, read_manifest
+from model_store.s3 import get_bytes, is_not_found, lost_conditional_write, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def _intended_move(
         body = json.dumps(move, indent=2).encode()
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
     except ClientError as exc:
-        if is_precondition_failed(exc):
+        if lost_conditional_write(exc):
             raise PromotionInProgress(
                 f"another move of {location.model_key} {stage.value} started at the same time "
                 f"(s3://{bucket}/{key}); retrying"

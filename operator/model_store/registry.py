@@ -35,7 +35,7 @@ from model_store.layout import (
     Stage,
 )
 from model_store.manifest import Manifest
-from model_store.s3 import error_code, is_not_found, is_precondition_failed
+from model_store.s3 import error_code, is_not_found, lost_conditional_write
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class _Committer:
                 Bucket=self._bucket, Key=self._key, Body=body, ContentType="application/json", **condition
             )
         except ClientError as exc:
-            if is_precondition_failed(exc):
+            if lost_conditional_write(exc):
                 self._etag, self._raw, self._doc = None, b"", None
                 return False
             raise

@@ -86,6 +86,13 @@ def is_precondition_failed(exc: BaseException) -> bool:
     return error_code(exc) in _PRECONDITION
 
 
+def lost_conditional_write(exc: BaseException) -> bool:
+    """A write made on a condition (If-Match / If-None-Match) found the object changed, created or
+    deleted under it: re-read and try again. An If-Match on a key deleted meanwhile is 404
+    NoSuchKey on AWS and moto but 412 on SeaweedFS: both mean another writer got there first."""
+    return is_precondition_failed(exc) or is_not_found(exc)
+
+
 def get_bytes(client: Any, bucket: str, key: str) -> bytes | None:
     """The object's bytes, or None when it does not exist."""
     try:

@@ -164,7 +164,7 @@ def cmd_operator(args: argparse.Namespace) -> None:
         clusterwide=not namespace,
         namespaces=[namespace] if namespace else (),
         liveness_endpoint=args.liveness,
-        standalone=True,
+        memo=kopf.Memo(watch_namespace=namespace),  # peering follows the watched scope (handlers.configure)
     )
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pod_contract import Env
+from pod_contract.env import ConfigError
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,12 @@ class OperatorConfig:
     metrics_port: int = 0  # the operator's own /metrics (reconciles, S3 requests); 0: off
     workers: int = 16  # reconcile passes at once (kopf's thread pool); the connection pools follow it
     log_level: str = "WARNING"  # the operator's and kopf's logs; `tmctl operator --verbose` means DEBUG
+    # kopf peering (several replicas, one acts): the peering object's name, and how long a
+    # replica's keep-alive counts before its peers take over. standalone: no peering (one replica
+    # only, for a cluster without the kopf.dev CRDs).
+    standalone: bool = False
+    peering_name: str = "tradingmodel-operator"
+    peering_lifetime_seconds: int = 15
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -38,4 +48,14 @@ class OperatorConfig:
             metrics_port=env.integer("METRICS_PORT", cls.metrics_port, 0, 65535),
             workers=env.integer("WORKERS", cls.workers, 1, 256),
             log_level=env.log_level("LOG_LEVEL", cls.log_level),
+            standalone=env.flag("STANDALONE", cls.standalone),
+            peering_name=_object_name(env.text("PEERING_NAME", cls.peering_name), "PEERING_NAME"),
+            peering_lifetime_seconds=env.integer("PEERING_LIFETIME_SECONDS", cls.peering_lifetime_seconds, 2, 600),
         )
+
+
+def _object_name(value: str, variable: str) -> str:
+    if not _DNS_SUBDOMAIN.match(value):
+        raise ConfigError(f"{variable} must be a Kubernetes object name (lower-case letters, digits, '-', '.'), "
+                          f"got {value!r}")  # fmt: skip
+    return value

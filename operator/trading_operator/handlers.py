@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import kopf
 
-from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics
+from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics, peering
 from trading_operator.builders import rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
@@ -48,7 +48,10 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.peering.standalone = True
+    # Several replicas, one acting (trading_operator/peering.py); `tmctl operator` passes the
+    # namespace it watches in the memo (its --namespace flag wins over WATCH_NAMESPACE).
+    peering.configure_peering(settings, name=CONFIG.peering_name, lifetime=CONFIG.peering_lifetime_seconds,
+                              standalone=CONFIG.standalone, priority=peering.new_priority())  # fmt: skip
     # Watching one namespace, the operator needs nothing cluster-scoped (overlays/namespaced grants a
     # Role only): no scan of the cluster's CRDs or namespaces, the resource is found once at startup.
     settings.scanning.disabled = bool(CONFIG.watch_namespace)
@@ -71,6 +74,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.background.cancellation_polling = 2
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
+    if not CONFIG.standalone:
+        namespace = None if settings.peering.clusterwide else memo.get("watch_namespace", CONFIG.watch_namespace)
+        try:
+            peering.ensure_peering_object(kube, CONFIG.peering_name, namespace or None)
+        except peering.PeeringUnavailable as exc:
+            raise kopf.PermanentError(str(exc)) from None
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
     memo.periodic = Periodic()
     metrics.serve(CONFIG.metrics_port)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -79,6 +79,12 @@ def outcome_of(plan: Plan | None) -> str:
     if plan.retryable:
         return "retry"
     return "refused" if plan.permanent else "converged"
+
+
+ACTIVE = Gauge(
+    "tradingmodel_operator_active",
+    "1 while this replica acts on TradingModels, 0 while it waits for a higher-priority peer (kopf peering)",
+)
 
 
 @contextmanager

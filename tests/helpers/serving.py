@@ -79,8 +79,9 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "S3_BUCKET": bucket,
         "S3_ENDPOINT_URL": endpoint,
         "AWS_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        # the keys of the test's S3 server (tests/conftest.py sets them per server)
+        "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
         "MODEL_CACHE_DIR": str(cache_dir),
         "PORT": str(free_port()),
         "HOST": "127.0.0.1",

@@ -37,6 +37,8 @@ SPY = ModelLocation.of("SPY", "etf")
 PROD = "etfs/SPY/production/"
 _WRITES = ("put_object", "copy_object", "delete_object")
 
+pytestmark = pytest.mark.s3_stores
+
 
 class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs, no except clause catches it."""

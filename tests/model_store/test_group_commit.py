@@ -1,5 +1,6 @@
 """Group commit of the metadata documents: many concurrent updates, one read and one write each
-batch, every change recorded exactly once, and a document changed by someone else seen at once."""
+batch, every change recorded exactly once, and a document changed by someone else seen at once.
+Against moto and SeaweedFS: the batching stands on the store's conditional writes and reads."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any
 
 import pytest
 
+from helpers.s3_servers import S3Server
 from model_store.errors import RegistryError
 from model_store.layout import DEPLOYMENT_HISTORY_KEY, MODEL_REGISTRY_KEY
 from model_store.registry import deployment_history, read_document, record_once, update_document
-from model_store.s3 import S3Settings, make_client
+
+pytestmark = pytest.mark.s3_stores
 
 
-def counting_client(endpoint: str, bucket: str) -> tuple[Any, Counter[str]]:
-    client = make_client(S3Settings(bucket=bucket, endpoint_url=endpoint))
+def counting_client(server: S3Server, bucket: str) -> tuple[Any, Counter[str]]:
+    client = server.client(bucket)
     sent: Counter[str] = Counter()
     guard = threading.Lock()
 
@@ -33,8 +36,8 @@ def entry(i: int) -> dict[str, Any]:
     return {"id": f"move-{i}", "action": "promote", "model": f"etfs/T{i}", "to_version": "v1.1"}
 
 
-def test_concurrent_appends_are_each_recorded_once_in_fewer_writes(s3_endpoint: str, bucket: str) -> None:
-    client, sent = counting_client(s3_endpoint, bucket)
+def test_concurrent_appends_are_each_recorded_once_in_fewer_writes(s3_server: S3Server, bucket: str) -> None:
+    client, sent = counting_client(s3_server, bucket)
     start = threading.Barrier(32)
 
     def append(i: int) -> list[bool]:
@@ -49,17 +52,17 @@ def test_concurrent_appends_are_each_recorded_once_in_fewer_writes(s3_endpoint: 
     assert sent["PutObject"] < 32, f"{sent['PutObject']} writes for 32 concurrent appends: no batching"
 
 
-def test_a_writer_in_another_process_is_neither_lost_nor_overwritten(s3_endpoint: str, bucket: str) -> None:
-    ours, _ = counting_client(s3_endpoint, bucket)
-    theirs = make_client(S3Settings(bucket=bucket, endpoint_url=s3_endpoint))  # no shared committer
+def test_a_writer_in_another_process_is_neither_lost_nor_overwritten(s3_server: S3Server, bucket: str) -> None:
+    ours, _ = counting_client(s3_server, bucket)
+    theirs = s3_server.client(bucket)  # no shared committer
     assert record_once(ours, bucket, entry(1))
     assert record_once(theirs, bucket, entry(2))  # our cached ETag is stale now
     assert record_once(ours, bucket, entry(3))
     assert [e["id"] for e in deployment_history(ours, bucket)] == ["move-1", "move-2", "move-3"]
 
 
-def test_an_unchanged_document_is_read_without_its_body(s3_endpoint: str, bucket: str) -> None:
-    client, _ = counting_client(s3_endpoint, bucket)
+def test_an_unchanged_document_is_read_without_its_body(s3_server: S3Server, bucket: str) -> None:
+    client, _ = counting_client(s3_server, bucket)
     assert update_document(client, bucket, MODEL_REGISTRY_KEY, lambda doc: doc.setdefault("models", {}) == {})
     bodies: list[int] = []
     client.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: bodies.append(
@@ -68,8 +71,8 @@ def test_an_unchanged_document_is_read_without_its_body(s3_endpoint: str, bucket
     assert bodies == [0]  # 304 Not Modified: what we wrote last is what S3 holds
 
 
-def test_a_document_broken_by_hand_is_reported_and_then_repaired(s3_endpoint: str, bucket: str) -> None:
-    client, _ = counting_client(s3_endpoint, bucket)
+def test_a_document_broken_by_hand_is_reported_and_then_repaired(s3_server: S3Server, bucket: str) -> None:
+    client, _ = counting_client(s3_server, bucket)
     assert record_once(client, bucket, entry(1))
     client.put_object(Bucket=bucket, Key=DEPLOYMENT_HISTORY_KEY, Body=b"[not an object")
     with pytest.raises(RegistryError, match="not valid JSON"):
@@ -80,8 +83,8 @@ def test_a_document_broken_by_hand_is_reported_and_then_repaired(s3_endpoint: st
     assert [e["id"] for e in doc["entries"]] == ["move-2"]
 
 
-def test_one_callers_error_is_its_own(s3_endpoint: str, bucket: str) -> None:
-    client, _ = counting_client(s3_endpoint, bucket)
+def test_one_callers_error_is_its_own(s3_server: S3Server, bucket: str) -> None:
+    client, _ = counting_client(s3_server, bucket)
     start = threading.Barrier(8)
 
     def change(i: int) -> bool:
@@ -105,8 +108,8 @@ def test_one_callers_error_is_its_own(s3_endpoint: str, bucket: str) -> None:
     assert sorted(doc["seen"]) == [0, 1, 2, 4, 5, 6, 7]
 
 
-def test_a_failed_write_is_not_remembered_as_written(s3_endpoint: str, bucket: str) -> None:
-    client, _ = counting_client(s3_endpoint, bucket)
+def test_a_failed_write_is_not_remembered_as_written(s3_server: S3Server, bucket: str) -> None:
+    client, _ = counting_client(s3_server, bucket)
     assert record_once(client, bucket, entry(1))
     failing = {"on": True}
 

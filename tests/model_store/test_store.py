@@ -1,4 +1,4 @@
-"""Publishing, verifying and promoting versions against a real S3 server (moto over HTTP)."""
+"""Publishing, verifying and promoting versions against real S3 servers (moto over HTTP, SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from model_store.publish import publish_version
 from model_store.registry import deployment_history, read_document, sync_registries
 
 SPY = ModelLocation.of("SPY", "etf")
+
+pytestmark = pytest.mark.s3_stores
 
 
 def keys(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:

@@ -1,5 +1,6 @@
 """The user's day, end to end: the real kopf operator (a subprocess) against the local Kubernetes
-API over HTTP, a moto S3 server over HTTP, and real serving processes started for the Deployments.
+API over HTTP, a moto S3 server over HTTP (and SeaweedFS for the promote/rollback journey), and
+real serving processes started for the Deployments.
 
 One stack per module; each test uses its own ticker so tests do not depend on each other's state.
 """
@@ -12,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from devstack.demo_model import DemoModel
 from devstack.stack import NAMESPACE, predict_at, running_notes
 from devstack.stack import LocalStack as Stack
 from devstack.stack import tradingmodel as tradingmodel_object
 from helpers.gitops import argocd_health, kstatus
+from helpers.s3_servers import S3Server
 from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
 from model_store.manifest import Manifest
 from model_store.promotion import stage_manifest
@@ -108,34 +111,42 @@ def test_apply_promotes_rolls_out_and_reports_ready(stack: Stack) -> None:
     assert event_reasons(stack, "spy-production") >= {"Promoted", "Ready"}
 
 
-def test_new_version_promotes_and_rolls_out_then_rollback(stack: Stack) -> None:
-    stack.kubectl("apply", "-f", "-", input=tradingmodel("qqq-production", "QQQ", "v1.0", stack))
-    stack.wait_for("qqq-production", lambda tm: tm["status"].get("phase") == "Ready")
+@pytest.mark.s3_stores
+def test_new_version_promotes_and_rolls_out_then_rollback(
+    stack: Stack, s3_server: S3Server, s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    """On moto and on SeaweedFS: spec.storage names the store's endpoint, its keys come from a
+    Secret, and the operator and the serving pods sign their requests with them."""
+    name, qqq = f"qqq-{s3_server.kind}", ModelLocation.of("QQQ", "etf")
+    publish_version(s3, bucket, qqq, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, qqq, "v1.1", demo_v2.files)
+    assert stack.kube is not None
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-s3", "namespace": NAMESPACE},
+              "stringData": s3_server.credentials}  # fmt: skip
+    stack.kube.request("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+    storage = {"bucket": bucket, "endpoint": s3_server.endpoint, "secretRef": {"name": f"{name}-s3"}}
+    stack.kubectl("apply", "-f", "-", input=tradingmodel_object(name, "QQQ", "v1.0", s3_server.endpoint,
+                                                                storage=storage))  # fmt: skip
+    stack.wait_for(name, lambda tm: tm["status"].get("phase") == "Ready")
 
-    stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
+    stack.kubectl("patch", "tm", name, "--type", "merge", "-p", '{"spec": {"version": "v1.1"}}')
     tm = stack.wait_for(
-        "qqq-production",
-        lambda tm: tm["status"].get("activeVersion") == "v1.1" and tm["status"].get("phase") == "Ready",
+        name, lambda tm: tm["status"].get("activeVersion") == "v1.1" and tm["status"].get("phase") == "Ready"
     )
     assert tm["status"]["previousVersion"] == "v1.0"
-    assert production(stack, "QQQ").version == "v1.1"  # type: ignore[union-attr]
-    assert deployment_env(stack, "qqq-production")["MODEL_VERSION"] == "v1.1"
-    assert stack.predict("qqq-production", "QQQ")["model_version"] == "v1.1"
+    assert stage_manifest(s3, bucket, qqq, Stage.PRODUCTION).version == "v1.1"  # type: ignore[union-attr]
+    assert deployment_env(stack, name)["MODEL_VERSION"] == "v1.1"
+    assert stack.predict(name, "QQQ")["model_version"] == "v1.1"
     assert [h["action"] for h in tm["status"]["history"]] == ["promote", "promote"]
 
-    stack.kubectl("patch", "tm", "qqq-production", "--type", "merge", "-p", '{"spec": {"version": "v1.0"}}')
+    stack.kubectl("patch", "tm", name, "--type", "merge", "-p", '{"spec": {"version": "v1.0"}}')
     tm = stack.wait_for(
-        "qqq-production",
-        lambda tm: tm["status"].get("activeVersion") == "v1.0" and tm["status"].get("phase") == "Ready",
+        name, lambda tm: tm["status"].get("activeVersion") == "v1.0" and tm["status"].get("phase") == "Ready"
     )
     assert tm["status"]["history"][-1]["action"] == "rollback"
-    assert production(stack, "QQQ").version == "v1.0"  # type: ignore[union-attr]
-    assert stack.predict("qqq-production", "QQQ")["model_version"] == "v1.0"
-    audit = [
-        (e["action"], e["from_version"], e["to_version"])
-        for e in deployment_history(stack.s3, stack.bucket)
-        if e["ticker"] == "QQQ"
-    ]
+    assert stage_manifest(s3, bucket, qqq, Stage.PRODUCTION).version == "v1.0"  # type: ignore[union-attr]
+    assert stack.predict(name, "QQQ")["model_version"] == "v1.0"
+    audit = [(e["action"], e["from_version"], e["to_version"]) for e in deployment_history(s3, bucket)]
     assert audit == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1"), ("rollback", "v1.1", "v1.0")]
 
 

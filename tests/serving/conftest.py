@@ -16,16 +16,18 @@ from typing import Any
 import pytest
 
 from devstack.demo_model import DemoModel, train_demo_model
+from helpers.s3_servers import S3Server
 from helpers.serving import S3Log, Server, server_env
 
 
 @pytest.fixture
-def start_server(s3_endpoint: str, tmp_path: Path) -> Iterator[Any]:
-    """start_server(bucket, **env) -> a ready Server; every server is stopped after the test."""
+def start_server(s3_server: S3Server, tmp_path: Path) -> Iterator[Any]:
+    """start_server(bucket, **env) -> a ready Server on the test's S3 server; every server is
+    stopped after the test."""
     servers: list[Server] = []
 
     def start(bucket: str, wait: bool = True, **extra: str) -> Server:
-        env = server_env(bucket, s3_endpoint, tmp_path / "cache", **extra)
+        env = server_env(bucket, s3_server.endpoint, tmp_path / "cache", **extra)
         server = Server(env, tmp_path / f"server-{len(servers)}.log")
         servers.append(server)
         if wait:

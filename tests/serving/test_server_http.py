@@ -277,6 +277,7 @@ def test_fifty_concurrent_first_requests_cause_one_download(
     assert metric(server, "tradingmodel_model_load_seconds_count", source="s3") == 1
 
 
+@pytest.mark.s3_stores  # also on SeaweedFS
 def test_reload_swaps_versions_and_refuses_a_corrupted_one(
     start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel, demo_stock: DemoModel
 ) -> None:
@@ -330,6 +331,7 @@ def test_reload_swaps_versions_and_refuses_a_corrupted_one(
     assert metric(server, "tradingmodel_model_cache_hits_total", tier="memory") >= 1
 
 
+@pytest.mark.s3_stores  # also on SeaweedFS
 def test_pinned_pod_restarts_from_its_disk_cache_without_s3(
     start_server: Any, s3: Any, bucket: str, demo_v1: DemoModel, tmp_path: Path
 ) -> None:
