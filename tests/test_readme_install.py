@@ -108,7 +108,7 @@ def test_the_readme_install_applies_what_a_cluster_needs_in_order(flow: str, tmp
             assert created and min(created) <= step, f"{obj['kind']} {namespace}/{obj['metadata']['name']} first"
 
     # TradingModels the CRD accepts, reaching S3 the way the flow says.
-    (crd,) = [o for _, o in applied if o["kind"] == "CustomResourceDefinition"]
+    (crd,) = [o for _, o in applied if o["kind"] == "CustomResourceDefinition" and o["spec"]["group"] == "trading.io"]
     models = [o for _, o in applied if o["kind"] == "TradingModel"]
     for model in models:
         assert validation_errors(crd, model) == []
