@@ -8,13 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from model_store.layout import Stage
-from pod_contract import MODEL_CACHE_DIR, PRESTOP_SECONDS, PodModel, render_env, termination_grace_seconds
+from pod_contract import GRPC_PORT, MODEL_CACHE_DIR, PRESTOP_SECONDS, PodModel, render_env, termination_grace_seconds
 from trading_operator import MANAGER
 from trading_operator.spec import TradingModelSpec
 
 SERVING_APP = "tradingmodel-serving"
 CACHE_DIR = MODEL_CACHE_DIR.default
 SPEC_HASH_ANNOTATION = "trading.io/spec-hash"
+# V2 inference over gRPC: the container port the pod contract gives it, and the Service port (KServe's
+# and MLServer's gRPC port too). appProtocol tells meshes and ingresses it is HTTP/2 without TLS.
+SERVING_GRPC_PORT = int(GRPC_PORT.default)
+GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
@@ -49,6 +53,7 @@ def serving_env(name: str, model: TradingModelSpec, digest: str, port: int) -> l
         model_name=name,
         cache_dir=Path(CACHE_DIR),
         port=port,
+        grpc_port=SERVING_GRPC_PORT,
         tickers=model.tickers,
     )
     return render_env(pod, model.secret_name)
@@ -66,7 +71,10 @@ def build_deployment(
         "name": "serving",
         "image": model.image or image,
         "command": ["python", "-m", "model_serving"],
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": SERVING_GRPC_PORT, "protocol": "TCP"},
+        ],
         "env": serving_env(name, model, digest, port),
         "resources": model.resources or DEFAULT_RESOURCES,
         "readinessProbe": probe,
@@ -129,7 +137,16 @@ def build_service(name: str, namespace: str, model: TradingModelSpec, port: int)
     spec = {
         "type": "ClusterIP",
         "selector": selector(name),
-        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+            {
+                "name": "grpc",
+                "port": SERVING_GRPC_PORT,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": GRPC_APP_PROTOCOL,
+            },
+        ],
     }
     return {
         "apiVersion": "v1",

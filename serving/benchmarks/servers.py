@@ -196,6 +196,7 @@ def ours_env(
         AWS_SECRET_ACCESS_KEY=env.get("AWS_SECRET_ACCESS_KEY", "testing"),
         MODEL_CACHE_DIR=str(cache_dir),
         PORT=str(port),
+        GRPC_PORT=str(free_port()),
         HOST=HOST,
         LOG_LEVEL="INFO",
         OMP_NUM_THREADS="1",

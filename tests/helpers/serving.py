@@ -83,6 +83,7 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "AWS_SECRET_ACCESS_KEY": "testing",
         "MODEL_CACHE_DIR": str(cache_dir),
         "PORT": str(free_port()),
+        "GRPC_PORT": str(free_port()),  # pods share 127.0.0.1 here: never the contract's fixed 8081
         "HOST": "127.0.0.1",
         "OMP_NUM_THREADS": "1",
         "SERVING_COMPILE_TREES": "0",
