@@ -36,8 +36,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -60,14 +58,6 @@ VERSION = "v1.0"
 BUCKET = "tradingmodel-bench"
 V2_PATH = f"/v2/models/{TICKER}/infer"
 V1_PATH = "/v1/predict"
-
-
-class Stop(Exception):
-    """SIGTERM: unwind like Ctrl-C so every started process is stopped."""
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise Stop()
 
 
 def say(message: str) -> None:
@@ -163,6 +153,20 @@ def publish(s3_endpoint: str, files: dict[str, bytes]) -> str:
         client, BUCKET, location, VERSION, Stage.PRODUCTION, actor="benchmark", reason="serve_vs_mlserver"
     )
     return published.digest
+
+
+def local_s3_with(files: dict[str, bytes], started: list[Any]) -> tuple[str, str]:
+    """A moto S3 server on 127.0.0.1 (appended to `started`, to be stopped) holding the model
+    published and promoted to production/; returns (endpoint, version digest)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+    s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3_server.start()
+    started.append(s3_server)
+    host, port = s3_server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    return endpoint, publish(endpoint, files)
 
 
 def download_production(s3_endpoint: str, name: str) -> tuple[bytes, float]:
@@ -341,8 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-capi-row", action="store_true", help="skip our server with SERVING_COMPILE_TREES=0 (C API engine)"
     )
     parser.add_argument("--engine-timeout", type=float, default=120.0, help="wait this long for compiled trees")
-    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs) afterwards")
+    servers.add_output_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -350,16 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     tool = loadgen.available_tool(args.loadgen)
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    signal.signal(signal.SIGTERM, _raise_stop)
-    # Also when started from a shell that ignores SIGINT for background jobs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    servers.bench_environment()
 
     work = Path(tempfile.mkdtemp(prefix="tradingmodel-bench-"))
     procs = servers.ProcessSet()
-    s3_server = None
+    started: list[Any] = []  # the local S3, stopped on the way out
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "loadgen": tool,
@@ -373,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         f"work folder {work}; load generator: {tool}"
         + ("" if tool == "wrk" else " (wrk not found: apt-get install -y wrk)")
     )
-    try:
-        from moto.server import ThreadedMotoServer
+
+    def run() -> int:
 
         from devstack.demo_model import train_demo_model
 
@@ -382,12 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         model = train_demo_model(version=VERSION, rounds=args.rounds)
         model_text = model.files["lightgbm_model.txt"].decode()
         names = json.loads(model.files["feature_names.json"])
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
-        s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        s3_server.start()
-        host, port = s3_server.get_host_and_port()
-        s3_endpoint = f"http://{host}:{port}"
-        digest = publish(s3_endpoint, model.files)
+        s3_endpoint, digest = local_s3_with(model.files, started)
         say(f"  published s3://{BUCKET}/etfs/{TICKER}/archive/{VERSION}/ and production/ ({digest[:19]}…)")
 
         rows = request_rows(args.rows, len(names))
@@ -486,31 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             say("step 7/7: single-row compute per engine, in-process")
             results["single_row"] = single_row.measure(model_text, calls=2000, repeats=7, progress=say)
 
-        print(format_report(results), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
-            say(f"figures written to {args.json}")
-        return 0
-    except (KeyboardInterrupt, Stop):
-        say("interrupted: stopping everything this run started")
-        return 130
-    except Exception as exc:
-        say(f"failed: {exc}")
-        for server in procs.servers:
-            say(f"--- last lines of {server.label} ({server.log_path}) ---\n{server.log_tail()}")
-        raise
-    finally:
-        procs.stop_all()
-        if s3_server is not None:
-            s3_server.stop()
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            _remove(work)
+        return servers.print_results(format_report(results), results, args.json, say)
 
-
-def _remove(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    return servers.run_guarded(run, procs, started, work, args.keep, say)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class Server:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = int(env["PORT"])
+        self.grpc_port = int(env.get("GRPC_PORT") or 0)  # 0: gRPC off
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.monotonic()

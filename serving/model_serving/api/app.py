@@ -17,6 +17,7 @@ fix; a 5xx means the server cannot answer now (e.g. 503 while the model loads).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from model_serving.api import payloads
+from model_serving.api import content_encoding, payloads
 from model_serving.api.offload import INLINE_BODY_BYTES, Offloader, parse_json
 from model_serving.api.scoring import Scorer
 from model_serving.api.service import ModelService
@@ -216,7 +217,19 @@ class ServingApp:
         self.metrics.observe_request(endpoint, status, time.perf_counter() - started, "http")
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, inflated when the client compressed it (within the same byte limit)."""
         too_large = PayloadTooLarge(body_limit_message(self.settings.max_body_bytes, self.settings.max_batch_rows))
+        body = await self._raw_body(scope, receive, too_large)
+        encoding = content_encoding.encoding_of(scope["headers"])
+        if encoding is None:
+            return body
+        if len(body) > INLINE_BODY_BYTES:  # zlib releases the GIL: single rows go on meanwhile
+            return await asyncio.to_thread(
+                content_encoding.inflate, body, encoding, self.settings.max_body_bytes, too_large
+            )
+        return content_encoding.inflate(body, encoding, self.settings.max_body_bytes, too_large)
+
+    async def _raw_body(self, scope: Scope, receive: Receive, too_large: PayloadTooLarge) -> bytes:
         limit = self.settings.max_body_bytes
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
