@@ -311,6 +311,7 @@ class PodWorker:
         full_env.update({"HOSTNAME": self.name, "MODEL_CACHE_DIR": str(cache_dir)})
         full_env.update(env)
         full_env["PORT"] = str(self.port)  # the port we chose wins: pods share 127.0.0.1
+        full_env["GRPC_PORT"] = str(free_port())  # the contract's fixed gRPC port would collide the same way
         command = list(self.kubelet.command_factory(self.pod, self.container))
         workdir = self.kubelet.state_dir / "pods" / f"{self.namespace}_{self.name}"
         self.process = await ContainerProcess.start(command, env=full_env, log_file=self.log_file, cwd=workdir)

@@ -69,6 +69,8 @@ def test_every_contract_variable_has_a_meaning_and_a_unique_name() -> None:
         ({"S3_BUCKET": "m", "PORT": "x"}, "PORT must be a whole number"),
         ({"S3_BUCKET": "m", "MODEL_DIGEST": "sha256:" + "0" * 64}, "set MODEL_TICKER as well"),
         ({"S3_BUCKET": "m", "MODEL_STAGE": "archived"}, "MODEL_STAGE"),
+        ({"S3_BUCKET": "m", "PORT": "9000", "GRPC_PORT": "9000"}, "GRPC_PORT and PORT are both 9000"),
+        ({"S3_BUCKET": "m", "GRPC_PORT": "70000"}, "GRPC_PORT must be between 0 and 65535"),
     ],
 )
 def test_a_pod_with_a_broken_contract_is_told_which_variable(env: dict[str, str], message: str) -> None:
@@ -96,3 +98,11 @@ def test_log_level_is_read_by_the_operator_and_the_server_and_refused_when_unkno
         timeout=120,
     )
     assert run.returncode == 2 and "LOG_LEVEL must be one of" in run.stderr and "'chatty'" in run.stderr, run.stderr
+
+
+def test_the_operator_refuses_an_http_port_that_is_the_pods_grpc_port() -> None:
+    from trading_operator.config import OperatorConfig
+
+    with pytest.raises(ConfigError, match="SERVING_PORT 8081 is the serving pods' gRPC port"):
+        OperatorConfig.from_env({"SERVING_PORT": "8081"})
+    assert OperatorConfig.from_env({"SERVING_PORT": "9090"}).serving_port == 9090

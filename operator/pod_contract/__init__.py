@@ -18,6 +18,7 @@ __all__ = [
     "CONTRACT",
     "DRAIN_SECONDS",
     "GRACEFUL_SECONDS",
+    "GRPC_PORT",
     "MODEL_CACHE_DIR",
     "PRESTOP_SECONDS",
     "ConfigError",
@@ -54,6 +55,9 @@ S3_ENDPOINT_URL = Var("S3_ENDPOINT_URL", "an S3-compatible endpoint; unset: AWS"
 AWS_REGION = Var("AWS_REGION", "the bucket's region (AWS_DEFAULT_REGION is read too)", "us-east-1")
 MODEL_CACHE_DIR = Var("MODEL_CACHE_DIR", "the local disk cache, keyed by digest", "/var/cache/models")
 PORT = Var("PORT", "the HTTP port (predictions, health, /metrics)", "8080")
+GRPC_PORT = Var(
+    "GRPC_PORT", "the gRPC port (Open Inference Protocol V2: inference.GRPCInferenceService); 0 turns it off", "8081"
+)
 OMP_NUM_THREADS = Var("OMP_NUM_THREADS", "LightGBM threads per prediction: 1, requests run side by side", "1")
 # The shadow challenger (spec.shadow, production only): loaded from archive/<version>/ beside the model
 # and verified like it, scored on the same rows; its answers are compared and counted, never returned.
@@ -68,7 +72,7 @@ CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # from the Secret 
 
 CONTRACT = (
     MODEL_NAME, MODEL_TICKER, MODEL_TICKERS, MODEL_ASSET_CLASS, MODEL_STAGE, MODEL_VERSION, MODEL_DIGEST,
-    S3_BUCKET, S3_ENDPOINT_URL, AWS_REGION, MODEL_CACHE_DIR, PORT, OMP_NUM_THREADS,
+    S3_BUCKET, S3_ENDPOINT_URL, AWS_REGION, MODEL_CACHE_DIR, PORT, GRPC_PORT, OMP_NUM_THREADS,
     MODEL_SHADOW_VERSION, MODEL_SHADOW_DIGEST, MODEL_SHADOW_FRACTION,
 )  # fmt: skip
 
@@ -106,6 +110,7 @@ class PodModel:
     port: int
     tickers: tuple[str, ...]  # stock pods: the declared set; empty: the asset registry decides
     shadow: ShadowPin | None  # the challenger scored in shadow, if any
+    grpc_port: int = int(GRPC_PORT.default)  # 0: no gRPC server
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ def render_env(pod: PodModel, secret_name: str | None = None) -> list[dict[str, 
         AWS_REGION: pod.region,
         MODEL_CACHE_DIR: str(pod.cache_dir),
         PORT: str(pod.port),
+        GRPC_PORT: str(pod.grpc_port),
         OMP_NUM_THREADS: OMP_NUM_THREADS.default,
         MODEL_SHADOW_VERSION: pod.shadow.version if pod.shadow else None,
         MODEL_SHADOW_DIGEST: pod.shadow.digest if pod.shadow else None,
@@ -177,6 +183,10 @@ def read_pod_model(env: Env) -> PodModel:
         stage = Stage.parse(env.text(MODEL_STAGE.name, MODEL_STAGE.default))
     except ValueError as exc:
         raise ConfigError(f"{MODEL_STAGE.name}: {exc}") from None
+    port = env.integer(PORT.name, int(PORT.default), 0, 65535)
+    grpc_port = env.integer(GRPC_PORT.name, int(GRPC_PORT.default), 0, 65535)
+    if grpc_port and grpc_port == port:
+        raise ConfigError(f"{GRPC_PORT.name} and {PORT.name} are both {port}: give gRPC its own port (0 turns it off)")
     return PodModel(
         bucket=bucket,
         endpoint_url=env.optional(S3_ENDPOINT_URL.name),
@@ -188,9 +198,10 @@ def read_pod_model(env: Env) -> PodModel:
         digest=digest,
         model_name=env.optional(MODEL_NAME.name),
         cache_dir=Path(env.text(MODEL_CACHE_DIR.name, MODEL_CACHE_DIR.default)),
-        port=env.integer(PORT.name, int(PORT.default), 0, 65535),
+        port=port,
         tickers=tickers,
         shadow=_read_shadow(env, ticker, version),
+        grpc_port=grpc_port,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from model_store.layout import Stage
 from pod_contract import (
+    GRPC_PORT,
     MODEL_CACHE_DIR,
     PRESTOP_SECONDS,
     PodModel,
@@ -35,6 +36,10 @@ CACHE_SIZE, TMP_SIZE = "2Gi", "256Mi"
 # The per-pod rate of prediction requests, as a metrics adapter (prometheus-adapter) serves it from
 # the pods' tradingmodel_requests_total: see manifests/prometheus/adapter-rules.yaml.
 REQUESTS_PER_SECOND_METRIC = "tradingmodel_requests_per_second"
+# V2 inference over gRPC: the container port the pod contract gives it, and the Service port (KServe's
+# and MLServer's gRPC port too). appProtocol tells meshes and ingresses it is HTTP/2 without TLS.
+SERVING_GRPC_PORT = int(GRPC_PORT.default)
+GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "256Mi"},
     "limits": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "3Gi"},
@@ -122,6 +127,7 @@ def serving_env(
         model_name=name,
         cache_dir=Path(CACHE_DIR),
         port=port,
+        grpc_port=SERVING_GRPC_PORT,
         tickers=model.tickers,
         shadow=shadow,
     )
@@ -153,7 +159,10 @@ def build_deployment(
         # pull secrets it is given (IfNotPresent would run an image another pod pulled).
         "imagePullPolicy": "Always",
         "command": ["python", "-m", "model_serving"],
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": port, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": SERVING_GRPC_PORT, "protocol": "TCP"},
+        ],
         "env": serving_env(name, model, digest, port, shadow),
         "resources": serving_resources(model.resources),
         "readinessProbe": probe,
@@ -249,7 +258,16 @@ def build_service(
     spec = {
         "type": "ClusterIP",
         "selector": dict(match_labels or selector(name)),
-        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+            {
+                "name": "grpc",
+                "port": SERVING_GRPC_PORT,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": GRPC_APP_PROTOCOL,
+            },
+        ],
     }
     return {
         "apiVersion": "v1",
@@ -283,12 +301,13 @@ def build_disruption_budget(
 def build_network_policy(
     name: str, namespace: str, model: TradingModelSpec, port: int, *, match_labels: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """Ingress to the serving pods on their HTTP port only (predictions, health, /metrics), from
-    anywhere: clients and Prometheus live in namespaces we cannot name. Egress stays open (S3)."""
+    """Ingress to the serving pods on their HTTP port (predictions, health, /metrics) and their gRPC
+    port only, from anywhere: clients and Prometheus live in namespaces we cannot name. Egress stays
+    open (S3)."""
     spec = {
         "podSelector": {"matchLabels": dict(match_labels or selector(name))},
         "policyTypes": ["Ingress"],
-        "ingress": [{"ports": [{"protocol": "TCP", "port": port}]}],
+        "ingress": [{"ports": [{"protocol": "TCP", "port": port}, {"protocol": "TCP", "port": SERVING_GRPC_PORT}]}],
     }
     return _owned("networking.k8s.io/v1", "NetworkPolicy", name, namespace, model, spec)
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pod_contract import Env
+from pod_contract import GRPC_PORT, Env
 from pod_contract.env import ConfigError
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -36,13 +36,16 @@ class OperatorConfig:
     def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
         env = Env(source)
         day = 86_400
+        serving_port = env.integer("SERVING_PORT", cls.serving_port, 1, 65535)
+        if serving_port == int(GRPC_PORT.default):
+            raise ConfigError(f"SERVING_PORT {serving_port} is the serving pods' gRPC port; choose another HTTP port")
         return cls(
             serving_image=env.text("SERVING_IMAGE", cls.serving_image),
             watch_namespace=env.text("WATCH_NAMESPACE"),
             drift_check_seconds=env.integer("DRIFT_CHECK_SECONDS", cls.drift_check_seconds, 1, day),
             deep_check_seconds=env.integer("DEEP_CHECK_SECONDS", cls.deep_check_seconds, 1, 7 * day),
             history_limit=env.integer("HISTORY_LIMIT", cls.history_limit, 1, 1000),
-            serving_port=env.integer("SERVING_PORT", cls.serving_port, 1, 65535),
+            serving_port=serving_port,
             retry_base_seconds=env.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1, day),
             retry_max_seconds=env.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1, day),
             metrics_port=env.integer("METRICS_PORT", cls.metrics_port, 0, 65535),

@@ -49,8 +49,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -75,14 +73,6 @@ CHALLENGER = "v1.1"  # the shadow challenger (another seed): scored beside VERSI
 BUCKET = "tradingmodel-bench"
 V2_PATH = f"/v2/models/{TICKER}/infer"
 V1_PATH = "/v1/predict"
-
-
-class Stop(Exception):
-    """SIGTERM: unwind like Ctrl-C so every started process is stopped."""
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise Stop()
 
 
 def say(message: str) -> None:
@@ -251,6 +241,20 @@ def shadow_cost(
 
 def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def local_s3_with(files: dict[str, bytes], started: list[Any]) -> tuple[str, str]:
+    """A moto S3 server on 127.0.0.1 (appended to `started`, to be stopped) holding the model
+    published and promoted to production/; returns (endpoint, version digest)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+    s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3_server.start()
+    started.append(s3_server)
+    host, port = s3_server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    return endpoint, publish(endpoint, files)
 
 
 def download_production(s3_endpoint: str, name: str) -> tuple[bytes, float]:
@@ -464,8 +468,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the shadow's cost: ours, ours-shadow and MLServer at concurrency 1,8 (no batches, no C API row)",
     )
-    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs) afterwards")
+    servers.add_output_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -477,16 +480,11 @@ def main(argv: list[str] | None = None) -> int:
             args.concurrency = "1,8"
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     tool = loadgen.available_tool(args.loadgen)
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    signal.signal(signal.SIGTERM, _raise_stop)
-    # Also when started from a shell that ignores SIGINT for background jobs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    servers.bench_environment()
 
     work = Path(tempfile.mkdtemp(prefix="tradingmodel-bench-"))
     procs = servers.ProcessSet()
-    s3_server = None
+    started: list[Any] = []  # the local S3, stopped on the way out
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "loadgen": tool,
@@ -501,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         f"work folder {work}; load generator: {tool}"
         + ("" if tool == "wrk" else " (wrk not found: apt-get install -y wrk)")
     )
-    try:
-        from moto.server import ThreadedMotoServer
+
+    def run() -> int:
 
         from devstack.demo_model import train_demo_model
 
@@ -510,12 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         model = train_demo_model(version=VERSION, rounds=args.rounds)
         model_text = model.files["lightgbm_model.txt"].decode()
         names = json.loads(model.files["feature_names.json"])
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
-        s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        s3_server.start()
-        host, port = s3_server.get_host_and_port()
-        s3_endpoint = f"http://{host}:{port}"
-        digest = publish(s3_endpoint, model.files)
+        s3_endpoint, digest = local_s3_with(model.files, started)
         say(f"  published s3://{BUCKET}/etfs/{TICKER}/archive/{VERSION}/ and production/ ({digest[:19]}…)")
 
         rows = request_rows(args.rows, len(names))
@@ -639,31 +632,9 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("shadow", {})["in_process"] = shadow_row.measure(model.files, challenger_files)
 
         results["load_average_after"] = load_average()
-        print(format_report(results), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
-            say(f"figures written to {args.json}")
-        return 0
-    except (KeyboardInterrupt, Stop):
-        say("interrupted: stopping everything this run started")
-        return 130
-    except Exception as exc:
-        say(f"failed: {exc}")
-        for server in procs.servers:
-            say(f"--- last lines of {server.label} ({server.log_path}) ---\n{server.log_tail()}")
-        raise
-    finally:
-        procs.stop_all()
-        if s3_server is not None:
-            s3_server.stop()
-        if args.keep:
-            say(f"kept {work}")
-        else:
-            _remove(work)
+        return servers.print_results(format_report(results), results, args.json, say)
 
-
-def _remove(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    return servers.run_guarded(run, procs, started, work, args.keep, say)
 
 
 if __name__ == "__main__":

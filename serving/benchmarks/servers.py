@@ -7,10 +7,12 @@ blocks and signal handlers: nothing is left running after the benchmark.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -86,7 +89,7 @@ class Server:
 
     def rss_mb(self) -> float:
         """Resident memory of the process and all its descendants."""
-        return sum(_rss_kb(pid) for pid in _tree(self.process.pid)) / 1024.0
+        return sum(_rss_kb(pid) for pid in process_tree(self.process.pid)) / 1024.0
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -101,7 +104,12 @@ class ProcessSet:
 
     servers: list[Server] = field(default_factory=list)
 
-    def start(self, label: str, argv: list[str], env: dict[str, str], port: int, log_path: Path) -> Server:
+    def start(
+        self, label: str, argv: list[str], env: dict[str, str], port: int, log_path: Path, cpus: str | None = None
+    ) -> Server:
+        """cpus: a CPU list for taskset (e.g. "0"): the process and all it starts stay on those CPUs."""
+        if cpus is not None:
+            argv = ["taskset", "-c", cpus, *argv]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("wb")
         started = time.monotonic()
@@ -140,7 +148,7 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)  # the group we created with start_new_session
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -163,6 +171,63 @@ def _rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+class Stop(Exception):
+    """SIGTERM: unwind like Ctrl-C so every started process is stopped."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop()
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs) afterwards")
+
+
+def bench_environment() -> None:
+    """What every server started here inherits: test credentials for the local S3, one OpenMP thread."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def print_results(report: str, results: dict, json_path: Path | None, say: Callable[[str], None]) -> int:
+    """The table on stdout and, with --json, the figures in a file; 0 (the benchmark's exit status)."""
+    print(report, flush=True)
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2))
+        say(f"figures written to {json_path}")
+    return 0
+
+
+def run_guarded(
+    run: Callable[[], int], procs: ProcessSet, started: list[Any], work: Path, keep: bool, say: Callable[[str], None]
+) -> int:
+    """Run a benchmark's steps: 130 after Ctrl-C or SIGTERM; on a failure the last lines of every
+    server's log; whatever happened, every server and whatever is in `started` (e.g. the local S3)
+    stopped, and the work folder removed unless `keep`."""
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a shell ignoring it
+    try:
+        return run()
+    except (KeyboardInterrupt, Stop):
+        say("interrupted: stopping everything this run started")
+        return 130
+    except Exception as exc:
+        say(f"failed: {exc}")
+        for server in procs.servers:
+            say(f"--- last lines of {server.label} ({server.log_path}) ---\n{server.log_tail()}")
+        raise
+    finally:
+        procs.stop_all()
+        for thing in started:
+            thing.stop()
+        if keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- our server
@@ -196,6 +261,7 @@ def ours_env(
         AWS_SECRET_ACCESS_KEY=env.get("AWS_SECRET_ACCESS_KEY", "testing"),
         MODEL_CACHE_DIR=str(cache_dir),
         PORT=str(port),
+        GRPC_PORT=str(free_port()),
         HOST=HOST,
         LOG_LEVEL="INFO",
         OMP_NUM_THREADS="1",
@@ -254,8 +320,8 @@ def _base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
-def write_mlserver_repo(folder: Path, name: str, version: str, model_file: bytes, port: int) -> None:
-    """settings.json (its best setting: one process, no worker pool) and the model folder."""
+def write_mlserver_repo(folder: Path, name: str, version: str, model_file: bytes, port: int) -> dict:
+    """settings.json (its best setting: one process, no worker pool) and the model folder; returns the settings."""
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
         "debug": False,
@@ -276,6 +342,7 @@ def write_mlserver_repo(folder: Path, name: str, version: str, model_file: bytes
         "parameters": {"uri": "./lightgbm_model.txt", "version": version},
     }
     (model_dir / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+    return settings
 
 
 def mlserver_env() -> dict[str, str]:

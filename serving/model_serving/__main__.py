@@ -1,10 +1,13 @@
 """`python -m model_serving`: the serving process of one pod, configured from the environment.
 
 uvicorn (httptools + uvloop) runs the plain ASGI app behind the size and time
-limits of http_limits; there is no access log (requests are counted in
-/metrics). SIGTERM first drains for SERVING_DRAIN_SECONDS: readiness answers
-503 and every response carries `Connection: close`, while requests are still
-answered; then it stops accepting connections, lets in-flight requests finish
+limits of http_limits, and the V2 gRPC service (api/grpc_server.py) listens on
+GRPC_PORT in the same event loop, sharing models, predictions and metrics;
+there is no access log (requests are counted in /metrics). SIGTERM first
+drains for SERVING_DRAIN_SECONDS: readiness answers 503 and every HTTP
+response carries `Connection: close`, while requests are still answered, and
+gRPC stops taking new calls (GOAWAY) while it finishes those in progress; then
+HTTP stops accepting connections, lets in-flight requests finish
 (SERVING_GRACEFUL_TIMEOUT_SECONDS) and exits. A second SIGTERM skips the
 drain. SIGHUP reloads the loaded models.
 """
@@ -16,15 +19,18 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from model_serving.config import ConfigError, Settings
 from model_serving.logs import setup_logging
 
+if TYPE_CHECKING:
+    from model_serving.api.app import ServingApp
+
 log = logging.getLogger("model_serving")
 
 
-def build_app(settings: Settings) -> Any:
+def build_app(settings: Settings) -> ServingApp:
     """The ASGI app. The pod's own model starts loading in a thread before the web stack is
     imported: reading, hashing and parsing the model run in C while Python imports the rest."""
     from model_serving.loading.disk_cache import DiskCache
@@ -47,10 +53,21 @@ def build_app(settings: Settings) -> Any:
         location = ModelLocation(settings.asset_class, settings.ticker)
         early = loader.load_in_background(ModelSpec(location, settings.stage, settings.version, settings.digest))
 
-    from model_serving.api.app import ServingApp
+    from model_serving.api.app import SERVER_NAME, SERVER_VERSION, ServingApp
+    from model_serving.api.scoring import Scorer
     from model_serving.api.service import ModelService
 
-    return ServingApp(ModelService(settings, loader, s3, metrics, early), metrics)
+    service = ModelService(settings, loader, s3, metrics, early)
+    scorer = Scorer(service)
+    app = ServingApp(service, metrics, scorer)
+    if settings.grpc_port:
+        from model_serving.api.grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(service, scorer, metrics, SERVER_NAME, SERVER_VERSION)
+        app.grpc = grpc_server
+        app.on_startup.append(grpc_server.start)
+        app.on_shutdown.append(lambda: grpc_server.stop(settings.graceful_timeout_seconds))
+    return app
 
 
 def main() -> int:
@@ -97,6 +114,8 @@ def main() -> int:
                 if DRAIN.active and not getattr(self, "_drain_started", False):
                     self._drain_started = True
                     DRAIN.start()  # in the loop: responses in progress get `Connection: close` too
+                    if app.grpc is not None:  # GOAWAY now: gRPC clients move to pods that are not stopping
+                        app.grpc.begin_stop(settings.drain_seconds + settings.graceful_timeout_seconds)
                 if time.monotonic() >= self.drain_until:
                     self.should_exit = True
             return await super().on_tick(counter)
@@ -121,6 +140,7 @@ def main() -> int:
         "starting",
         extra={
             "port": settings.port,
+            "grpc_port": settings.grpc_port or "off",
             "ticker": settings.ticker or "any registered",
             "stage": settings.stage.value,
             "version": settings.version,

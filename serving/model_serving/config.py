@@ -14,7 +14,18 @@ from pod_contract import DRAIN_SECONDS, GRACEFUL_SECONDS, ConfigError, Env, PodM
 __all__ = ["ConfigError", "Settings"]
 
 
-@dataclass(frozen=True)
+# The body limit's default lets a request of SERVING_MAX_BATCH_ROWS rows through in every encoding: the
+# binary tensor extension and gRPC carry 8 bytes per FP64 value, JSON up to ~26 (a float64 written out
+# in full, its separator, and for the seeds' objects the feature name too, ~40 more). 10,000 rows of
+# 84 features in JSON are about 22 MB (the seeds' named objects ~45 MB with 30-character names), far
+# above the old 1 MiB that refused a 1,000-row JSON batch while 10,000 rows were "allowed". A large
+# body no longer risks memory: JSON bodies are counted (values, not bytes) against the row limit
+# before they are parsed (payloads.check_value_count), so the body limit only bounds bytes held.
+DEFAULT_MAX_BATCH_ROWS = 10_000
+DEFAULT_MAX_BODY_BYTES = 64 << 20
+
+
+@dataclass(frozen=True, kw_only=True)  # kw_only: PodModel ends with defaulted fields
 class Settings(PodModel):
     """The pod contract plus the serving knobs."""
 
@@ -50,8 +61,8 @@ class Settings(PodModel):
             host=env.text("HOST", "0.0.0.0"),
             log_level=env.log_level("LOG_LEVEL", "INFO"),
             compile_trees=env.flag("SERVING_COMPILE_TREES", True),
-            max_body_bytes=env.integer("SERVING_MAX_BODY_BYTES", 1 << 20, 1024, 1 << 30),
-            max_batch_rows=env.integer("SERVING_MAX_BATCH_ROWS", 10_000, 1, 10_000_000),
+            max_body_bytes=env.integer("SERVING_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
+            max_batch_rows=env.integer("SERVING_MAX_BATCH_ROWS", DEFAULT_MAX_BATCH_ROWS, 1, 10_000_000),
             null_as_missing=env.flag("SERVING_NULL_AS_MISSING", False),
             registry_ttl_seconds=env.seconds("SERVING_REGISTRY_TTL_SECONDS", 60.0),
             manifest_wait_seconds=env.seconds("SERVING_MANIFEST_WAIT_SECONDS", 10.0),

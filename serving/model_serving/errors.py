@@ -39,6 +39,10 @@ class PayloadTooLarge(HttpError):
     status = 413
 
 
+class UnsupportedMediaType(HttpError):
+    status = 415
+
+
 class Unavailable(HttpError):
     """The server cannot answer now (model not loaded, S3 unreachable); not the client's fault."""
 

@@ -30,15 +30,20 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
+        # protocol: http or grpc. The endpoint labels are shared (a V2 inference is "infer" either way),
+        # and code is the HTTP status, for gRPC the one the same outcome gets over HTTP (grpc_server.py).
         self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
-            "Time from request received to response sent, by endpoint.",
-            ["endpoint"],
+            "Time from request received to response sent, by endpoint and protocol.",
+            ["endpoint", "protocol"],
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
         self.requests = Counter(
-            f"{PREFIX}_requests", "HTTP requests by endpoint and status code.", ["endpoint", "code"], registry=r
+            f"{PREFIX}_requests",
+            "Requests by endpoint, status code (HTTP's, also for gRPC) and protocol (http, grpc).",
+            ["endpoint", "code", "protocol"],
+            registry=r,
         )
         self.in_flight = Gauge(
             f"{PREFIX}_requests_in_flight", "Requests received and not yet answered (this scrape included).", registry=r
@@ -103,19 +108,20 @@ class Metrics:
             ["model", "challenger", "digest", "state"],
             registry=r,
         )
-        self._endpoint_children: dict[str, tuple[Histogram, dict[int, Counter]]] = {}
+        self._endpoint_children: dict[tuple[str, str], tuple[Histogram, dict[int, Counter]]] = {}
         self._info_labels: dict[tuple[int, str], tuple[str, ...]] = {}
         self._info_lock = threading.Lock()
 
-    def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
-        children = self._endpoint_children.get(endpoint)
+    def observe_request(self, endpoint: str, code: int, seconds: float, protocol: str = "http") -> None:
+        key = (endpoint, protocol)
+        children = self._endpoint_children.get(key)
         if children is None:
-            children = self._endpoint_children[endpoint] = (self.request_duration.labels(endpoint), {})
+            children = self._endpoint_children[key] = (self.request_duration.labels(endpoint, protocol), {})
         histogram, counters = children
         histogram.observe(seconds)
         counter = counters.get(code)
         if counter is None:
-            counter = counters[code] = self.requests.labels(endpoint, str(code))
+            counter = counters[code] = self.requests.labels(endpoint, str(code), protocol)
         counter.inc()
 
     def set_model_info(self, model: str, ticker: str, version: str, digest: str, engine: str, stage: str) -> None:

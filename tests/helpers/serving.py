@@ -84,6 +84,7 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
         "MODEL_CACHE_DIR": str(cache_dir),
         "PORT": str(free_port()),
+        "GRPC_PORT": str(free_port()),  # pods share 127.0.0.1 here: never the contract's fixed 8081
         "HOST": "127.0.0.1",
         "OMP_NUM_THREADS": "1",
         "SERVING_COMPILE_TREES": "0",
@@ -108,6 +109,7 @@ class Server:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = int(env["PORT"])
+        self.grpc_port = int(env.get("GRPC_PORT") or 0)  # 0: gRPC off
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.monotonic()

@@ -89,6 +89,20 @@ def test_service_targets_the_pods_by_the_immutable_selector() -> None:
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
 
 
+def test_the_service_and_the_pods_expose_v2_grpc_on_its_own_port() -> None:
+    model = parse_spec(SPEC)
+    svc = build_service("spy", "trading", model, 8080)
+    container = build_deployment("spy", "trading", model, DIGEST, "i", 8080)["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    ports = {p["name"]: p for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert ports["http"]["containerPort"] == 8080 and env["PORT"] == "8080"
+    assert ports["grpc"]["containerPort"] == 8081 and env["GRPC_PORT"] == "8081"
+    grpc = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert (grpc["port"], grpc["targetPort"], grpc["appProtocol"]) == (8081, "grpc", "kubernetes.io/h2c")
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

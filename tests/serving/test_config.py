@@ -32,7 +32,7 @@ def test_pod_contract_and_defaults() -> None:
     assert (s.port, s.cache_dir, s.max_body_bytes, s.compile_trees, s.null_as_missing) == (
         8080,
         Path("/var/cache/models"),
-        1 << 20,
+        64 << 20,
         True,
         False,
     )

@@ -88,6 +88,7 @@ def test_a_pickle_in_the_bucket_is_never_run_in_the_pod(
 LIMITS = {
     "SERVING_HEADER_TIMEOUT_SECONDS": "8",
     "SERVING_BODY_TIMEOUT_SECONDS": "8",
+    "SERVING_MAX_BODY_BYTES": str(1 << 20),  # the figures below are sized for a 1 MiB body limit
 }
 
 

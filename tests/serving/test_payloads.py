@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from devstack.demo_model import DemoModel
 from helpers.serving import served_model
 from model_serving.api import payloads
+from model_serving.api.tensors import OutputRequest
 from model_serving.errors import BadRequest
 from model_serving.loading.served_model import ServedModel
 
@@ -105,7 +107,7 @@ def test_v2_flat_and_nested_data_give_the_same_rows(model: ServedModel) -> None:
     nested, _ = payloads.infer_rows(model, {"inputs": [tensor(rows.tolist(), [2, 84])]}, False, 100)
     np.testing.assert_array_equal(flat, rows)
     np.testing.assert_array_equal(nested, rows)
-    assert outputs == ["probabilities", "strategy"]
+    assert outputs == [OutputRequest("probabilities"), OutputRequest("strategy")]
 
 
 def test_v2_fp32_is_rounded_like_the_clients_tensor(model: ServedModel) -> None:
@@ -157,7 +159,11 @@ def test_v2_missing_feature_inputs_are_named(model: ServedModel) -> None:
 def test_v2_response_carries_probabilities_and_labels(model: ServedModel) -> None:
     probabilities = np.array([[0.1] * 9 + [0.1], [0.0] * 9 + [1.0]])
     probabilities[0, 3] = 0.5
-    doc = payloads.infer_response(model, "SPY", probabilities, ["output-0", "strategy"], "req-1")
+    body, json_length = payloads.infer_reply(
+        model, "SPY", probabilities, [OutputRequest("output-0"), OutputRequest("strategy")], "req-1"
+    )
+    assert json_length is None
+    doc = json.loads(body)
     assert doc["model_name"] == "SPY" and doc["id"] == "req-1" and doc["model_version"] == model.version
     probs, labels = doc["outputs"]
     assert probs["name"] == "output-0" and probs["shape"] == [2, 10] and probs["datatype"] == "FP64"

@@ -70,9 +70,9 @@ def shared_bucket(s3_endpoint: str, demo_v1: DemoModel, demo_stock: DemoModel) -
 def lazy_server(
     shared_bucket: dict[str, Any], s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """No MODEL_TICKER: serves every registered ticker, loading each model on first use."""
+    """No MODEL_TICKER: serves every registered ticker, loading each model on first use; a 1 MiB body limit."""
     tmp = tmp_path_factory.mktemp("lazy")
-    env = server_env(shared_bucket["name"], s3_endpoint, tmp / "cache")
+    env = server_env(shared_bucket["name"], s3_endpoint, tmp / "cache", SERVING_MAX_BODY_BYTES=str(1 << 20))
     server = Server(env, tmp / "server.log")
     server.wait_ready()
     yield server
@@ -125,7 +125,7 @@ def test_stock_tickers_share_one_universal_model(
 def test_v2_protocol(lazy_server: Server, shared_bucket: dict[str, Any], demo_v1: DemoModel) -> None:
     assert lazy_server.get("/v2/health/live").json() == {"live": True}
     assert lazy_server.get("/v2/health/ready").json() == {"ready": True}
-    assert lazy_server.get("/v2").json()["extensions"] == ["model_repository"]
+    assert lazy_server.get("/v2").json()["extensions"] == ["model_repository", "binary_tensor_data"]
 
     rows = feature_rows(demo_v1, 3, seed=6)
     expected = booster_predict(demo_v1, rows)
@@ -196,7 +196,7 @@ BIG = b'{"ticker": "SPY", "features": {"x": "' + b"a" * (2 << 20) + b'"}}'
         ("POST", "/v1/predict", "FEATURES:vix=bool", 400, "feature 'vix' is a boolean"),
         ("POST", "/v1/predict", b'{"ticker": "NOPE", "features": {}}', 404, "not in the asset registry"),
         ("POST", "/v1/predict", b'{"ticker": "not a ticker", "features": {}}', 400, "is not valid"),
-        ("POST", "/v1/predict", BIG, 413, "larger than 1048576 bytes"),
+        ("POST", "/v1/predict", BIG, 413, "larger than SERVING_MAX_BODY_BYTES (1048576 bytes)"),
         ("GET", "/v1/predict", None, 405, "GET is not allowed"),
         ("DELETE", "/v2/models/SPY", None, 405, "use GET"),
         ("GET", "/v3/nothing", None, 404, "no such endpoint"),

@@ -23,14 +23,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from model_serving.api import payloads
+from model_serving.api import content_encoding, payloads
 from model_serving.api.offload import INLINE_BODY_BYTES, Offloader, parse_json
+from model_serving.api.scoring import Scorer
 from model_serving.api.service import ModelService
 from model_serving.errors import (
     BadRequest,
@@ -43,25 +43,56 @@ from model_serving.errors import (
     Unavailable,
 )
 from model_serving.http_limits import DRAIN
-from model_serving.loading.served_model import ServedModel
 from model_serving.metrics import Metrics
+
+if TYPE_CHECKING:
+    from model_serving.api.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "tradingmodel-serving"
 SERVER_VERSION = "0.1.0"
-# Batches larger than this are predicted in a worker thread (the C call releases the GIL),
-# so one big request does not stall the single-row traffic behind it.
-INLINE_ROWS = 64
+# Extensions of the V2 protocol served here ("binary_tensor_data": Triton's binary tensor extension).
+EXTENSIONS = ["model_repository", "binary_tensor_data"]
+INFERENCE_HEADER = b"inference-header-content-length"
+# A reply with JSON outputs for more rows than this is written in the helper process (a few ms of
+# orjson and tolist that single rows would otherwise wait behind).
+INLINE_JSON_REPLY_ROWS = 2048
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Reply = tuple[int, bytes, bytes]  # status, body, content type
-Handler = Callable[[Scope, Receive, list[str]], Awaitable[Reply]]
+# A reply that carries headers of its own (the binary tensor extension's Inference-Header-Content-Length).
+HeadedReply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
+Handler = Callable[[Scope, Receive, list[str]], Awaitable[Reply | HeadedReply]]
 Route = tuple[str, dict[str, Handler]]  # (endpoint label for metrics, handler by method)
 
 _JSON = b"application/json"
+_OCTETS = b"application/octet-stream"
+Hook = Callable[[], Awaitable[None]]
+
+
+def body_limit_message(max_body_bytes: int, max_batch_rows: int) -> str:
+    """The 413 message: it names both limits, since which one a batch meets first depends on its encoding."""
+    return (
+        f"the body is larger than SERVING_MAX_BODY_BYTES ({max_body_bytes} bytes); up to SERVING_MAX_BATCH_ROWS "
+        f"({max_batch_rows}) rows are accepted per request: send fewer rows per request, or the same rows as "
+        "binary tensors (Inference-Header-Content-Length) or over gRPC, 8 bytes per value instead of ~20 in JSON"
+    )
+
+
+def _json_part_length(scope: Scope, body_length: int) -> int | None:
+    """Inference-Header-Content-Length (the binary tensor extension), or None when the whole body is JSON."""
+    for name, value in scope["headers"]:
+        if name == INFERENCE_HEADER:
+            if not value.isdigit() or int(value) > body_length:
+                raise BadRequest(
+                    f"Inference-Header-Content-Length must be the byte length of the JSON part of the body "
+                    f"(0 to {body_length}), got {value[:20].decode(errors='replace')!r}"
+                )
+            return int(value)
+    return None
 
 
 class ClientGone(Exception):
@@ -73,11 +104,15 @@ def _json(status: int, doc: Any) -> Reply:
 
 
 class ServingApp:
-    def __init__(self, service: ModelService, metrics: Metrics) -> None:
+    def __init__(self, service: ModelService, metrics: Metrics, scorer: Scorer | None = None) -> None:
         self.service = service
         self.metrics = metrics
         self.settings = service.settings
-        self.batch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
+        self.scorer = scorer or Scorer(service)  # the one prediction path, shared with the gRPC server
+        # Run after the model service starts and before it stops (the gRPC server: __main__).
+        self.on_startup: list[Hook] = []
+        self.on_shutdown: list[Hook] = []
+        self.grpc: GrpcServer | None = None  # the V2 gRPC service beside this app (__main__), if any
         self.offload = Offloader()  # bodies over INLINE_BODY_BYTES: parsed and answered in a helper process
         self._in_flight = metrics.in_flight
         self._buffered = 0  # bytes of request bodies being received, all connections together
@@ -161,7 +196,10 @@ class ServingApp:
         headers: list[tuple[bytes, bytes]] = []
         try:
             endpoint, handler, args = self._route(scope["method"], scope["path"])
-            status, body, content_type = await handler(scope, receive, args)
+            reply = await handler(scope, receive, args)
+            status, body, content_type = reply[0], reply[1], reply[2]
+            if len(reply) == 4:
+                headers += reply[3]
         except HttpError as exc:
             status, body, content_type = _json(exc.status, {"error": exc.message})
             if isinstance(exc, MethodNotAllowed):
@@ -176,11 +214,23 @@ class ServingApp:
         headers += [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+        self.metrics.observe_request(endpoint, status, time.perf_counter() - started, "http")
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, inflated when the client compressed it (within the same byte limit)."""
+        too_large = PayloadTooLarge(body_limit_message(self.settings.max_body_bytes, self.settings.max_batch_rows))
+        body = await self._raw_body(scope, receive, too_large)
+        encoding = content_encoding.encoding_of(scope["headers"])
+        if encoding is None:
+            return body
+        if len(body) > INLINE_BODY_BYTES:  # zlib releases the GIL: single rows go on meanwhile
+            return await asyncio.to_thread(
+                content_encoding.inflate, body, encoding, self.settings.max_body_bytes, too_large
+            )
+        return content_encoding.inflate(body, encoding, self.settings.max_body_bytes, too_large)
+
+    async def _raw_body(self, scope: Scope, receive: Receive, too_large: PayloadTooLarge) -> bytes:
         limit = self.settings.max_body_bytes
-        too_large = PayloadTooLarge(f"the body is larger than {limit} bytes; send fewer rows per request")
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 raise too_large if value.isdigit() else BadRequest("the Content-Length header is not a number")
@@ -214,29 +264,6 @@ class ServingApp:
         finally:
             self._buffered -= size
 
-    async def _predict_rows(self, model: ServedModel, rows: np.ndarray) -> np.ndarray:
-        # model.score: the champion's answer, and the shadow challenger scored beside it
-        if rows.shape[0] <= INLINE_ROWS:
-            probabilities = model.score(rows)
-        else:
-            loop = asyncio.get_running_loop()
-            probabilities = await loop.run_in_executor(self.batch_pool, model.score, rows)
-        counters = model.prediction_counters
-        if rows.shape[0] == 1:
-            counters[int(probabilities[0].argmax())].inc()
-        else:
-            for index, count in enumerate(np.bincount(payloads.best_classes(probabilities), minlength=model.n_classes)):
-                if count:
-                    counters[index].inc(int(count))
-        return probabilities
-
-    async def _model(self, name: str, version: str) -> tuple[ServedModel, str]:
-        ticker = self.service.ticker_for_name(name)
-        model = self.service.cached(ticker) or await self.service.model_for(ticker)
-        if version and version != model.version:
-            raise NotFound(f"version {version} of {name} is not loaded here; this server serves {model.version}")
-        return model, ticker
-
     # -- handlers --------------------------------------------------------------------------------
 
     async def _predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
@@ -250,7 +277,7 @@ class ServingApp:
             rows = payloads.instance_rows(model, payload, null_ok, max_rows)
         else:
             rows = np.array([payloads.named_row(model, payload, '"features"', null_ok)], dtype=np.float64)
-        probabilities = await self._predict_rows(model, rows)
+        probabilities = await self.scorer.predict(model, rows)
         return _json(200, payloads.predict_response(model, ticker, probabilities, batch))
 
     async def _predict_large(self, body: bytes, null_ok: bool, max_rows: int) -> Reply:
@@ -261,37 +288,48 @@ class ServingApp:
         if rows is None or known.get(ticker) is not model:  # rows must follow this model's feature order
             ticker, batch, rows = await offload.predict_rows(body, ticker, {ticker: model}, null_ok, max_rows)
             assert rows is not None
-        probabilities = await self._predict_rows(model, rows)
-        return 200, await offload.respond("predict", model, probabilities, ticker, batch), _JSON
+        probabilities = await self.scorer.predict(model, rows)
+        reply, _ = await offload.respond("predict", model, probabilities, ticker, batch)
+        return 200, reply, _JSON
 
-    async def _infer(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
+    async def _infer(self, scope: Scope, receive: Receive, args: list[str]) -> Reply | HeadedReply:
+        """V2 inference, JSON or with the binary tensor extension (Inference-Header-Content-Length:
+        the JSON part's length; binary input data follows it, and binary outputs follow the reply's)."""
         name, version = args
-        model, _ = await self._model(name, version)
+        model = await self.scorer.model(name, version)
         body = await self._body(scope, receive)
+        json_length = _json_part_length(scope, len(body))
         null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
-        if len(body) > INLINE_BODY_BYTES:
-            rows, outputs, request_id = await self.offload.infer_rows(body, model, null_ok, max_rows)
-            probabilities = await self._predict_rows(model, rows)
-            request_id = request_id or os.urandom(16).hex()
-            return 200, await self.offload.respond("infer", model, probabilities, name, outputs, request_id), _JSON
-        doc = parse_json(body)
-        rows, outputs = payloads.infer_rows(model, doc, null_ok, max_rows)
-        probabilities = await self._predict_rows(model, rows)
-        request_id = doc.get("id")
-        if type(request_id) is not str:
-            request_id = os.urandom(16).hex()
-        return _json(200, payloads.infer_response(model, name, probabilities, outputs, request_id))
+        if (len(body) if json_length is None else json_length) > INLINE_BODY_BYTES:  # much JSON: the helper parses
+            rows, outputs, request_id = await self.offload.infer_rows(body, model, null_ok, max_rows, json_length)
+        else:
+            doc = parse_json(body if json_length is None else body[:json_length])
+            binary = None if json_length is None else memoryview(body)[json_length:]
+            rows, outputs = payloads.infer_rows(model, doc, null_ok, max_rows, binary)
+            request_id = doc.get("id") if type(doc.get("id")) is str else None
+        probabilities = await self.scorer.predict(model, rows)
+        request_id = request_id or os.urandom(16).hex()
+        if rows.shape[0] > INLINE_JSON_REPLY_ROWS and not all(o.binary for o in outputs):
+            reply, reply_json_length = await self.offload.respond(
+                "infer", model, probabilities, name, outputs, request_id
+            )
+        else:
+            reply, reply_json_length = payloads.infer_reply(model, name, probabilities, outputs, request_id)
+        if reply_json_length is None:
+            return 200, reply, _JSON
+        return 200, reply, _OCTETS, [(b"inference-header-content-length", str(reply_json_length).encode())]
 
     async def _v1_predict(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
-        model, _ = await self._model(*args)
+        model = await self.scorer.model(*args)
         body = await self._body(scope, receive)
         null_ok, max_rows = self.settings.null_as_missing, self.settings.max_batch_rows
         if len(body) > INLINE_BODY_BYTES:
             rows = await self.offload.v1_rows(body, model, null_ok, max_rows)
-            probabilities = await self._predict_rows(model, rows)
-            return 200, await self.offload.respond("v1", model, probabilities), _JSON
+            probabilities = await self.scorer.predict(model, rows)
+            reply, _ = await self.offload.respond("v1", model, probabilities)
+            return 200, reply, _JSON
         rows = payloads.instance_rows(model, payloads.v1_instances(parse_json(body)), null_ok, max_rows)
-        probabilities = await self._predict_rows(model, rows)
+        probabilities = await self.scorer.predict(model, rows)
         return _json(200, {"predictions": probabilities.tolist()})
 
     async def _v1_model(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
@@ -302,7 +340,7 @@ class ServingApp:
         return _json(200 if model else 503, {"name": args[0], "ready": model is not None})
 
     async def _model_metadata(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
-        model, _ = await self._model(*args)
+        model = await self.scorer.model(*args)
         return _json(200, payloads.model_metadata(model, args[0]))
 
     async def _model_ready(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
@@ -326,7 +364,7 @@ class ServingApp:
         return _json(503, {"ready": False, "reason": self.service.not_ready_reason})
 
     async def _server_metadata(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
-        return _json(200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["model_repository"]})
+        return _json(200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
     async def _index(self, scope: Scope, receive: Receive, args: list[str]) -> Reply:
         models = [
@@ -388,10 +426,19 @@ class ServingApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.service.start()
+                try:
+                    for hook in self.on_startup:
+                        await hook()
+                except Exception as exc:  # e.g. the gRPC port is taken: the pod must not run half a server
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                for hook in self.on_shutdown:
+                    await hook()
                 await self.service.stop()
-                self.batch_pool.shutdown(wait=False, cancel_futures=True)
+                self.scorer.stop()
                 self.offload.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

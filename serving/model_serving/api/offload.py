@@ -6,7 +6,9 @@ single-row requests on the event loop waited behind them. One helper process (sp
 of the server's threads or event loop is copied; started by the first large body, so a pod that
 only ever sees single rows never pays for it) takes bodies over `INLINE_BODY_BYTES`:
 
-    rows(kind, body, ...)        JSON -> checked float64 rows (numpy arrays cross the pipe as bytes)
+    rows(kind, body, ...)        JSON (and binary tensors after it) -> checked float64 rows (numpy
+                                 arrays cross the pipe as bytes); the commas are counted first, so
+                                 no more values are parsed than SERVING_MAX_BATCH_ROWS rows hold
     respond(kind, view, ...)     probabilities -> the response body (bytes)
 
 The helper sees a `ModelView`, a snapshot of the fields the payload functions read (feature names,
@@ -28,10 +30,14 @@ import numpy as np
 import orjson
 
 from model_serving.api import payloads
+from model_serving.api.tensors import OutputRequest, count_guard
 from model_serving.errors import BadRequest, Unavailable
 from model_serving.loading.served_model import ServedModel
 
 INLINE_BODY_BYTES = 64 << 10
+# The seeds' call names its ticker inside the body: before its model is known, the value count is
+# bounded with this many features per row.
+_UNKNOWN_WIDTH = 256
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ def _predict_rows(
     body: bytes, default_ticker: str | None, views: dict[str, ModelView], null_ok: bool, max_rows: int
 ) -> tuple[str, bool, np.ndarray | None, Any]:
     """The seeds' call: (ticker, batch, rows or None when the ticker's model is not in `views`, request id)."""
+    count_guard(body, max((v.n_features for v in views.values()), default=_UNKNOWN_WIDTH), max_rows)
     doc = parse_json(body)
     ticker, payload, batch = payloads.predict_envelope(doc, default_ticker)
     view = views.get(ticker)
@@ -102,27 +109,34 @@ def _predict_rows(
     return ticker, batch, rows, None
 
 
-def _infer_rows(body: bytes, view: ModelView, null_ok: bool, max_rows: int) -> tuple[np.ndarray, list[str], Any]:
-    doc = parse_json(body)
-    rows, outputs = payloads.infer_rows(cast(Any, view), doc, null_ok, max_rows)
+def _infer_rows(
+    body: bytes, view: ModelView, null_ok: bool, max_rows: int, json_length: int | None
+) -> tuple[np.ndarray, list[OutputRequest], Any]:
+    text = body if json_length is None else body[:json_length]
+    count_guard(text, view.n_features, max_rows)
+    doc = parse_json(text)
+    binary = None if json_length is None else memoryview(body)[json_length:]
+    rows, outputs = payloads.infer_rows(cast(Any, view), doc, null_ok, max_rows, binary)
     request_id = doc.get("id") if type(doc) is dict else None
     return rows, outputs, request_id if type(request_id) is str else None
 
 
 def _v1_rows(body: bytes, view: ModelView, null_ok: bool, max_rows: int) -> np.ndarray:
+    count_guard(body, view.n_features, max_rows)
     instances = payloads.v1_instances(parse_json(body))
     return payloads.instance_rows(cast(Any, view), instances, null_ok, max_rows)
 
 
-def _respond(kind: str, view: ModelView, probabilities: np.ndarray, extra: tuple[Any, ...]) -> bytes:
+def _respond(kind: str, view: ModelView, probabilities: np.ndarray, extra: tuple[Any, ...]) -> tuple[bytes, int | None]:
+    """(body, length of its JSON part when binary outputs follow it, else None)."""
     model = cast(Any, view)
     if kind == "predict":
         ticker, batch = extra
-        return orjson.dumps(payloads.predict_response(model, ticker, probabilities, batch))
+        return orjson.dumps(payloads.predict_response(model, ticker, probabilities, batch)), None
     if kind == "infer":
         name, outputs, request_id = extra
-        return orjson.dumps(payloads.infer_response(model, name, probabilities, outputs, request_id))
-    return orjson.dumps({"predictions": probabilities.tolist()})
+        return payloads.infer_reply(model, name, probabilities, outputs, request_id)
+    return orjson.dumps({"predictions": probabilities.tolist()}), None
 
 
 def _warm() -> bool:
@@ -178,10 +192,10 @@ class Offloader:
         return ticker, batch, rows
 
     async def infer_rows(
-        self, body: bytes, model: ServedModel, null_ok: bool, max_rows: int
-    ) -> tuple[np.ndarray, list[str], str | None]:
-        result: tuple[np.ndarray, list[str], str | None] = await self.run(
-            _infer_rows, body, self.view(model), null_ok, max_rows
+        self, body: bytes, model: ServedModel, null_ok: bool, max_rows: int, json_length: int | None = None
+    ) -> tuple[np.ndarray, list[OutputRequest], str | None]:
+        result: tuple[np.ndarray, list[OutputRequest], str | None] = await self.run(
+            _infer_rows, body, self.view(model), null_ok, max_rows, json_length
         )
         return result
 
@@ -189,6 +203,8 @@ class Offloader:
         rows: np.ndarray = await self.run(_v1_rows, body, self.view(model), null_ok, max_rows)
         return rows
 
-    async def respond(self, kind: str, model: ServedModel, probabilities: np.ndarray, *extra: Any) -> bytes:
-        body: bytes = await self.run(_respond, kind, self.view(model), probabilities, extra)
-        return body
+    async def respond(
+        self, kind: str, model: ServedModel, probabilities: np.ndarray, *extra: Any
+    ) -> tuple[bytes, int | None]:
+        reply: tuple[bytes, int | None] = await self.run(_respond, kind, self.view(model), probabilities, extra)
+        return reply

@@ -19,23 +19,16 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import orjson
 
+from model_serving.api import tensors
+from model_serving.api.tensors import LABEL, PROBABILITIES, InputHeader, OutputRequest
 from model_serving.errors import BadRequest
 from model_serving.loading.served_model import ServedModel
 
 _NUMBERS: frozenset[type] = frozenset({int, float})
 _NUMBERS_OR_NULL: frozenset[type] = frozenset({int, float, type(None)})
-V2_NUMERIC = {"FP64": np.float64, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
-PROBABILITIES = "probabilities"
-LABEL = "strategy"
-# Names other V2 servers use for the same outputs, accepted in a request's "outputs".
-_OUTPUT_ALIASES = {"output-0": PROBABILITIES, "predict_proba": PROBABILITIES, "predict": LABEL, "label": LABEL}
-_LIST_LIMIT = 8
-
-
-def _some(names: list[str]) -> str:
-    shown = ", ".join(names[:_LIST_LIMIT])
-    return shown + (f" (and {len(names) - _LIST_LIMIT} more)" if len(names) > _LIST_LIMIT else "")
+_some = tensors.some
 
 
 def describe(value: Any) -> str:
@@ -106,7 +99,9 @@ def instance_rows(model: ServedModel, instances: list[Any], null_as_missing: boo
     """Rows from a list of {feature name: number} objects or of plain lists in the model's column
     order (GET /v2/models/{name} lists it), as the seeds' batches and KServe's V1 protocol send them."""
     if len(instances) > max_rows:
-        raise BadRequest(f'"instances" has {len(instances)} rows; send at most {max_rows} per request')
+        raise BadRequest(
+            f'"instances" has {len(instances)} rows; send at most {max_rows} per request ({tensors.ROWS_SETTING})'
+        )
     rows: list[Any] = []
     for i, row in enumerate(instances):
         where = f"instances[{i}]"
@@ -157,48 +152,70 @@ def v1_instances(doc: Any) -> list[Any]:
     return instances
 
 
-def best_classes(probabilities: np.ndarray) -> np.ndarray:
-    return probabilities.argmax(axis=1)
-
-
 # -- Open Inference Protocol (V2) ---------------------------------------------------------------
 
 
-def infer_rows(model: ServedModel, doc: Any, null_as_missing: bool, max_rows: int) -> tuple[np.ndarray, list[str]]:
-    """(rows, requested output names) from a V2 inference request."""
+def infer_rows(
+    model: ServedModel, doc: Any, null_as_missing: bool, max_rows: int, binary: bytes | memoryview | None = None
+) -> tuple[np.ndarray, list[OutputRequest]]:
+    """(rows, requested outputs) from a V2 inference request: its JSON document and, with the binary
+    tensor extension, the bytes after it (`binary`), which inputs claim in order by their
+    `parameters.binary_data_size`. An input carries either JSON `data` or binary data."""
     if type(doc) is not dict:
         raise BadRequest(f'the body must be a V2 inference request object with "inputs", got {describe(doc)}')
     inputs = doc.get("inputs")
     if type(inputs) is not list or not inputs or not all(type(i) is dict for i in inputs):
         raise BadRequest('"inputs" must be a non-empty list of tensors {"name", "shape", "datatype", "data"}')
-    names = [i.get("name") for i in inputs]
-    if not all(type(n) is str for n in names):
-        raise BadRequest('every input needs a "name" string')
-    if len(inputs) == 1 and names[0] not in model.feature_index:
-        rows = _tensor_rows(model, inputs[0], null_as_missing)
-    elif all(n in model.feature_index for n in names):
-        rows = _column_rows(model, inputs, null_as_missing)
-    else:
-        unknown = [str(n) for n in names if n not in model.feature_index]
+    headers = [tensors.header(i.get("name"), i.get("datatype"), i.get("shape")) for i in inputs]
+    outputs = requested_outputs(doc)
+    chunks = _binary_chunks(inputs, headers, binary)
+
+    def decode(index: int, tensor: InputHeader, expected: int) -> np.ndarray:
+        data = inputs[index].get("data")
+        chunk = chunks.get(index)
+        if chunk is not None:
+            if data is not None:
+                raise BadRequest(f"{tensor.label}: send either data or binary data (binary_data_size), not both")
+            return tensors.from_bytes(tensor, chunk, expected, null_as_missing)
+        if type(data) is not list:
+            raise BadRequest(f"{tensor.label}: data must be a list of numbers (flat or nested), got {describe(data)}")
+        return _numbers(tensor.label, data, expected, tensors.DTYPES[tensor.datatype], null_as_missing)
+
+    return tensors.rows_from_inputs(model, headers, decode, max_rows), outputs
+
+
+def _binary_chunks(
+    inputs: list[dict[str, Any]], headers: list[InputHeader], binary: bytes | memoryview | None
+) -> dict[int, memoryview]:
+    """Input index -> its slice of the binary data, in input order (the binary tensor extension)."""
+    chunks: dict[int, memoryview] = {}
+    view = memoryview(binary) if binary is not None else None
+    offset = 0
+    for index, (item, tensor) in enumerate(zip(inputs, headers, strict=True)):
+        parameters = item.get("parameters")
+        size = parameters.get("binary_data_size") if type(parameters) is dict else None
+        if size is None:
+            continue
+        if type(size) is not int or size < 0:
+            raise BadRequest(f"{tensor.label}: parameters.binary_data_size must be a byte count, got {size!r:.30}")
+        if view is None:
+            raise BadRequest(
+                f"{tensor.label} has parameters.binary_data_size but the request has no binary part: send the "
+                "Inference-Header-Content-Length header with the length of the JSON part"
+            )
+        if offset + size > len(view):
+            raise BadRequest(
+                f"{tensor.label}: binary_data_size {size} from byte {offset} runs past the {len(view)} bytes "
+                "of binary data after the JSON part"
+            )
+        chunks[index] = view[offset : offset + size]
+        offset += size
+    if view is not None and offset != len(view):
         raise BadRequest(
-            f"send one input of shape [n, {model.n_features}] or one input per feature (shape [n]); "
-            f"these inputs are not features of the model: {_some(unknown)}"
+            f"{len(view) - offset} bytes of binary data after the JSON part belong to no input; give each binary "
+            "input its parameters.binary_data_size (and Inference-Header-Content-Length the JSON part's length)"
         )
-    if rows.shape[0] > max_rows:
-        raise BadRequest(f"the request has {rows.shape[0]} rows; send at most {max_rows} per request")
-    return rows, _requested_outputs(doc.get("outputs"))
-
-
-def _tensor_header(tensor: dict[str, Any]) -> tuple[str, list[int], Any, list[Any]]:
-    name, shape, datatype, data = tensor.get("name"), tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
-    label = f"input {name!r}" if type(name) is str else "an input"
-    if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadRequest(f"{label}: shape must be a list of non-negative integers, got {shape!r:.60}")
-    if type(datatype) is not str or datatype not in V2_NUMERIC:
-        raise BadRequest(f"{label}: datatype {datatype!r:.20} is not supported; use one of {', '.join(V2_NUMERIC)}")
-    if type(data) is not list:
-        raise BadRequest(f"{label}: data must be a list of numbers (flat or nested), got {describe(data)}")
-    return label, shape, V2_NUMERIC[datatype], data
+    return chunks
 
 
 def _numbers(label: str, data: list[Any], expected: int, dtype: Any, null_as_missing: bool) -> np.ndarray:
@@ -227,77 +244,81 @@ def _numbers(label: str, data: list[Any], expected: int, dtype: Any, null_as_mis
     return values.astype(np.float64, copy=False)
 
 
-def _tensor_rows(model: ServedModel, tensor: dict[str, Any], null_as_missing: bool) -> np.ndarray:
-    label, shape, dtype, data = _tensor_header(tensor)
-    width = model.n_features
-    if len(shape) == 1 and shape[0] == width:
-        shape = [1, width]
-    if len(shape) != 2 or shape[1] != width:
-        raise BadRequest(f"{label}: shape must be [n, {width}] (rows, features), got {shape}")
-    if shape[0] == 0:
-        raise BadRequest(f"{label}: shape [0, {width}] has no rows to predict")
-    return _numbers(label, data, shape[0] * width, dtype, null_as_missing).reshape(shape[0], width)
-
-
-def _column_rows(model: ServedModel, inputs: list[dict[str, Any]], null_as_missing: bool) -> np.ndarray:
-    given = [i["name"] for i in inputs]
-    if len(set(given)) != len(given):
-        raise BadRequest("an input name appears twice; send each feature once")
-    missing = [n for n in model.feature_names if n not in set(given)]
-    if missing:
-        raise BadRequest(f"per-feature inputs are missing {len(missing)} feature(s): {_some(missing)}")
-    columns: dict[str, np.ndarray] = {}
-    for tensor in inputs:
-        label, shape, dtype, data = _tensor_header(tensor)
-        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] == 0:
-            raise BadRequest(f"{label}: a per-feature input has shape [n] or [n, 1] with n >= 1, got {shape}")
-        columns[tensor["name"]] = _numbers(label, data, shape[0], dtype, null_as_missing)
-    lengths = {len(c) for c in columns.values()}
-    if len(lengths) != 1:
-        raise BadRequest(f"per-feature inputs have different row counts {sorted(lengths)}; send the same n for each")
-    return np.column_stack([columns[name] for name in model.feature_names])
-
-
-def _requested_outputs(outputs: Any) -> list[str]:
-    if outputs is None:
-        return [PROBABILITIES, LABEL]
+def requested_outputs(doc: dict[str, Any]) -> list[OutputRequest]:
+    """The outputs a V2 request asks for, each in JSON or binary form (`parameters.binary_data` per
+    output, `parameters.binary_data_output` for all); none named: every output."""
+    parameters = doc.get("parameters")
+    if parameters is not None and type(parameters) is not dict:
+        raise BadRequest(f'"parameters" must be an object, got {describe(parameters)}')
+    every_binary = _flag(parameters or {}, "binary_data_output", False, "parameters")
+    outputs = doc.get("outputs")
+    if outputs is None or outputs == []:
+        return tensors.every_output(every_binary)
     if type(outputs) is not list or not all(type(o) is dict and type(o.get("name")) is str for o in outputs):
         raise BadRequest('"outputs" must be a list of {"name": ...} objects')
     chosen = []
     for item in outputs:
-        name = _OUTPUT_ALIASES.get(item["name"], item["name"])
-        if name not in (PROBABILITIES, LABEL):
-            raise BadRequest(f"unknown output {item['name']!r}; this model returns {PROBABILITIES!r} and {LABEL!r}")
-        chosen.append(item["name"])
+        options = item.get("parameters") or {}
+        where = f"output {item['name']!r}"
+        if type(options) is not dict:
+            raise BadRequest(f"{where}: parameters must be an object, got {describe(options)}")
+        for unsupported in ("classification", "shared_memory_region"):
+            if unsupported in options:
+                raise BadRequest(
+                    f"{where}: {unsupported} is not supported here; ask for {PROBABILITIES!r} (every class's "
+                    f"probability) or {LABEL!r} (the chosen strategy)"
+                )
+        chosen.append(tensors.output_request(item["name"], _flag(options, "binary_data", every_binary, where)))
     return chosen
 
 
-def infer_response(
-    model: ServedModel, model_name: str, probabilities: np.ndarray, outputs: list[str], request_id: str
-) -> dict[str, Any]:
+def _flag(options: dict[str, Any], name: str, default: bool, where: str) -> bool:
+    value = options.get(name, default)
+    if type(value) is not bool:
+        raise BadRequest(f"{where}: {name} must be true or false, got {describe(value)}")
+    return value
+
+
+def infer_reply(
+    model: ServedModel, model_name: str, probabilities: np.ndarray, outputs: list[OutputRequest], request_id: str
+) -> tuple[bytes, int | None]:
+    """(body, length of its JSON part) of a V2 inference response; the length is None when every
+    output is in the JSON, else binary outputs follow the JSON in order (Inference-Header-Content-Length)."""
     n = probabilities.shape[0]
-    tensors = []
-    for name in outputs:
-        if _OUTPUT_ALIASES.get(name, name) == PROBABILITIES:
-            tensors.append(
-                {
-                    "name": name,
-                    "shape": [n, model.n_classes],
-                    "datatype": "FP64",
-                    "parameters": {"classes": model.classes},
-                    "data": probabilities.ravel().tolist(),
-                }
-            )
+    best = tensors.best_classes(probabilities)
+    described, blobs = [], []
+    for wanted in outputs:
+        if wanted.kind == PROBABILITIES:
+            tensor: dict[str, Any] = {
+                "name": wanted.name,
+                "shape": [n, model.n_classes],
+                "datatype": "FP64",
+                "parameters": {"classes": model.classes},
+            }
+            blob = tensors.probabilities_bytes(probabilities) if wanted.binary else None
+            data: Any = None if wanted.binary else probabilities.ravel().tolist()
         else:
-            best = best_classes(probabilities).tolist()
-            tensors.append({"name": name, "shape": [n], "datatype": "BYTES", "data": [model.classes[i] for i in best]})
-    return {
-        "model_name": model_name,
-        "model_version": model.version,
-        "id": request_id,
-        "parameters": {"digest": model.digest, "engine": model.engine},
-        "outputs": tensors,
-    }
+            tensor = {"name": wanted.name, "shape": [n], "datatype": "BYTES"}
+            blob = tensors.labels_bytes(model.classes, best) if wanted.binary else None
+            data = None if wanted.binary else [model.classes[i] for i in best.tolist()]
+        if blob is not None:
+            tensor.setdefault("parameters", {})["binary_data_size"] = len(blob)
+            blobs.append(blob)
+        else:
+            tensor["data"] = data
+        described.append(tensor)
+    head = orjson.dumps(
+        {
+            "model_name": model_name,
+            "model_version": model.version,
+            "id": request_id,
+            "parameters": {"digest": model.digest, "engine": model.engine},
+            "outputs": described,
+        }
+    )
+    if not blobs:
+        return head, None
+    return b"".join([head, *blobs]), len(head)
 
 
 def model_metadata(model: ServedModel, model_name: str) -> dict[str, Any]:
