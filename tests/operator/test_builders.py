@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from trading_operator.builders import (
+    SERVING_GRPC_PORT,
     build_deployment,
     build_disruption_budget,
     build_network_policy,
@@ -268,10 +269,11 @@ def test_a_disruption_budget_only_with_two_replicas_or_more() -> None:
     assert build_disruption_budget("spy", "trading", parse_spec({**SPEC, "stage": "Archived"})) is None
 
 
-def test_the_network_policy_admits_the_serving_port_only() -> None:
+def test_the_network_policy_admits_the_serving_ports_only() -> None:
     policy = build_network_policy("spy", "trading", parse_spec(SPEC), 8080)
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    ports = [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": SERVING_GRPC_PORT}]  # HTTP, gRPC
+    assert policy["spec"]["ingress"] == [{"ports": ports}]
 
 
 @pytest.mark.parametrize(
