@@ -15,6 +15,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -127,13 +128,19 @@ def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
 
     urls = stack.wait_until(scoring_pods, "both spy-production pods to score the challenger", 120)
     prometheus = stack.prometheus
-    series = f'tradingmodel_shadow_predictions_total{{tradingmodel="spy-production",challenger="{CHALLENGER}"}}'
+    # these pods only: Prometheus' data in .stack/ keeps the last samples of an earlier run's pods
+    instances = "|".join(url.split("://", 1)[1] for url in urls)
+    series = (
+        f'tradingmodel_shadow_predictions_total{{tradingmodel="spy-production",challenger="{CHALLENGER}",'
+        f'instance=~"{instances}"}}'
+    )
     if prometheus is not None:  # increase() counts from the first scrape: let it see the counters at 0
         try:
             stack.wait_until(lambda: len(prometheus.query(series)) >= len(urls), "Prometheus to scrape the pods", 90)
         except TimeoutError:
             say("    (Prometheus has not scraped every pod yet: the agreement below counts from its first scrape)")
 
+    shadow_started = time.monotonic()  # the report's window starts here: .stack/ keeps earlier runs' series
     service = stack.wait_until(lambda: stack.service_url("spy-production"), "the spy-production Service", 30)
     rows, _ = synthetic_market(300, seed=31)
     names = feature_names()
@@ -154,7 +161,8 @@ def journey(stack: LocalStack, say: Say, step: Callable[[], int]) -> None:
                              "Prometheus to scrape the comparisons", 90)  # fmt: skip
         except TimeoutError:
             say("    (Prometheus has not scraped the last comparisons yet: the report counts what it holds)")
-        flags = ("--prometheus-url", prometheus.url, "--prometheus-window", "1h")
+        window = f"{int(time.monotonic() - shadow_started) + 10}s"
+        flags = ("--prometheus-url", prometheus.url, "--prometheus-window", window)
     else:
         say("    (no Prometheus on this machine: the report has no shadow agreement; apt-get install prometheus)")
     promoted = copy.deepcopy(production)
