@@ -378,7 +378,9 @@ def _line_up(stack: Stack, victims: list[Victim], version: str) -> None:
         return
     (victim,) = victims
     set_spec(stack, victim.name, version=version)
-    deadline = time.monotonic() + 30
+    # A bound that proves the move stalled, not a speed check: under a load average of 25 on the
+    # shared 2-core machines a pass took up to 50 s to start (kopf's watch lagging behind).
+    deadline = time.monotonic() + 180
     while (step := step_of(stack, victim.location, version, len(victim.expected))) != victim.trigger:
         assert STEPS.index(step) < STEPS.index(str(victim.trigger)), f"the move passed step {victim.trigger} unseen"
         assert time.monotonic() < deadline, f"the move to {version} never reached step {victim.trigger} ({step})"
