@@ -7,6 +7,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -18,12 +19,14 @@ from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import KubeApi
+from trading_operator.pacing import drift_due
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
 
 CONFIG = OperatorConfig.from_env()
 # kopf passes its indexes as keyword arguments its handler protocols do not name: hence the default.
 NO_CLAIMS: Claims = {}
+NO_POPULATION: kopf.Index[str, None] = cast(kopf.Index[str, None], {})
 # Rollout passes are short (no S3 once promoted) and what moves a TradingModel to Ready: a lane
 # of their own, so that they never queue behind a thousand promotions in kopf's pool.
 ROLLOUT_LANE = max(2, CONFIG.workers // 4)
@@ -57,6 +60,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = CONFIG.workers
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 20]
+    # After kopf patches its annotations (last handled spec), it waits this long for the watch to
+    # bring that version before it handles the events before it (our own status writes, which
+    # still show the old annotations and so a spec change to handle). The default 5 s is shorter
+    # than the watch's lag when a thousand TradingModels change at once: the spec handler then ran
+    # two or three times per change. Waiting costs nothing: newer events end the wait at once.
+    settings.persistence.consistency_timeout = 60
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
@@ -86,6 +95,12 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
     return claims_of(dict(body))
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def tradingmodel_population(**_: Any) -> dict[str, None]:
+    """Every TradingModel under one key: how many there are, for the drift timer's pace."""
+    return {"all": None}
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
@@ -98,11 +113,26 @@ def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingm
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.drift_check_seconds, initial_delay=CONFIG.drift_check_seconds)
 async def drift_check(
-    *, namespace: str | None, name: str, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
+    *,
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    memo: Any,
+    tradingmodel_claims: Claims = NO_CLAIMS,
+    tradingmodel_population: kopf.Index[str, None] = NO_POPULATION,
+    **_: Any,
 ) -> None:
     """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge.
     Also when a spec change looks pending: kopf runs no update handler for a spec set back to the
-    last one it handled (e.g. a refused version reverted), so only this pass converges it."""
+    last one it handled (e.g. a refused version reverted), so only this pass converges it.
+    Settled TradingModels are checked at a pace that keeps to DRIFT_CHECKS_PER_SECOND (pacing)."""
+    now = time.monotonic()
+    population = len(tradingmodel_population.get("all", ()))
+    # kopf's memo is per object (a shallow copy of the operator's): the time of its last pass.
+    last = memo.get("drift_passed_at")
+    if not drift_due(dict(body), last, now, CONFIG.drift_check_seconds, population, CONFIG.drift_checks_per_second):
+        return
+    memo["drift_passed_at"] = now
     await _in_lane(_timer_lane, _timed, "drift", namespace or "default", name, memo.deps, tradingmodel_claims)
 
 

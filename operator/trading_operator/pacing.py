@@ -1,0 +1,37 @@
+"""How often the drift timer checks a TradingModel: every DRIFT_CHECK_SECONDS, stretched at scale.
+
+A drift pass lists the stage and reads two manifests and the TradingModel: with a thousand
+TradingModels and a 60 s interval that is 17 passes a second, more than a mass version change
+leaves room for. The passes over settled TradingModels (Ready or Archived at their generation) are
+kept to DRIFT_CHECKS_PER_SECOND: each is checked every max(DRIFT_CHECK_SECONDS, N / that rate)
+seconds. One that is not settled (a retry due, a Conflict waiting for its stage, a spec change
+kopf did not hand over) is checked at every tick of its timer, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trading_operator.status import ARCHIVED, READY
+
+
+def drift_interval(base_seconds: float, population: int, per_second: float) -> float:
+    """Seconds between two drift passes over one settled TradingModel among `population`."""
+    return max(base_seconds, population / per_second)
+
+
+def settled(body: dict[str, Any]) -> bool:
+    status = body.get("status") or {}
+    generation = (body.get("metadata") or {}).get("generation")
+    return status.get("phase") in (READY, ARCHIVED) and status.get("observedGeneration") == generation
+
+
+def drift_due(
+    body: dict[str, Any], last_pass: float | None, now: float, base_seconds: float, population: int, per_second: float
+) -> bool:
+    """Whether this tick of the drift timer (every `base_seconds`) runs a pass; `last_pass` is the
+    time of the previous one (None: none yet)."""
+    if last_pass is None or not settled(body):
+        return True
+    # Half a tick of slack: a timer tick comes about `base_seconds` after the last, never exactly.
+    return now - last_pass >= drift_interval(base_seconds, population, per_second) - base_seconds / 2
