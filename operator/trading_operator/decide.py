@@ -48,7 +48,7 @@ class View:
     rival: str | None = None  # namespace/name of the TradingModel that keeps this one's claim
     deployment: dict[str, Any] | None = None  # the live serving Deployment
     target_ready: int | None = None  # ready pods of the wanted version, counted while a rollout runs
-    rollout_only: bool = False  # a Deployment event: S3 was converged for this generation already
+    rollout_only: bool = False  # S3 is as a pass of this generation left it, if the status says it promoted
     deep: bool = False  # hash every stage file against its manifest
 
     @property

@@ -104,10 +104,14 @@ def tradingmodel_population(**_: Any) -> dict[str, None]:
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
-def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
-            **_: Any) -> None:  # fmt: skip
+def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, reason: str,
+            tradingmodel_claims: Claims = NO_CLAIMS, **_: Any) -> None:  # fmt: skip
+    """An update whose generation a pass already promoted (its status says so) is kopf running the
+    handler again for a change handled before its own annotation came back through the watch:
+    that pass follows the rollout only, as a Deployment event does (no S3; drift is the timers')."""
     with metrics.timed_pass("spec"):
-        plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+        plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims,
+                         rollout_only=reason == kopf.Reason.UPDATE)  # fmt: skip
     _raise_for(plan, retry)
 
 
@@ -179,8 +183,9 @@ async def on_deployment(
         if progress is None or _progress_seen.get(uid) == progress:
             return
     namespace = body.metadata.namespace or "default"
+    seen = None if type == "DELETED" else dict(body)  # a deleted one is read (and found gone: re-created)
     await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
-                   rollout_only=True)  # fmt: skip
+                   rollout_only=True, deployment=seen)  # fmt: skip
     with _progress_guard:
         if progress is None:
             _progress_seen.pop(uid, None)

@@ -76,28 +76,36 @@ def reconcile(
     *,
     rollout_only: bool = False,
     deep: bool = False,
+    deployment: dict[str, Any] | None = None,
 ) -> Plan | None:
     """Converge one TradingModel; None when it no longer exists.
 
-    `rollout_only` (for Deployment events) trusts S3 as last converged for this generation and
-    only refreshes the rollout; `deep` hashes every stage file against its manifest."""
+    `rollout_only` (Deployment events, kopf re-running an update) trusts S3 as last converged
+    for this generation when the status says a pass of it promoted, and then only follows the
+    rollout; `deep` hashes every stage file against its manifest; `deployment`
+    is the serving Deployment as the event that started the pass showed it (not read again: an
+    older copy than the live one at worst, whose spec hash then differs from ours, so the pass
+    writes our spec again, which changes nothing, and shows the rollout as not complete)."""
     with _lock_for(namespace, name):
         body = deps.kube.get_tradingmodel(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        view = _observe(body, deps, claims, rollout_only, deep)
+        view = _observe(body, deps, claims, rollout_only, deep, deployment)
         wanted = store_wanted(view)
         outcome = _converge_store(wanted, view, deps)
         plan = decide(view, outcome)
-        return _apply(view, plan, deps)
+        # A pass that trusted S3 trusts the Service too: a pass of this generation applied it.
+        return _apply(view, plan, deps, with_service=not (view.rollout_only and wanted is None))
 
 
-def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool) -> View:
+def _observe(
+    body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool, seen: dict[str, Any] | None
+) -> View:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     wanted = spec_claim(body)
     holder = rival(claims_of(body)[wanted], claims.get(wanted, ())) if wanted else None
-    deployment = deps.kube.get("apps/v1", "Deployment", namespace, name)
+    deployment = seen if seen is not None else deps.kube.get("apps/v1", "Deployment", namespace, name)
     target_ready = None
     if deployment is not None and not rollout_state(deployment)[2]:
         version = ((body.get("spec") or {}).get("version")) or ""
@@ -145,14 +153,14 @@ def _converge_store(wanted: Promote | RecordArchive | None, view: View, deps: De
     return StoreOutcome(result=result, registry_error=registry_error)
 
 
-def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
+def _apply(view: View, plan: Plan, deps: Deps, with_service: bool = True) -> Plan:
     body = view.body
     try:
         if plan.scale_to_zero:
             _scale_to_zero(view, deps)
         if plan.deployment is not None:
             _apply_owned(body, plan.deployment, view.deployment, deps)
-        if plan.service is not None and not view.rollout_only:
+        if plan.service is not None and with_service:
             service = plan.service["metadata"]
             live = deps.kube.get("v1", "Service", service["namespace"], service["name"])
             _apply_owned(body, plan.service, live, deps)
