@@ -16,6 +16,10 @@ def test_the_interval_is_the_configured_one_until_the_rate_would_be_exceeded() -
     assert drift_interval(60, 1000, 5) == 200
 
 
+def test_a_rollout_of_what_its_generation_promoted_is_settled() -> None:
+    assert not drift_due(_body("RollingOut"), 0.0, 60.0, 60, 1000, 5)
+
+
 def test_a_settled_model_among_few_is_checked_at_every_tick() -> None:
     assert drift_due(_body(), last_pass=0.0, now=59.0, base_seconds=60, population=100, per_second=5)
 
@@ -31,6 +35,6 @@ def test_a_settled_model_among_many_skips_ticks_until_its_interval_passed() -> N
 
 
 def test_an_unsettled_or_never_checked_model_is_checked_at_every_tick() -> None:
-    for body in (_body("Failed"), _body("Conflict"), _body("RollingOut"), _body(observed=2)):
+    for body in (_body("Failed"), _body("Conflict"), _body("RollingOut", observed=2), _body(observed=2)):
         assert drift_due(body, 0.0, 60.0, 60, 1000, 5)
     assert drift_due(_body(), None, 60.0, 60, 1000, 5)
