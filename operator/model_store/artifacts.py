@@ -5,21 +5,15 @@ from __future__ import annotations
 import io
 import json
 import pickletools
-import re
 from typing import Any
 
 from model_store.errors import InvalidArtifacts
 from model_store.layout import FEATURE_NAMES, LABEL_ENCODER, METADATA, MODEL_NATIVE, MODEL_PICKLE
+from model_store.native_model import MalformedModel, check_model_text, native_header
 
 KNOWN_FILES = (MODEL_NATIVE, MODEL_PICKLE, LABEL_ENCODER, FEATURE_NAMES, METADATA)
 # Optional extras the seeds mention (e.g. stock_embeddings.pkl) are allowed if listed here.
 OPTIONAL_FILES = ("stock_embeddings.pkl",)
-
-
-def native_header(model_text: bytes) -> dict[str, str]:
-    """The key=value header of a LightGBM text model (before the first tree)."""
-    head = model_text[: 1 << 16].split(b"\nTree=", 1)[0].decode("utf-8", "replace")
-    return {m.group(1): m.group(2) for m in re.finditer(r"^([a-z_]+)=(.*)$", head, re.MULTILINE)}
 
 
 MODEL_CLASSES = {
@@ -47,20 +41,15 @@ def pickled_class(data: bytes) -> str | None:
 
 
 def check_model_loads(files: dict[str, bytes], feature_count: int) -> None:
-    """The model file is a LightGBM model: the text model loads with LightGBM and takes the
-    declared features; a pickled model builds a LightGBM model class (its opcodes are read, never
-    run: a pickle from the bucket executes whatever it names when loaded)."""
+    """The model file is a LightGBM model: the text model has the structure LightGBM's loader
+    needs and takes the declared features (model_store.native_model: no `import lightgbm` in the
+    operator); a pickled model builds a LightGBM model class (its opcodes are read, never run: a
+    pickle from the bucket executes whatever it names when loaded)."""
     if MODEL_NATIVE in files:
-        import lightgbm
-
         try:
-            booster = lightgbm.Booster(model_str=files[MODEL_NATIVE].decode("utf-8"))
-        except (lightgbm.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+            check_model_text(files[MODEL_NATIVE].decode("utf-8"), feature_count)
+        except (MalformedModel, UnicodeDecodeError) as exc:
             raise InvalidArtifacts(f"{MODEL_NATIVE} does not load as a LightGBM model: {exc}") from None
-        if booster.num_feature() != feature_count:
-            raise InvalidArtifacts(
-                f"{MODEL_NATIVE} takes {booster.num_feature()} features, {FEATURE_NAMES} lists {feature_count}"
-            )
     else:
         found = pickled_class(files[MODEL_PICKLE])
         if found not in MODEL_CLASSES:

@@ -93,3 +93,18 @@ def _unpickle(data: bytes, name: str, allowed: set[str]) -> Any:
         return joblib.load(io.BytesIO(data))
     except Exception as exc:
         raise InvalidArtifacts(f"{name} cannot be unpickled here: {exc!r}") from None
+
+
+def check_loads_in_lightgbm(files: dict[str, bytes]) -> None:
+    """The stronger check on the publisher's machine: the text model loads in LightGBM itself, when
+    it is installed (the operator checks the text's structure only: model_store.native_model)."""
+    if MODEL_NATIVE not in files:
+        return
+    try:
+        import lightgbm
+    except ImportError:
+        return
+    try:
+        lightgbm.Booster(model_str=files[MODEL_NATIVE].decode("utf-8"))
+    except (lightgbm.basic.LightGBMError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArtifacts(f"{MODEL_NATIVE} does not load as a LightGBM model: {exc}") from None

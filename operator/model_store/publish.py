@@ -11,7 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from model_store.artifacts import KNOWN_FILES, OPTIONAL_FILES, check_artifacts
-from model_store.convert import convert_pickles
+from model_store.convert import check_loads_in_lightgbm, convert_pickles
 from model_store.errors import CorruptVersion, PublishConflict
 from model_store.layout import MANIFEST_NAME, ModelLocation, check_version
 from model_store.manifest import Manifest, ManifestError
@@ -95,6 +95,7 @@ def publish_version(
         log.warning("converted", extra={"detail": warning})
     files = converted.files
     check_artifacts(files, version)
+    check_loads_in_lightgbm(files)
     prefix = location.archive_prefix(version)
     manifest = Manifest.build(location.model_key, version, files, created=utc_now())
 

@@ -266,10 +266,15 @@ def sync_registries(
         return True
 
     def set_asset(doc: Document) -> bool:
-        before = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        # Only this model's part of the document is compared (the whole grows with the models).
+        if location.asset_class is AssetClass.ETF:
+            part, mine = _section(doc, "etfs", bucket, ASSET_REGISTRY_KEY), location.ticker
+        else:
+            part, mine = doc, "stocks"
+        before = orjson.dumps(part.get(mine), option=orjson.OPT_SORT_KEYS)
         path = location.stage_prefix(Stage.PRODUCTION)
         if location.asset_class is AssetClass.ETF:
-            entry = _section(doc, "etfs", bucket, ASSET_REGISTRY_KEY).setdefault(location.ticker, {})
+            entry = part.setdefault(mine, {})
             entry.update(model_type="etf_specific", model_path=path)
         else:
             stocks = _section(doc, "stocks", bucket, ASSET_REGISTRY_KEY)
@@ -284,7 +289,7 @@ def sync_registries(
             entry.update(status="active", version=holds.version, **{k: details[k] for k in DETAILS if k in details})
         else:
             entry.setdefault("status", "staging")
-        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) != before
+        return orjson.dumps(part.get(mine), option=orjson.OPT_SORT_KEYS) != before
 
     try:
         with ThreadPoolExecutor(1) as other:  # the two documents at once: each waits for its own batch

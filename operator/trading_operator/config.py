@@ -17,6 +17,7 @@ class OperatorConfig:
     serving_image: str = ""  # required by `tmctl operator`: the manifests set it from their `images:`
     watch_namespace: str = ""  # empty: all namespaces
     drift_check_seconds: int = 60  # list each stage: stray, missing or rewritten files
+    drift_checks_per_second: int = 5  # at most this many settled TradingModels checked a second (many: longer)
     deep_check_seconds: int = 3600  # hash each stage file against its manifest
     history_limit: int = 10
     serving_port: int = 8080
@@ -43,6 +44,7 @@ class OperatorConfig:
             serving_image=env.text("SERVING_IMAGE", cls.serving_image),
             watch_namespace=env.text("WATCH_NAMESPACE"),
             drift_check_seconds=env.integer("DRIFT_CHECK_SECONDS", cls.drift_check_seconds, 1, day),
+            drift_checks_per_second=env.integer("DRIFT_CHECKS_PER_SECOND", cls.drift_checks_per_second, 1, 10_000),
             deep_check_seconds=env.integer("DEEP_CHECK_SECONDS", cls.deep_check_seconds, 1, 7 * day),
             history_limit=env.integer("HISTORY_LIMIT", cls.history_limit, 1, 1000),
             serving_port=serving_port,

@@ -62,7 +62,7 @@ class View:
     rival: str | None = None  # namespace/name of the TradingModel that keeps this one's claim
     deployment: dict[str, Any] | None = None  # the live serving Deployment
     target_ready: int | None = None  # ready pods of the wanted version, counted while a rollout runs
-    rollout_only: bool = False  # a Deployment event: S3 was converged for this generation already
+    rollout_only: bool = False  # S3 is as a pass of this generation left it, if the status says it promoted
     deep: bool = False  # hash every stage file against its manifest
     autoscaler: dict[str, Any] | None = None  # the live HorizontalPodAutoscaler (read when one may exist)
 
@@ -389,11 +389,16 @@ def _in_history(view: View, move_id: str) -> bool:
 
 
 def _promoted_this_generation(view: View, model: TradingModelSpec) -> bool:
-    old = view.old
+    return promoted_this_generation(view.body)
+
+
+def promoted_this_generation(body: dict[str, Any]) -> bool:
+    """Its status says a pass of its current generation promoted its version (S3 is as it left it)."""
+    old = body.get("status") or {}
     promoted = condition(old.get("conditions") or [], "Promoted")
     return (
-        old.get("observedGeneration") == view.generation
-        and old.get("activeVersion") == model.version
+        old.get("observedGeneration") == int((body.get("metadata") or {}).get("generation") or 1)
+        and old.get("activeVersion") == (body.get("spec") or {}).get("version")
         and bool(old.get("digest"))
         and promoted is not None
         and promoted.get("status") == "True"

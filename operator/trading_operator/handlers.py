@@ -18,6 +18,7 @@ from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import Forbidden, KubeApi
+from trading_operator.pacing import drift_seconds, settled
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
 from trading_operator.sweep import Sweep
@@ -72,6 +73,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # A TradingModel deleted while its drift pass runs (or waits for a thread) keeps kopf's
     # finalizer until kopf looks again at its timer: every 60 s by default, a minute-long delete.
     settings.background.cancellation_polling = 2
+    # After kopf patches its annotations (last handled spec), it waits this long for the watch to
+    # bring that version before it handles the events before it (our own status writes, which
+    # still show the old annotations and so a spec change to handle). The default 5 s is shorter
+    # than the watch's lag when a thousand TradingModels change at once: the spec handler then ran
+    # two or three times per change. Waiting costs nothing: newer events end the wait at once.
+    settings.persistence.consistency_timeout = 60
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
     if not CONFIG.standalone:
@@ -111,11 +118,15 @@ def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
-def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, tradingmodel_claims: Claims = NO_CLAIMS,
-            **_: Any) -> None:  # fmt: skip
+def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, reason: str,
+            tradingmodel_claims: Claims = NO_CLAIMS, **_: Any) -> None:  # fmt: skip
+    """An update whose generation a pass already promoted (its status says so) is kopf running the
+    handler again for a change handled before its own annotation came back through the watch:
+    that pass follows the rollout only, as a Deployment event does (no S3; drift is the sweep's)."""
     with metrics.timed_pass("spec") as record:
         try:
-            plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims)
+            plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims,
+                             rollout_only=reason == kopf.Reason.UPDATE)  # fmt: skip
         except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
             raise kopf.TemporaryError(str(exc), delay=CONFIG.retry_max_seconds) from exc
         record.ended_with(plan)
@@ -128,11 +139,30 @@ class Periodic:
     context (kopf.event needs it); kopf's claims index is live, so the one seen first is kept."""
 
     def __init__(self) -> None:
-        self.drift = Sweep(CONFIG.drift_check_seconds, functools.partial(self._pass, "drift"))
+        base = CONFIG.drift_check_seconds
+        self.drift = Sweep(base, functools.partial(self._pass, "drift"), self._drift_seconds)
         self.deep = Sweep(CONFIG.deep_check_seconds, functools.partial(self._pass, "deep", deep=True))
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: Deps | None = None
         self._claims: Claims = NO_CLAIMS
+        self._settled: dict[Any, bool] = {}  # from the watch: settled ones are checked at a pace (pacing.py)
+
+    def saw(self, key: Any, body: dict[str, Any] | None) -> None:
+        """The watch showed this TradingModel (None: deleted)."""
+        if body is None:
+            self._settled.pop(key, None)
+        else:
+            self._settled[key] = settled(body)
+        for sweep in (self.drift, self.deep):
+            if body is None:
+                sweep.forget(key)
+            else:
+                sweep.track(key)
+
+    def _drift_seconds(self, key: Any) -> float:
+        return drift_seconds(
+            self._settled.get(key, False), CONFIG.drift_check_seconds, len(self.drift), CONFIG.drift_checks_per_second
+        )
 
     def start(self, deps: Deps, claims: Claims) -> None:
         if not self._tasks:
@@ -159,11 +189,7 @@ async def schedule_checks(
     periodic: Periodic = memo.periodic
     periodic.start(memo.deps, tradingmodel_claims)
     key = (body.metadata.namespace or "default", body.metadata.name)
-    for sweep in (periodic.drift, periodic.deep):
-        if type == "DELETED":
-            sweep.forget(key)
-        else:
-            sweep.track(key)
+    periodic.saw(key, None if type == "DELETED" else dict(body))
 
 
 @kopf.on.cleanup()
@@ -217,8 +243,9 @@ async def on_deployment(
         if progress is None or _progress_seen.get(uid) == progress:
             return
     namespace = body.metadata.namespace or "default"
+    seen = None if type == "DELETED" else dict(body)  # a deleted one is read (and found gone: re-created)
     await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
-                   rollout_only=True)  # fmt: skip
+                   rollout_only=True, deployment=seen)  # fmt: skip
     with _progress_guard:
         if progress is None:
             _progress_seen.pop(uid, None)

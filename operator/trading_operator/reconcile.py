@@ -38,6 +38,7 @@ from trading_operator.decide import (
     deployment_rejected,
     may_have_budget,
     needs_write,
+    promoted_this_generation,
     status_changed,
     store_wanted,
 )
@@ -79,16 +80,21 @@ def reconcile(
     *,
     rollout_only: bool = False,
     deep: bool = False,
+    deployment: dict[str, Any] | None = None,
 ) -> Plan | None:
     """Converge one TradingModel; None when it no longer exists.
 
-    `rollout_only` (for Deployment events) trusts S3 as last converged for this generation and
-    only refreshes the rollout; `deep` hashes every stage file against its manifest."""
+    `rollout_only` (Deployment events, kopf re-running an update) trusts S3 as last converged
+    for this generation when the status says a pass of it promoted, and then only follows the
+    rollout; `deep` hashes every stage file against its manifest; `deployment`
+    is the serving Deployment as the event that started the pass showed it (not read again: an
+    older copy than the live one at worst, whose spec hash then differs from ours, so the pass
+    writes our spec again, which changes nothing, and shows the rollout as not complete)."""
     with _lock_for(namespace, name):
         body = deps.kube.get_tradingmodel(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        view = _observe(body, deps, claims, rollout_only, deep)
+        view = _observe(body, deps, claims, rollout_only, deep, deployment)
         wanted = store_wanted(view)
         outcome = _converge_store(wanted, view, deps)
         plan = _apply(view, decide(view, outcome), deps)
@@ -96,12 +102,17 @@ def reconcile(
         return plan
 
 
-def _observe(body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool) -> View:
+def _observe(
+    body: dict[str, Any], deps: Deps, claims: Claims, rollout_only: bool, deep: bool, seen: dict[str, Any] | None
+) -> View:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    # A rollout-only pass trusts S3 (and the objects a full pass applies) only where a pass of this
+    # generation promoted; anything else gets a full pass.
+    rollout_only = rollout_only and promoted_this_generation(body)
     wanted = spec_claim(body)
     holder = rival(claims_of(body)[wanted], claims.get(wanted, ())) if wanted else None
-    deployment = deps.kube.get("apps/v1", "Deployment", namespace, name)
+    deployment = seen if seen is not None else deps.kube.get("apps/v1", "Deployment", namespace, name)
     target_ready = None
     if deployment is not None and not rollout_state(deployment)[2]:
         version = ((body.get("spec") or {}).get("version")) or ""

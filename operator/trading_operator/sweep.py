@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class Sweep:
-    def __init__(self, interval: float, run_pass: Callable[[Hashable], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        interval: float,
+        run_pass: Callable[[Hashable], Awaitable[None]],
+        interval_for: Callable[[Hashable], float] | None = None,
+    ) -> None:
         self.interval = interval
+        self._interval_for = interval_for  # a key's own interval (the drift sweep's pace), else `interval`
         self._run_pass = run_pass
         self._due: list[tuple[float, int, Hashable]] = []  # (when, tie-breaker, key): a heap
         self._order = itertools.count()
@@ -45,7 +51,8 @@ class Sweep:
         self._tracked.discard(key)
 
     def _schedule(self, key: Hashable) -> None:
-        heapq.heappush(self._due, (asyncio.get_running_loop().time() + self.interval, next(self._order), key))
+        interval = self._interval_for(key) if self._interval_for else self.interval
+        heapq.heappush(self._due, (asyncio.get_running_loop().time() + interval, next(self._order), key))
         self._changed.set()
 
     async def run(self) -> None:

@@ -1,5 +1,8 @@
 """Read a LightGBM native text model into plain trees, for code generation.
 
+The text is cut into header and tree blocks by model_store.native_model (the check the operator
+runs on every version); this module keeps what the compiled trees need.
+
 Only what prediction needs is kept: numeric splits (feature, threshold,
 decision type, children) and leaf values. Thresholds and leaf values are
 printed by LightGBM with 17 significant digits and parsed here with Python's
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+
+from model_store.native_model import MalformedModel, split_model_text
 
 # LightGBM's decision_type bit layout (include/LightGBM/tree.h).
 _CATEGORICAL_MASK = 1
@@ -65,10 +70,11 @@ class Forest:
 
 def parse_model_text(text: str) -> Forest:
     """Parse LightGBM's `model_to_string()` output; raise Unsupported for what we cannot compile."""
-    head, sep, rest = text.partition("\nTree=")
-    if not sep:
-        raise Unsupported("the model text has no trees")
-    header = _key_values(head)
+    try:
+        model = split_model_text(text)
+    except MalformedModel as exc:
+        raise Unsupported(str(exc)) from None
+    header = model.header
     if "average_output" in header:
         raise Unsupported("random-forest models (average_output) are not compiled")
     objective, sigmoid = _objective(header.get("objective", ""))
@@ -82,9 +88,7 @@ def parse_model_text(text: str) -> Forest:
     if num_features > MAX_FEATURES:
         raise Unsupported(f"{num_features} features: the compiled row copies are kept to {MAX_FEATURES}")
 
-    body = rest.split("\nend of trees", 1)[0]
-    blocks = ("Tree=" + body).split("\nTree=")
-    trees = tuple(_parse_tree(block, num_features) for block in blocks)
+    trees = tuple(_parse_tree(kv, num_features) for kv in model.trees)
     if len(trees) % num_class:
         raise Unsupported(f"{len(trees)} trees is not a multiple of num_class={num_class}")
     return Forest(objective, sigmoid, num_class, num_features, trees)
@@ -100,17 +104,8 @@ def _objective(line: str) -> tuple[str, float]:
     raise Unsupported(f"objective {line!r} is not compiled (only binary and multiclass softmax)")
 
 
-def _key_values(block: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for line in block.splitlines():
-        key, eq, value = line.partition("=")
-        pairs[key.strip()] = value.strip() if eq else ""
-    return pairs
-
-
-def _parse_tree(block: str, num_features: int) -> Tree:
-    kv = _key_values(block)
-    where = block.split("\n", 1)[0]
+def _parse_tree(kv: dict[str, str], num_features: int) -> Tree:
+    where = f"Tree={kv.get('Tree', '?')}"
     if kv.get("is_linear", "0") != "0":
         raise Unsupported(f"{where}: linear trees are not compiled")
     if kv.get("num_cat", "0") != "0":

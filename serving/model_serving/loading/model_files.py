@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_store.artifacts import native_header
 from model_store.layout import FEATURE_NAMES, LABEL_ENCODER, METADATA, MODEL_NATIVE, MODEL_PICKLE
 from model_store.manifest import Manifest
+from model_store.native_model import native_header
 
 _GENERIC_NAME = re.compile(r"^Column_\d+$")
 

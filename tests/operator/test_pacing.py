@@ -1,0 +1,32 @@
+"""The drift sweep's pace: every DRIFT_CHECK_SECONDS for few TradingModels or unsettled ones,
+stretched at scale to DRIFT_CHECKS_PER_SECOND."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trading_operator.pacing import drift_interval, drift_seconds, settled
+
+
+def _body(phase: str = "Ready", generation: int = 3, observed: int = 3) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}, "status": {"phase": phase, "observedGeneration": observed}}
+
+
+def test_the_interval_is_the_configured_one_until_the_rate_would_be_exceeded() -> None:
+    assert drift_interval(60, 100, 5) == 60
+    assert drift_interval(60, 1000, 5) == 200
+
+
+def test_a_rollout_of_what_its_generation_promoted_is_settled() -> None:
+    assert settled(_body("RollingOut")) and settled(_body()) and settled(_body("Archived"))
+
+
+def test_a_settled_model_among_many_waits_for_the_paced_interval() -> None:
+    assert drift_seconds(True, 60, 100, 5) == 60  # few: every DRIFT_CHECK_SECONDS
+    assert drift_seconds(True, 60, 1000, 5) == 200  # 1000 at 5 checks a second
+
+
+def test_an_unsettled_model_is_checked_every_base_interval() -> None:
+    for body in (_body("Failed"), _body("Conflict"), _body("RollingOut", observed=2), _body(observed=2), {}):
+        assert not settled(body)
+        assert drift_seconds(settled(body), 60, 1000, 5) == 60
