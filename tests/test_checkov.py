@@ -32,9 +32,7 @@ IMAGES = [
 ]
 # Failing now, fixed by work on another branch (the serving pods' builder): each says by what. Once
 # fixed, its entry must go (the test fails on an entry that no longer fails, so none lingers).
-PENDING = {
-    ("CKV_K8S_38", "Deployment"): "serving pods mount no service account token (issue 10, pod safety)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 
 pytestmark = [
     pytest.mark.skipif(KUBECTL is None, reason="kubectl not found: pip install -e '.[dev]'"),

@@ -124,8 +124,9 @@ def operator_role(folder: str) -> dict[str, Any]:
 def test_rbac_is_least_privilege(folder: str) -> None:
     """Which verbs: tests/operator/test_install.py derives them from a day of the real operator.
     Here: every install grants the same rules (the namespaced one less the cluster-scoped CRD
-    watch), no wildcards, Secrets by name only, nothing deleted by the operator but a disruption
-    budget or an autoscaler it no longer wants (the Deployment and Service go by garbage collection)."""
+    watch, and peering through a KopfPeering instead of a ClusterKopfPeering), no wildcards,
+    Secrets by name only, nothing deleted by the operator but a disruption budget or an autoscaler
+    it no longer wants (the Deployment and Service go by garbage collection)."""
     rules = operator_role(folder)["rules"]
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
@@ -134,7 +135,11 @@ def test_rbac_is_least_privilege(folder: str) -> None:
     assert deleted == {("policy", "poddisruptionbudgets"), ("autoscaling", "horizontalpodautoscalers")}
     cluster = granted(operator_role("default")["rules"])
     crds = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
-    assert granted(rules) == (cluster - crds if operator_role(folder)["kind"] == "Role" else cluster)
+    peering_verbs = ("get", "list", "watch", "patch", "create")
+    peering = {("kopf.dev", "clusterkopfpeerings", v) for v in peering_verbs}
+    in_namespace = {("kopf.dev", "kopfpeerings", v) for _, _, v in peering}
+    namespaced = (cluster - crds - peering) | in_namespace
+    assert granted(rules) == (namespaced if operator_role(folder)["kind"] == "Role" else cluster)
 
 
 @needs_kubectl

@@ -87,12 +87,39 @@ def day(stack: LocalStack, name: str, ticker: str) -> None:
     stack.kubectl("annotate", "service", name, f"{SPEC_HASH_ANNOTATION}-")
     stack.wait_until(lambda: SPEC_HASH_ANNOTATION in (stack.get("v1", "services", name) or {}).get("metadata", {})
                      .get("annotations", {}), f"Service {name} written back")  # fmt: skip
+    # Two replicas: a disruption budget; hand edits of the budget and the network policy are
+    # written back; autoscaling on, changed and off: the HorizontalPodAutoscaler's whole life.
+    patch('{"serving": {"replicas": 2}}')
+    for plural, what in (("poddisruptionbudgets", "policy/v1"), ("networkpolicies", "networking.k8s.io/v1")):
+        written_back(stack, what, plural, name)
+    patch('{"serving": {"replicas": 1, "autoscaling": {"maxReplicas": 3}}}')
+    stack.wait_until(lambda: stack.get("autoscaling/v2", "horizontalpodautoscalers", name) is not None, "HPA made")
+    stack.wait_until(lambda: stack.get("policy/v1", "poddisruptionbudgets", name) is None, "budget deleted")
+    patch('{"serving": {"autoscaling": {"maxReplicas": 4}}}')
+    stack.wait_until(lambda: ((stack.get("autoscaling/v2", "horizontalpodautoscalers", name) or {}).get("spec") or {})
+                     .get("maxReplicas") == 4, "HPA patched")  # fmt: skip
+    patch('{"serving": {"autoscaling": null}}')
+    stack.wait_until(lambda: stack.get("autoscaling/v2", "horizontalpodautoscalers", name) is None, "HPA deleted")
+    phase(name, "Ready", "v1.0")
     apply(f"{name}-rival", "v1.1")
     phase(f"{name}-rival", "Conflict")
     patch('{"stage": "Archived"}')
     phase(name, "Archived")
     stack.kubectl("delete", "tm", f"{name}-rival", name)
     stack.wait_until(lambda: stack.get("apps/v1", "deployments", name) is None, f"Deployment {name} collected")
+
+
+def written_back(stack: LocalStack, api_version: str, plural: str, name: str) -> None:
+    """The object exists; a hand edit that drops its spec hash is written back by the next pass."""
+
+    def hash_of() -> str | None:
+        return (((stack.get(api_version, plural, name) or {}).get("metadata") or {}).get("annotations") or {}).get(
+            SPEC_HASH_ANNOTATION
+        )
+
+    stack.wait_until(lambda: hash_of() is not None, f"{plural} {name} made")
+    stack.kubectl("annotate", plural, name, f"{SPEC_HASH_ANNOTATION}-")
+    stack.wait_until(lambda: hash_of() is not None, f"{plural} {name} written back")
 
 
 def operator_rbac(folder: str) -> tuple[list[dict[str, Any]], str | None]:

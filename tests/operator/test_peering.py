@@ -150,7 +150,7 @@ def test_without_the_peering_crd_the_operator_stops_at_startup_saying_what_to_in
         with pytest.raises(PeeringUnavailable, match=r"crds/kopf-peering.yaml .* or set STANDALONE=true"):
             ensure_peering_object(kube, "tm-peers", None)
         # the real operator process: it must end (not sit paused) and say the same
-        env = {"KUBECONFIG": str(tmp_path / "kubeconfig"), "PATH": "/usr/bin:/bin"}
+        env = {"KUBECONFIG": str(tmp_path / "kubeconfig"), "PATH": "/usr/bin:/bin", "SERVING_IMAGE": "local-process"}
         done = subprocess.run([sys.executable, "-m", "trading_operator.cli", "operator"], env=env,
                               capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
         assert done.returncode != 0
@@ -165,7 +165,7 @@ def test_an_operator_watching_one_namespace_peers_there_and_withdraws_when_stopp
     api, kube = _api(loop, tmp_path, [CRD_PATH, PEERING_CRD_PATH])
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig"), "POD_ID": "desk-replica",
-           "METRICS_PORT": str(port)}  # fmt: skip
+           "METRICS_PORT": str(port), "SERVING_IMAGE": "local-process"}  # fmt: skip
     env.pop("KUBERNETES_SERVICE_HOST", None)
     kube.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "desk"}})
     command = [sys.executable, "-m", "trading_operator.cli", "operator", "--namespace", "desk"]

@@ -3,6 +3,7 @@ that scraped a real serving process scoring the proposed version in shadow (S3: 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -89,8 +90,12 @@ def test_the_report_shows_what_the_shadow_measured(
     assert code == 0, report
     assert "| `trading/spy-production` | etfs/SPY | Production | v1.0 → v1.1 | ✅ |" in report
     assert "**Shadow agreement**: production pods scored v1.1 beside v1.0 on " in report
-    assert f"same strategy {rate:.1%} of the time" in report, report
-    assert f"mean absolute probability difference {mean_difference:.4f}" in report, report
+    # Prometheus' increase() extrapolates each counter to the window's edges from its own samples, so
+    # the ratio it gives can differ from the pods' exact one by a little (78.5% for 94/120 seen).
+    said = re.search(r"same strategy ([0-9.]+)% of the time, mean absolute probability difference ([0-9.]+)", report)
+    assert said is not None, report
+    assert abs(float(said.group(1)) / 100 - rate) < 0.01, (rate, report)
+    assert abs(float(said.group(2)) - mean_difference) < 0.002, (mean_difference, report)
 
 
 @pytest.mark.usefixtures("published")
