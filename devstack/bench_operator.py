@@ -92,16 +92,24 @@ class Children:
                 raise RuntimeError(f"{name} exited with code {proc.returncode}:\n  " + "\n  ".join(tail))
 
     def stop_all(self) -> None:
-        """The last started first (the operator before the API it talks to), each given 10 s."""
-        for proc in reversed(list(self.procs.values())):
-            if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.procs.clear()
+        """The last started first (the operator before the API it talks to), each given 10 s. A
+        second Ctrl-C or SIGTERM while this runs is ignored: interrupting the teardown itself left
+        the local API and the operator running (seen)."""
+        in_main = threading.current_thread() is threading.main_thread()
+        held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+        try:
+            for proc in reversed(list(self.procs.values())):
+                if proc.poll() is None:
+                    _signal_group(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            self.procs.clear()
+        finally:
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -646,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         _serve(args.serve, Path(args.dir), args.api)
         return 0
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started where SIGINT is ignored
     sizes = args.n or [100, 1000]
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
