@@ -35,8 +35,8 @@ from model_store.errors import CorruptVersion, InvalidArtifacts, PromotionInProg
 from model_store.layout import MANIFEST_NAME, METADATA, ModelLocation, Stage, check_version
 from model_store.manifest import Manifest, ManifestError
 from model_store.publish import content_type, utc_now
-from model_store.registry import DETAILS, deployment_history, record_once, registered, sync_registries
-from model_store.s3 import get_bytes, is_not_found, lost_conditional_write, read_manifest
+from model_store.registry import DETAILS, deployment_history, read_document, record_once, registered, sync_registries
+from model_store.s3 import get_bytes, lost_conditional_write, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -360,13 +360,8 @@ def _intended_move(
 
 
 def _read_intent(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str | None]:
-    try:
-        obj = client.get_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if is_not_found(exc):
-            return {}, None
-        raise
-    return _json_or_empty(obj["Body"].read()), str(obj["ETag"])
+    # An unreadable intent counts as none (the move it described is found again from the stage).
+    return read_document(client, bucket, key, parse=lambda raw, _bucket, _key: _json_or_empty(raw))
 
 
 def _in_history(client: Any, bucket: str, move_id: str) -> bool:

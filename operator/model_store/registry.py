@@ -44,15 +44,18 @@ _ATTEMPTS = 8
 DETAILS = ("accuracy", "trained_date", "training_samples")  # from metadata.json into the asset registry
 
 
-def read_document(client: Any, bucket: str, key: str) -> tuple[Document, str | None]:
-    """The document and its ETag; an empty document and None when it does not exist yet."""
+def read_document(
+    client: Any, bucket: str, key: str, parse: Callable[[bytes, str, str], Document] | None = None
+) -> tuple[Document, str | None]:
+    """The document and its ETag; an empty document and None when it does not exist yet. `parse`
+    (raw, bucket, key) replaces the strict default, which refuses anything but a JSON object."""
     try:
         obj = client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if is_not_found(exc):
             return {}, None
         raise
-    return _parse(obj["Body"].read(), bucket, key), obj["ETag"]
+    return (parse or _parse)(obj["Body"].read(), bucket, key), str(obj["ETag"])
 
 
 def _parse(raw: bytes, bucket: str, key: str) -> Document:

@@ -241,7 +241,7 @@ def _delete_owned(body: dict[str, Any], api_version: str, kind: str, deps: Deps)
     live = deps.kube.get(api_version, kind, meta["namespace"], meta["name"])
     owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
     if live is not None and any(ref.get("uid") == meta.get("uid") for ref in owners):
-        deps.kube.delete(api_version, kind, meta["namespace"], meta["name"])
+        _delete_live(live, deps)
 
 
 def _delete_live(live: dict[str, Any], deps: Deps) -> None:
