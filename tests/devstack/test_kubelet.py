@@ -238,7 +238,8 @@ def test_a_version_that_never_gets_ready_leaves_the_old_one_serving(api: HttpApi
     wait_for(new_pod_running_unready, what="the new, never-ready pod")
     assert kubelet.endpoints("default", "stuck") == serving
     assert get_json(f"{serving[0]}/env")["MODEL_VERSION"] == "good"
-    assert reasons(status_of(api, "stuck"))["Progressing"] == "ReplicaSetUpdated"
+    wait_for(lambda: reasons(status_of(api, "stuck")).get("Progressing") == "ReplicaSetUpdated",
+             what="the rollout to be reported in progress")  # fmt: skip
 
     api.merge(f"{DEPLOYMENTS}/stuck", {"spec": {"template": good["spec"]["template"]}})  # roll back
 
@@ -256,7 +257,9 @@ def test_a_rollout_without_progress_past_its_deadline_is_reported_like_the_real_
     api.ok("POST", DEPLOYMENTS, good)
     envs(kubelet, "deadline", 1)
     serving = kubelet.endpoints("default", "deadline")
-    assert reasons(status_of(api, "deadline"))["Progressing"] == "NewReplicaSetAvailable"
+    # The pod turns ready before the controller writes the Deployment's status: wait for it.
+    wait_for(lambda: reasons(status_of(api, "deadline")).get("Progressing") == "NewReplicaSetAvailable",
+             what="the first rollout to complete")  # fmt: skip
 
     bad_template = deployment("deadline", version="bad", extra_env={"STANDIN_NEVER_READY": "1"})["spec"]["template"]
     api.merge(f"{DEPLOYMENTS}/deadline", {"spec": {"template": bad_template}})
