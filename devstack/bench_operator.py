@@ -487,10 +487,10 @@ def _figures(
 
     reconciles = delta("tradingmodel_operator_reconciles_total")
     result.reconciles = int(reconciles)
-    by_trigger: Counter[str] = Counter()  # summed over outcomes (the trigger is the first label)
+    by_trigger: Counter[str] = Counter()  # summed over outcomes
     for key, value in after.items():
         if key.startswith("tradingmodel_operator_reconciles_total{") and value - before.get(key, 0):
-            by_trigger[key.split('"')[1]] += int(value - before.get(key, 0))
+            by_trigger[key.split('trigger="', 1)[1].split('"', 1)[0]] += int(value - before.get(key, 0))
     result.reconciles_by_trigger = dict(by_trigger)
     per = max(reconciles, 1)
     result.mean_pass_ms = round(1000 * delta("tradingmodel_operator_reconcile_duration_seconds_sum") / per, 1)

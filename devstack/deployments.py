@@ -37,6 +37,25 @@ def _essence(value: Any) -> Any:
     return value
 
 
+_hashes: dict[tuple[str, int], str] = {}  # (uid, generation) -> hash: a pass hashes each Deployment 4 times
+_MAX_HASHES = 10_000
+
+
+def spec_template_hash(obj: Mapping[str, Any]) -> str:
+    """`template_hash` of a Deployment's or ReplicaSet's pod template, computed once per generation
+    (the spec, template included, changes only with metadata.generation)."""
+    meta = _meta(obj)
+    template = (obj.get("spec") or {}).get("template") or {}
+    if not meta.get("uid") or not meta.get("generation"):
+        return template_hash(template)
+    key = (str(meta["uid"]), int(meta["generation"]))
+    if key not in _hashes:
+        if len(_hashes) >= _MAX_HASHES:
+            _hashes.clear()
+        _hashes[key] = template_hash(template)
+    return _hashes[key]
+
+
 def template_hash(template: Mapping[str, Any]) -> str:
     """A stable short hash of a pod template, in the alphabet Kubernetes uses for pod-template-hash.
 
@@ -143,7 +162,7 @@ def plan_rollout(
 ) -> ReplicaSetPlan:
     """Surge the new ReplicaSet to the desired count; retire old ones once all new pods are ready."""
     spec = deployment.get("spec") or {}
-    hash_ = template_hash(spec.get("template") or {})
+    hash_ = spec_template_hash(deployment)
     owned = [rs for rs in replica_sets if is_owned_by(rs, deployment) and not is_deleting(rs)]
     current = next((rs for rs in owned if (_meta(rs).get("labels") or {}).get(HASH_LABEL) == hash_), None)
     replicas = desired_replicas(deployment)
@@ -211,7 +230,7 @@ def rollout_progress(
 ) -> tuple[int, ...]:
     """What moves when a rollout progresses: pods of the current template, ready ones, and all pods
     (old ones retired). The Deployment controller's deadline counts from the last change of these."""
-    hash_ = template_hash((deployment.get("spec") or {}).get("template") or {})
+    hash_ = spec_template_hash(deployment)
     owned = [rs for rs in replica_sets if is_owned_by(rs, deployment)]
     current = [rs for rs in owned if (_meta(rs).get("labels") or {}).get(HASH_LABEL) == hash_]
     live = [pod for pod in pods if not is_deleting(pod) and any(is_owned_by(pod, rs) for rs in owned)]
@@ -229,7 +248,7 @@ def deployment_status(
 ) -> dict[str, Any]:
     """status of a Deployment from its ReplicaSets' pods, with Available and Progressing conditions."""
     spec = deployment.get("spec") or {}
-    hash_ = template_hash(spec.get("template") or {})
+    hash_ = spec_template_hash(deployment)
     owned = [rs for rs in replica_sets if is_owned_by(rs, deployment)]
     current = next((rs for rs in owned if (_meta(rs).get("labels") or {}).get(HASH_LABEL) == hash_), None)
     all_pods = [pod for pod in pods if not is_deleting(pod) and any(is_owned_by(pod, rs) for rs in owned)]

@@ -829,7 +829,7 @@ class LocalKubelet:
         async def deployment_status(deployment: dict[str, Any]) -> None:
             meta = _meta(deployment)
             uid = meta["uid"]
-            hash_ = deployments.template_hash((deployment.get("spec") or {}).get("template") or {})
+            hash_ = deployments.spec_template_hash(deployment)
             owned = snapshot.replica_sets_of.get(uid, [])
             pods = snapshot.owned_pods(owned)
             # Like the real controller, the deadline counts from the last progress (a new pod

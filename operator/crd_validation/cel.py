@@ -10,7 +10,9 @@ updates only. On an update, the rules of a value left unchanged are not evaluate
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +26,10 @@ except ImportError:  # optional: the local API still works, without CEL rules
 
 log = logging.getLogger(__name__)
 _programs: dict[str, Any] = {}  # compiling takes a while the first time; rules repeat on every write
+_SELF = re.compile(r"\b(?:oldSelf|self)\b(\.[A-Za-z_][A-Za-z0-9_]*)?(\s*\()?")
+_fields_read: dict[str, frozenset[str] | None] = {}
+_results: dict[tuple[str, str], str | None] = {}  # (rule, the JSON it saw) -> failure message; rules are pure
+_MAX_RESULTS = 4096
 _warned = False
 
 
@@ -32,6 +38,22 @@ def _program(text: str) -> Any:
         env = celpy.Environment()
         _programs[text] = env.program(env.compile(text))
     return _programs[text]
+
+
+def _fields_of(text: str) -> frozenset[str] | None:
+    """The fields of `self` a rule reads when it reads `self` only as `self.field` (None: it may
+    read the whole value, e.g. `size(self)` or `self.all(...)`)."""
+    if text not in _fields_read:
+        found = [None if call else field for field, call in _SELF.findall(text)]  # self.all(...): a call
+        _fields_read[text] = None if not found or "" in found or None in found else frozenset(f[1:] for f in found)
+    return _fields_read[text]
+
+
+def _narrowed(value: Any, text: str) -> Any:
+    """The part of an object a rule can see: converting a whole object to CEL values (a status with
+    its history, on every status write) costs far more than the rule; the result is the same."""
+    fields = _fields_of(text) if isinstance(value, dict) else None
+    return value if fields is None else {k: v for k, v in value.items() if k in fields}
 
 
 def _root_view(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -83,15 +105,13 @@ def _check(rule: Mapping[str, Any], value: Any, old: Any, path: list[Any]) -> Fi
     transition = "oldSelf" in text
     if transition and old is None:
         return None
-    activation = {"self": celpy.json_to_cel(value)}
-    if transition:
-        activation["oldSelf"] = celpy.json_to_cel(old)
-    try:
-        result = _program(text).evaluate(activation)
-        passed = result is True or (isinstance(result, celpy.celtypes.BoolType) and bool(result))
-        message = None if passed else _message(rule, activation)
-    except Exception as exc:  # parse and evaluation errors of a rule reject the object, as in Kubernetes
-        message = f"rule {text!r} could not be evaluated: {exc}"
+    seen = (_narrowed(value, text), _narrowed(old, text) if transition else None)
+    key = (json.dumps(rule, sort_keys=True), json.dumps(seen, sort_keys=True, default=str))
+    if key not in _results:
+        if len(_results) >= _MAX_RESULTS:
+            _results.clear()
+        _results[key] = _failure(rule, text, *seen, transition)
+    message = _results[key]
     if message is None:
         return None
     where = format_path(path) + str(rule.get("fieldPath") or "")
@@ -100,6 +120,19 @@ def _check(rule: Mapping[str, Any], value: Any, old: Any, path: list[Any]) -> Fi
         str(rule.get("reason") or "FieldValueInvalid"),
         f'Invalid value: "{type_name(value)}": {message}',
     )
+
+
+def _failure(rule: Mapping[str, Any], text: str, value: Any, old: Any, transition: bool) -> str | None:
+    """The rule's message if `value` fails it (None: it passes)."""
+    activation = {"self": celpy.json_to_cel(value)}
+    if transition:
+        activation["oldSelf"] = celpy.json_to_cel(old)
+    try:
+        result = _program(text).evaluate(activation)
+        passed = result is True or (isinstance(result, celpy.celtypes.BoolType) and bool(result))
+        return None if passed else _message(rule, activation)
+    except Exception as exc:  # parse and evaluation errors of a rule reject the object, as in Kubernetes
+        return f"rule {text!r} could not be evaluated: {exc}"
 
 
 def _message(rule: Mapping[str, Any], activation: dict[str, Any]) -> str:

@@ -232,6 +232,31 @@ def test_cel_rules_ratchet_what_an_update_leaves_unchanged() -> None:
     ]
 
 
+@pytest.mark.skipif(cel_rules.celpy is None, reason="cel-python is not installed (the local extra installs it)")
+def test_cel_rules_see_what_they_read_and_repeat_their_answers() -> None:
+    """A rule that reads only self.field is given only those fields (a status write then costs the
+    rule, not the conversion of the whole object); one that reads self whole (size(self),
+    self.all(...)) sees all of it; answers repeated from memory are the same answers."""
+    schema = {
+        "type": "object",
+        "x-kubernetes-validations": [
+            {"rule": "size(self) <= 3", "message": "at most 3 fields"},
+            {"rule": "self.all(k, k != 'forbidden')", "message": "no field named forbidden"},
+            {"rule": "self.spec.n < 10", "messageExpression": "'n is ' + string(self.spec.n)"},
+        ],
+    }
+    small = {"metadata": {"name": "a"}, "spec": {"n": 1}}
+    for _ in range(2):  # the second round answers from memory
+        assert cel_rules.violations(schema, small) == []
+        assert [e.detail for e in cel_rules.violations(schema, dict(small, status={}, forbidden=1))] == [
+            'Invalid value: "object": at most 3 fields',
+            'Invalid value: "object": no field named forbidden',
+        ]
+        assert [e.detail for e in cel_rules.violations(schema, dict(small, spec={"n": 12}))] == [
+            'Invalid value: "object": n is 12'
+        ]
+
+
 def pod(name: str, owner: dict[str, Any], ready: bool, created: str = "2025-01-01T00:00:00Z") -> dict[str, Any]:
     return {
         "metadata": {
