@@ -161,7 +161,6 @@ def plan_rollout(
     pods: Sequence[Mapping[str, Any]],
 ) -> ReplicaSetPlan:
     """Surge the new ReplicaSet to the desired count; retire old ones once all new pods are ready."""
-    spec = deployment.get("spec") or {}
     hash_ = spec_template_hash(deployment)
     owned = [rs for rs in replica_sets if is_owned_by(rs, deployment) and not is_deleting(rs)]
     current = next((rs for rs in owned if (_meta(rs).get("labels") or {}).get(HASH_LABEL) == hash_), None)
