@@ -44,8 +44,9 @@ def _fields_of(text: str) -> frozenset[str] | None:
     """The fields of `self` a rule reads when it reads `self` only as `self.field` (None: it may
     read the whole value, e.g. `size(self)` or `self.all(...)`)."""
     if text not in _fields_read:
-        found = [None if call else field for field, call in _SELF.findall(text)]  # self.all(...): a call
-        _fields_read[text] = None if not found or "" in found or None in found else frozenset(f[1:] for f in found)
+        # "" is `self` alone; a call (self.all(...), self.size()) reads the whole value too
+        found = ["" if call else field for field, call in _SELF.findall(text)]
+        _fields_read[text] = None if not found or "" in found else frozenset(f[1:] for f in found)
     return _fields_read[text]
 
 
