@@ -18,7 +18,7 @@ from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import Forbidden, KubeApi
-from trading_operator.pacing import drift_seconds, settled
+from trading_operator.pacing import Changes, drift_seconds, settled, when_idle
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.storage import s3_factory
 from trading_operator.sweep import Sweep
@@ -35,6 +35,7 @@ _rollout_lane = ThreadPoolExecutor(ROLLOUT_LANE, thread_name_prefix="rollout")
 # a spec change (what someone waits for) must not queue behind a minute's worth of drift checks.
 TIMER_LANE = max(2, CONFIG.workers // 4)
 _timer_lane = ThreadPoolExecutor(TIMER_LANE, thread_name_prefix="timers")
+CHANGES = Changes()  # spec and rollout passes running: drift passes wait for them (pacing.py)
 
 
 async def _in_lane(lane: ThreadPoolExecutor, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -123,7 +124,7 @@ def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, reason: 
     """An update whose generation a pass already promoted (its status says so) is kopf running the
     handler again for a change handled before its own annotation came back through the watch:
     that pass follows the rollout only, as a Deployment event does (no S3; drift is the sweep's)."""
-    with metrics.timed_pass("spec") as record:
+    with CHANGES.running(), metrics.timed_pass("spec") as record:
         try:
             plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims,
                              rollout_only=reason == kopf.Reason.UPDATE)  # fmt: skip
@@ -179,6 +180,8 @@ class Periodic:
         the last one it handled (e.g. a refused version reverted), so only this pass converges it.
         The deep pass hashes every file of the stage against its manifest (an edit that kept the ETag)."""
         namespace, name = key
+        if trigger == "drift":
+            await when_idle(CHANGES, longest=self._drift_seconds(key))
         await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self._claims, **options)
 
 
@@ -244,8 +247,9 @@ async def on_deployment(
             return
     namespace = body.metadata.namespace or "default"
     seen = None if type == "DELETED" else dict(body)  # a deleted one is read (and found gone: re-created)
-    await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
-                   rollout_only=True, deployment=seen)  # fmt: skip
+    with CHANGES.running():
+        await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
+                       rollout_only=True, deployment=seen)  # fmt: skip
     with _progress_guard:
         if progress is None:
             _progress_seen.pop(uid, None)

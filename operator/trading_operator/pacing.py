@@ -7,10 +7,18 @@ of their generation promoted: Deployment events move those) are kept to DRIFT_CH
 each is checked every max(DRIFT_CHECK_SECONDS, N / that rate) seconds. One that is not settled (a
 retry due, a Conflict waiting for its stage, a spec change kopf did not hand over) is checked every
 DRIFT_CHECK_SECONDS, as before.
+
+Drift passes also give way to the passes a change starts (spec, rollout): while any of those
+runs, a due drift pass waits, for one drift interval at most. A mass version change then spends
+the operator's CPU on what someone waits for; the checks catch up once it settles.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from trading_operator.status import ARCHIVED, READY, ROLLING_OUT
@@ -30,3 +38,32 @@ def settled(body: dict[str, Any]) -> bool:
 def drift_seconds(is_settled: bool, base_seconds: float, population: int, per_second: float) -> float:
     """Seconds from the end of one drift pass over a TradingModel to the start of its next."""
     return drift_interval(base_seconds, population, per_second) if is_settled else base_seconds
+
+
+class Changes:
+    """How many passes started by a change (spec, rollout) are running, from any thread."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._guard:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._running -= 1
+
+    def busy(self) -> bool:
+        return self._running > 0
+
+
+async def when_idle(changes: Changes, longest: float, poll: float = 0.5) -> None:
+    """Return once no change's pass runs, or after `longest` seconds whatever runs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + longest
+    while changes.busy() and loop.time() < deadline:
+        await asyncio.sleep(min(poll, max(deadline - loop.time(), 0.0)))

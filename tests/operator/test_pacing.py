@@ -3,9 +3,10 @@ stretched at scale to DRIFT_CHECKS_PER_SECOND."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from trading_operator.pacing import drift_interval, drift_seconds, settled
+from trading_operator.pacing import Changes, drift_interval, drift_seconds, settled, when_idle
 
 
 def _body(phase: str = "Ready", generation: int = 3, observed: int = 3) -> dict[str, Any]:
@@ -30,3 +31,38 @@ def test_an_unsettled_model_is_checked_every_base_interval() -> None:
     for body in (_body("Failed"), _body("Conflict"), _body("RollingOut", observed=2), _body(observed=2), {}):
         assert not settled(body)
         assert drift_seconds(settled(body), 60, 1000, 5) == 60
+
+
+def test_a_drift_pass_waits_while_a_change_runs_and_no_longer_than_its_interval() -> None:
+    """Order, not speed: with nothing running it returns before any change starts; with a change
+    running it returns after that change ended; a change that outlasts `longest` does not hold it."""
+
+    async def scenario() -> tuple[list[str], float]:
+        loop = asyncio.get_running_loop()
+        changes = Changes()
+        seen: list[str] = []
+
+        async def change(seconds: float) -> None:
+            with changes.running():
+                seen.append("change started")
+                await asyncio.sleep(seconds)
+                seen.append("change ended")
+
+        await when_idle(changes, longest=60)
+        seen.append("idle at once")
+        task = asyncio.create_task(change(0.3))
+        await asyncio.sleep(0)
+        await when_idle(changes, longest=60, poll=0.05)
+        seen.append("idle after the change")
+        await task
+
+        with changes.running():  # a change that outlasts the wait
+            started = loop.time()
+            await when_idle(changes, longest=0.2, poll=0.05)
+            waited = loop.time() - started
+        assert not changes.busy()
+        return seen, waited
+
+    seen, waited = asyncio.run(scenario())
+    assert seen == ["idle at once", "change started", "change ended", "idle after the change"]
+    assert waited >= 0.2  # it waited its longest, then went ahead
