@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import getpass
 import json
@@ -142,7 +143,25 @@ def cmd_check(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc gives each thread that allocates its own arena, up to 8 per core, and keeps what each
+    one freed: the operator's ~30 threads (passes, S3 copies, kopf) grew its RSS by ~8% at 300
+    TradingModels for nothing. Called before any thread starts; MALLOC_ARENA_MAX, when set, wins.
+    False where it does not apply (another libc)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def cmd_operator(args: argparse.Namespace) -> None:
+    limit_malloc_arenas()
     import kopf
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
