@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -39,8 +40,25 @@ from model_store.registry import DETAILS, deployment_history, read_document, rec
 from model_store.s3 import get_bytes, lost_conditional_write, read_manifest
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-PARALLEL = 4  # files verified or copied at once by one promotion
+PARALLEL = 4  # connections per pass a client keeps (storage.py): the shared pool below and the passes share them
+# One pool for the file requests of every promotion in the process: a pool per call started and
+# joined up to 9 threads per promotion (16 promotions at once: 140 threads fighting for the GIL).
+# Its tasks wait on S3 only, never on each other, so sharing it cannot deadlock.
+_POOL_THREADS = 32
+_pool: ThreadPoolExecutor | None = None
+_pool_guard = threading.Lock()
+
+
+def _file_requests() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_guard:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="s3-files")
+        return _pool
+
+
 ACTIONS = ("promote", "rollback", "repair")
 
 
@@ -138,13 +156,18 @@ def verify_files(client: Any, bucket: str, prefix: str, manifest: Manifest) -> d
             raise CorruptVersion(f"{exc} (s3://{bucket}/{prefix}{name})") from None
         return name, data
 
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        return dict(pool.map(fetch, sorted(manifest.files)))
+    return dict(_in_pool(fetch, sorted(manifest.files)))
 
 
 def verify_version(client: Any, bucket: str, location: ModelLocation, version: str) -> Manifest:
     """A published version whose files match its manifest and make a servable model."""
     return verified_files(client, bucket, location, version)[0]
+
+
+def _in_pool(fn: Callable[[str], _T], names: list[str]) -> list[_T]:
+    """fn over names in the shared pool, in order; the first error is raised."""
+    futures = [_file_requests().submit(fn, name) for name in names]
+    return [future.result() for future in futures]
 
 
 def verified_files(
@@ -226,10 +249,9 @@ def promote(
     stage manifest is gone and no registry says more); `recorded` are move ids the caller knows
     are in the history already (so a pass that changes nothing reads no history)."""
     prefix = location.stage_prefix(stage)
-    with ThreadPoolExecutor(1) as other:  # both manifests at once: one round trip, not two
-        staged = other.submit(stage_manifest, client, bucket, location, stage)
-        manifest = archived_manifest(client, bucket, location, version)
-        current = staged.result()
+    staged = _file_requests().submit(stage_manifest, client, bucket, location, stage)  # both at once
+    manifest = archived_manifest(client, bucket, location, version)
+    current = staged.result()
     if stage_holds(client, bucket, prefix, manifest, current, deep):
         assert current is not None
         move = current.extra.get("move")
@@ -255,13 +277,12 @@ def promote(
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
     client.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        etags = dict(
-            pool.map(
-                lambda name: (name, _copy(client, bucket, source + name, prefix + name, manifest.files[name].sha256)),
-                sorted(manifest.files),
-            )
+    etags = dict(
+        _in_pool(
+            lambda name: (name, _copy(client, bucket, source + name, prefix + name, manifest.files[name].sha256)),
+            sorted(manifest.files),
         )
+    )
     _delete_leftovers(client, bucket, prefix, keep=set(manifest.files) | {MANIFEST_NAME})
     metadata = _json_or_empty(files.get(METADATA, b"{}"))
     stage_doc = manifest.with_extra(
