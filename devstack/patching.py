@@ -12,11 +12,12 @@ Nothing here mutates its inputs.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonpatch
+
+from crd_validation.structural import copy_json
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -59,7 +60,7 @@ class PatchError(ValueError):
 def merge_patch(target: Any, patch: Any) -> Any:
     """Apply an RFC 7386 JSON merge patch: dicts merge, ``null`` deletes a key, the rest replaces."""
     if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
+        return copy_json(patch)
     result: dict[str, Any] = dict(target) if isinstance(target, Mapping) else {}
     for key, value in patch.items():
         if value is None:
@@ -74,7 +75,7 @@ def json_patch(target: Mapping[str, Any], operations: Any) -> dict[str, Any]:
     if not isinstance(operations, list):
         raise PatchError("a JSON patch must be a list of operations")
     try:
-        result = jsonpatch.apply_patch(copy.deepcopy(dict(target)), operations, in_place=True)
+        result = jsonpatch.apply_patch(copy_json(dict(target)), operations, in_place=True)
     except jsonpatch.JsonPatchTestFailed as exc:
         raise PatchError(f"the JSON patch test failed: {exc}") from exc
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, KeyError, IndexError) as exc:
@@ -92,7 +93,7 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     ``$deleteFromPrimitiveList/<field>`` directives are honoured.
     """
     if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
+        return copy_json(patch)
     patch = dict(patch)
     directive = patch.pop(_DIRECTIVE, None)
     if directive == "replace":
@@ -193,7 +194,7 @@ def _strip_directives(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [_strip_directives(v) for v in value]
-    return copy.deepcopy(value)
+    return copy_json(value)
 
 
 def apply_patch(target: Mapping[str, Any], patch_type: str, patch: Any, *, strategic: bool) -> dict[str, Any]:

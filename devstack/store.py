@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import copy
 import datetime
 import logging
 import secrets
@@ -28,6 +27,7 @@ from typing import Any
 
 from crd_validation import cel as cel_rules
 from crd_validation import structural as schemas
+from crd_validation.structural import copy_json
 from devstack import builtin_validation, defaults, errors
 from devstack.kinds import CRDError, ResourceKey, ResourceType, resource_types_from_crd, valid_name
 from devstack.selectors import FieldRequirement, Requirement, fields_match, labels_match
@@ -223,7 +223,7 @@ class ObjectStore:
     ) -> WriteResult:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
-        obj = copy.deepcopy(body)
+        obj = copy_json(body)
         self._check_type_meta(rt, obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -309,7 +309,7 @@ class ObjectStore:
         return self._update(
             rt,
             current,
-            copy.deepcopy(body),
+            copy_json(body),
             subresource=subresource,
             dry_run=dry_run,
             field_validation=field_validation,
@@ -331,7 +331,7 @@ class ObjectStore:
         A resourceVersion the patch put into metadata is a precondition, as on the real server.
         """
         current = self.get(rt, namespace, name)
-        desired = change(copy.deepcopy(current))
+        desired = change(copy_json(current))
         expected_rv = (desired.get("metadata") or {}).get("resourceVersion")
         if expected_rv and expected_rv != current["metadata"]["resourceVersion"]:
             raise errors.stale(rt, name)
@@ -368,7 +368,7 @@ class ObjectStore:
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp"):
                 return current
-            marked = copy.deepcopy(current)
+            marked = copy_json(current)
             marked["metadata"]["deletionTimestamp"] = now_rfc3339()
             marked["metadata"]["deletionGracePeriodSeconds"] = 0
             self._commit(rt, "MODIFIED", marked, current)
@@ -390,7 +390,7 @@ class ObjectStore:
         if subresource == "status":
             if not rt.has_status:
                 raise errors.resource_not_found(f"{rt.qualified_plural}/status")
-            result = copy.deepcopy(current)
+            result = copy_json(current)
             if desired.get("status") is None:
                 result.pop("status", None)
             else:
@@ -402,7 +402,7 @@ class ObjectStore:
                 if current.get("status") is None:
                     result.pop("status", None)
                 else:
-                    result["status"] = copy.deepcopy(current["status"])
+                    result["status"] = copy_json(current["status"])
         else:
             raise errors.method_not_allowed(f"{rt.qualified_plural}/{subresource}")
 
@@ -573,7 +573,7 @@ class ObjectStore:
                 log.exception("event=listener_failed kind=%s name=%s", rt.kind, meta["name"])
 
     def _remove(self, rt: ResourceType, current: dict[str, Any], propagation: str | None) -> dict[str, Any]:
-        removed = copy.deepcopy(current)
+        removed = copy_json(current)
         self._commit(rt, "DELETED", removed, current)
         self._collect_dependents(removed["metadata"]["uid"], propagation)
         if not self._dependents.get(removed["metadata"]["uid"]):
@@ -595,7 +595,7 @@ class ObjectStore:
             if not any(ref.get("uid") == owner_uid for ref in refs):
                 continue
             if propagation == "Orphan":
-                orphaned = copy.deepcopy(obj)
+                orphaned = copy_json(obj)
                 orphaned["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != owner_uid]
                 if not orphaned["metadata"]["ownerReferences"]:
                     del orphaned["metadata"]["ownerReferences"]

@@ -29,7 +29,7 @@ _programs: dict[str, Any] = {}  # compiling takes a while the first time; rules 
 _SELF = re.compile(r"\b(?:oldSelf|self)\b(\.[A-Za-z_][A-Za-z0-9_]*)?(\s*\()?")
 _fields_read: dict[str, frozenset[str] | None] = {}
 _results: dict[tuple[str, str], str | None] = {}  # (rule, the JSON it saw) -> failure message; rules are pure
-_MAX_RESULTS = 4096
+_MAX_RESULTS = 20_000  # a few rules per object kind, a thousand objects: the oldest answer goes first
 _warned = False
 
 
@@ -110,7 +110,7 @@ def _check(rule: Mapping[str, Any], value: Any, old: Any, path: list[Any]) -> Fi
     key = (json.dumps(rule, sort_keys=True), json.dumps(seen, sort_keys=True, default=str))
     if key not in _results:
         if len(_results) >= _MAX_RESULTS:
-            _results.clear()
+            del _results[next(iter(_results))]
         _results[key] = _failure(rule, text, *seen, transition)
     message = _results[key]
     if message is None:
