@@ -350,6 +350,20 @@ def rollout_progress(deployment: dict[str, Any]) -> tuple[int, ...] | None:
     return (observed, int(deployment.get("spec", {}).get("replicas", 1)), *counts, stalled)
 
 
+def before_new_pods(deployment: dict[str, Any]) -> bool:
+    """The controller observed the spec but no pod of it exists yet, and the rollout is neither
+    complete nor stalled: the status can only say what the pass that wrote this spec said already
+    ("0/N pods ready with vX"), so no pass is needed (one Deployment event in four or five)."""
+    status = deployment.get("status") or {}
+    observed = int(status.get("observedGeneration") or 0) >= int(deployment.get("metadata", {}).get("generation") or 0)
+    return (
+        observed
+        and int(status.get("updatedReplicas") or 0) == 0
+        and not rollout_state(deployment)[2]
+        and progress_deadline_exceeded(deployment) is None
+    )
+
+
 def rollout_state(deployment: dict[str, Any] | None) -> tuple[int, int, bool]:
     """(desired replicas, ready replicas, rollout complete) as the Deployment reports them."""
     if deployment is None:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics, peering
-from trading_operator.builders import rollout_progress
+from trading_operator.builders import before_new_pods, rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
@@ -242,8 +242,9 @@ async def on_deployment(
     uid = str(body.metadata.get("uid") or "")
     progress = None
     if type != "DELETED":
-        progress = rollout_progress(dict(body))
-        if progress is None or _progress_seen.get(uid) == progress:
+        deployment = dict(body)
+        progress = rollout_progress(deployment)
+        if progress is None or _progress_seen.get(uid) == progress or before_new_pods(deployment):
             return
     namespace = body.metadata.namespace or "default"
     seen = None if type == "DELETED" else dict(body)  # a deleted one is read (and found gone: re-created)

@@ -9,6 +9,7 @@ import pytest
 
 from trading_operator.builders import (
     SERVING_GRPC_PORT,
+    before_new_pods,
     build_deployment,
     build_disruption_budget,
     build_network_policy,
@@ -130,6 +131,22 @@ def test_rollout_state_needs_the_new_generation_observed_and_all_replicas_ready(
     dep["status"]["replicas"] = 3  # an old pod still terminating
     assert rollout_state(dep)[2] is False
     assert rollout_state(None) == (0, 0, False)
+
+
+def test_only_a_rollout_that_created_no_pod_yet_needs_no_pass() -> None:
+    dep: dict[str, Any] = {"metadata": {"generation": 3}, "spec": {"replicas": 2}}
+    dep["status"] = {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 0, "readyReplicas": 2}
+    assert before_new_pods(dep)  # the old pods serve, no new one yet: the spec pass said "0/2" already
+    dep["status"]["updatedReplicas"] = 1  # a new pod exists: is it ready? only a count of pods tells
+    assert not before_new_pods(dep)
+    dep["status"].update(updatedReplicas=0, observedGeneration=2)
+    assert not before_new_pods(dep)  # not observed yet: rollout_progress decides (None)
+    dep["status"].update(observedGeneration=3, conditions=[
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "m"}])  # fmt: skip
+    assert not before_new_pods(dep)  # stalled before any pod came: the status must say so
+    zero: dict[str, Any] = {"metadata": {"generation": 2}, "spec": {"replicas": 0}}
+    zero["status"] = {"observedGeneration": 2, "replicas": 0, "updatedReplicas": 0, "readyReplicas": 0}
+    assert not before_new_pods(zero)  # scaled to zero: complete, the status says so
 
 
 def test_rollout_progress_ignores_unobserved_specs_and_tells_rollouts_apart() -> None:
