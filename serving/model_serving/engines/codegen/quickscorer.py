@@ -118,10 +118,10 @@ def _walk(tree: Tree, index: int, full: int, lists: dict[tuple[int, str], list[_
     return ordered
 
 
-def raw_scores_source(forest: Forest) -> str:
+def raw_scores_source(forest: Forest, tables: Tables | None = None) -> str:
     """C for `static void raw_scores(const double *row, double *acc)` with the tables inlined."""
     fmt = c_double
-    t = build_tables(forest)
+    t = tables or build_tables(forest)
     tree_type = "uint16_t" if len(forest.trees) <= 0xFFFF else "uint32_t"
     return f"""
 typedef uint{t.mask_bits}_t mask_t;
