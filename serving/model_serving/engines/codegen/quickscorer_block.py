@@ -35,6 +35,20 @@ _LANES = {
 }  # fmt: skip
 
 
+# The eight exit leaves' values, `at` their slots in the tree's MAXL values at `slots` (64-byte
+# aligned): up to 32 slots by permutes across the slots held in registers; 64 by eight loads
+# (vgatherqpd is slower than that on CPUs whose gathers are microcoded).
+_LOOKUP = {
+    16: "__m512d value = _mm512_permutex2var_pd(_mm512_load_pd(slots), at, _mm512_load_pd(slots + 8));",
+    32: """__m512d low16 = _mm512_permutex2var_pd(_mm512_load_pd(slots), at, _mm512_load_pd(slots + 8));
+      __m512d high16 = _mm512_permutex2var_pd(_mm512_load_pd(slots + 16), at, _mm512_load_pd(slots + 24));
+      __m512d value = _mm512_mask_blend_pd(_mm512_test_epi64_mask(at, _mm512_set1_epi64(16)), low16, high16);""",
+}
+_LOOKUP_LOADS = """long long i[8];
+      _mm512_storeu_si512(i, at);
+      __m512d value = _mm512_set_pd({});"""
+
+
 def block_source(mask_bits: int) -> str:
     """C defining `static int predict_blocks(rows, n, out)` and `block_kernel_usable()`, placed after
     quickscorer.raw_scores_source and `probabilities`: predict_blocks predicts the n rows and returns
@@ -42,7 +56,7 @@ def block_source(mask_bits: int) -> str:
     fewer than two rows, no memory)."""
     lanes, ones, masked_and, widen = _LANES[mask_bits]
     values = ", ".join(f"row[{i}][f]" for i in reversed(range(BLOCK_ROWS)))
-    leaves = ", ".join(f"LEAF[at[{i}]]" for i in reversed(range(BLOCK_ROWS)))
+    lookup = _LOOKUP.get(mask_bits) or _LOOKUP_LOADS.format(", ".join(f"slots[i[{r}]]" for r in reversed(range(8))))
     return f"""
 #define BLK {BLOCK_ROWS}
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -93,10 +107,10 @@ static AVX512 void raw_scores_block(const double *const *restrict row, double *r
       /* exit leaf = lowest set bit = 63 - lzcnt(x & -x); never 0: every tree keeps one leaf */
       __m512i x = {widen}(m[t + c]);
       __m512i low = _mm512_and_si512(x, _mm512_sub_epi64(_mm512_setzero_si512(), x));
-      __m512i leaf = _mm512_sub_epi64(_mm512_set1_epi64((long long)(t + c) * MAXL + 63), _mm512_lzcnt_epi64(low));
-      long long at[BLK];  /* eight loads: vgatherqpd is slower here (microcode) */
-      _mm512_storeu_si512(at, leaf);
-      sum[c] = _mm512_add_pd(sum[c], _mm512_set_pd({leaves}));
+      __m512i at = _mm512_sub_epi64(_mm512_set1_epi64(63), _mm512_lzcnt_epi64(low));
+      const double *slots = LEAF + (t + c) * MAXL;
+      {lookup}
+      sum[c] = _mm512_add_pd(sum[c], value);
     }}
   double lane[BLK];
   for (int c = 0; c < NC; ++c) {{
