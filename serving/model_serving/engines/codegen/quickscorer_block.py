@@ -5,7 +5,8 @@ ensembles" (SIGIR 2016). Each of the eight rows of a block has its own lane: eve
 compared with the block's eight values in one instruction, and the entry's mask is ANDed into
 the lanes whose test is false (a masked AND); a sorted list is walked until its threshold reaches
 the largest value of the lanes that walk it. The exit leaves are then found for the eight rows at
-once (lowest set bit by lzcnt, the leaf values gathered) and added per class in tree order.
+once (lowest set bit by lzcnt, the values picked by a permute of the tree's leaves) and added
+per class in tree order.
 
 Each lane applies exactly the scalar rules of quickscorer.py (same comparisons in double, same
 lists for zero and NaN, tiny values read as +0.0, same order of the sums), so every row's scores
