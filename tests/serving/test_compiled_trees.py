@@ -18,7 +18,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from model_serving.engines.compiled_trees import compile_trees
+from model_serving.engines.codegen.quickscorer_block import BLOCK_ROWS
+from model_serving.engines.compiled_trees import CompiledPredictor, compile_trees
 from model_serving.engines.lgbm_text import MissingType, parse_model_text
 from model_serving.engines.verify import verify
 
@@ -100,7 +101,33 @@ def assert_same_as_lightgbm(text: str, cache: Path) -> str:
         np.testing.assert_array_equal(session.run(), expected[i])
         predictor.predict_row_into(np.ascontiguousarray(rows[i]), out)
         np.testing.assert_array_equal(out, expected[i])
+    assert_batches_match(predictor, booster)
     return predictor.layout
+
+
+def cpu_has_avx512() -> bool:
+    """What the block kernel needs, read from the kernel's view of the CPU (not from our own check)."""
+    found = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    flags = set(found[1].split()) if found else set()
+    return {"avx512f", "avx512bw", "avx512vl", "avx512cd"} <= flags
+
+
+def assert_batches_match(predictor: CompiledPredictor, booster: lgb.Booster) -> None:
+    """Every batch size around the block (1..BLOCK_ROWS + 1, at several starts, so partial last
+    blocks repeat different rows) and 1000 rows: the same bits as LightGBM and as the row path."""
+    blocks_expected = predictor.layout == "quickscorer" and cpu_has_avx512()
+    assert predictor.batch_blocks == blocks_expected, "blocks run for QuickScorer where the CPU has AVX-512"
+    rows = awkward_rows(booster, count=1000, seed=11)
+    expected = lightgbm_proba(booster, rows)
+    np.testing.assert_array_equal(predictor.predict_proba(rows), expected)
+    session = predictor.row_session()
+    for i in range(len(rows)):
+        session.row[:] = rows[i]
+        np.testing.assert_array_equal(session.run(), expected[i], err_msg=f"row {i} alone")
+    for n in range(1, BLOCK_ROWS + 2):
+        for start in (0, 3, 2 * BLOCK_ROWS + 1, 997 - n):
+            got = predictor.predict_proba(rows[start : start + n])
+            np.testing.assert_array_equal(got, expected[start : start + n], err_msg=f"{n} rows from row {start}")
 
 
 def train(params: dict, x: np.ndarray, y: np.ndarray, rounds: int = 25, **dataset: object) -> str:
@@ -159,6 +186,16 @@ def test_trees_wider_than_the_masks_use_nested_code_and_match(params: dict, tmp_
     text = train({"objective": "binary", "num_leaves": 90, "min_data_in_leaf": 3, **params}, *binary_data(0.1, 0.2), 4)
     assert max(len(t.leaf_values) for t in parse_model_text(text).trees) > 64
     assert assert_same_as_lightgbm(text, tmp_path) == "nested"
+
+
+def test_multiclass_with_nan_and_plain_features_in_one_model_matches(tmp_path: Path) -> None:
+    # Features with NaN in training get missing type NaN, the others None: both lists in one forest.
+    x, y = binary_data(n=3000, seed=9)
+    x[np.random.default_rng(9).random(3000) < 0.2, :5] = np.nan
+    y = y + (x[:, 6] > 0.8)
+    text = train({"objective": "multiclass", "num_class": 3}, x, y, rounds=15)
+    assert {m for m, _ in missing_types(text)} == {MissingType.NAN, MissingType.NONE}
+    assert assert_same_as_lightgbm(text, tmp_path) == "quickscorer"
 
 
 def test_multiclass_with_single_leaf_trees_matches(tmp_path: Path) -> None:

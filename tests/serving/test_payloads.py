@@ -170,3 +170,20 @@ def test_v2_response_carries_probabilities_and_labels(model: ServedModel) -> Non
     assert probs["data"] == probabilities.ravel().tolist()
     expected_labels = [model.classes[3], model.classes[9]]
     assert labels == {"name": "strategy", "shape": [2], "datatype": "BYTES", "data": expected_labels}
+
+
+def test_binary_fp64_values_reach_the_engine_without_a_copy_and_nan_is_still_found(model: ServedModel) -> None:
+    rows = np.random.default_rng(4).normal(size=(3, model.n_features))
+    rows[1, 7], rows[2, 9] = np.inf, -np.inf  # their sum is NaN, but no value is: accepted
+    raw = rows.astype("<f8").tobytes()
+    doc = {"inputs": [{"name": "x", "shape": [3, model.n_features], "datatype": "FP64"}]}
+    doc["inputs"][0]["parameters"] = {"binary_data_size": len(raw)}
+    got, _ = payloads.infer_rows(model, doc, null_as_missing=False, max_rows=10, binary=raw)
+    np.testing.assert_array_equal(got, rows)
+    assert np.shares_memory(got, np.frombuffer(raw, dtype=np.uint8)), "FP64 rows are a view of the body"
+    single = {"inputs": [{**doc["inputs"][0], "datatype": "FP32", "parameters": {"binary_data_size": len(raw) // 2}}]}
+    halves, _ = payloads.infer_rows(model, single, False, 10, binary=rows.astype("<f4").tobytes())
+    assert halves.dtype == np.float64 and np.array_equal(halves, rows.astype(np.float32))
+    rows[2, 3] = np.nan
+    with pytest.raises(BadRequest, match=f"value {2 * model.n_features + 3} is NaN"):
+        payloads.infer_rows(model, doc, null_as_missing=False, max_rows=10, binary=rows.astype("<f8").tobytes())

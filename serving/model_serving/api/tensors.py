@@ -126,13 +126,19 @@ def from_bytes(tensor: InputHeader, raw: bytes | memoryview, expected: int, null
             f"{tensor.label}: {len(raw)} bytes of binary data, but shape {list(tensor.shape)} of "
             f"{tensor.datatype} needs {expected * dtype.itemsize} ({expected} x {dtype.itemsize})"
         )
-    values = np.frombuffer(raw, dtype=dtype).astype(np.float64)  # a copy: the body can be freed
+    values = np.frombuffer(raw, dtype=dtype)
+    if values.dtype != np.float64:  # FP64 stays a read-only view of the body: no copy for the engine
+        values = values.astype(np.float64)
     if dtype.kind == "f" and not null_as_missing:
         refuse_nan(tensor.label, values)
     return values
 
 
 def refuse_nan(label: str, values: np.ndarray) -> None:
+    with np.errstate(invalid="ignore"):  # inf - inf
+        total = np.add.reduce(values, axis=None)
+    if not np.isnan(total):
+        return  # a NaN anywhere makes the sum NaN (a NaN sum without one, from inf - inf, is checked below)
     nan = np.isnan(values)
     if nan.any():
         position = int(np.flatnonzero(nan)[0])

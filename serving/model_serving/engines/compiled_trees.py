@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_serving.engines.codegen.generate import PREDICT_PROBA, PREDICT_PROBA_BATCH, choose_layout
+from model_serving.engines.codegen.generate import BATCH_BLOCKS, PREDICT_PROBA, PREDICT_PROBA_BATCH, choose_layout
 from model_serving.engines.gcc_build import BuildError, build_library, find_compiler, library_name
 from model_serving.engines.lgbm_text import Forest, Unsupported, parse_model_text
 
@@ -74,6 +74,7 @@ def compile_trees(model_text: str, cache_dir: Path, *, compiler: str | None = No
         extra={
             "origin": origin,
             "layout": predictor.layout,
+            "batch_blocks": predictor.batch_blocks,
             "trees": len(forest.trees),
             "seconds": round(time.perf_counter() - started, 3),
             "library": str(so_path),
@@ -104,6 +105,10 @@ class CompiledPredictor:
         self._batch_fn = getattr(lib, PREDICT_PROBA_BATCH)
         self._batch_fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
         self._batch_fn.restype = None
+        blocks = getattr(lib, BATCH_BLOCKS)
+        blocks.restype = ctypes.c_int
+        # True when batches run eight rows at a time (quickscorer_block: AVX-512 here), else row by row.
+        self.batch_blocks = bool(blocks())
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         """rows (n, n_features) or one row (n_features,) -> float64 (n, n_outputs)."""

@@ -48,12 +48,12 @@ class Tables:
     """The forest as flat arrays; `offsets[f][i]` starts list _LISTS[i] of feature f."""
 
     mask_bits: int
-    max_leaves: int
+    leaf_slots: int  # LEAF entries per tree: the mask width, so a tree's leaves fill whole vectors
     thresholds: list[float] = field(default_factory=list)
     trees: list[int] = field(default_factory=list)
     masks: list[int] = field(default_factory=list)
     offsets: list[list[int]] = field(default_factory=list)
-    leaves: list[float] = field(default_factory=list)  # max_leaves per tree, left-to-right order
+    leaves: list[float] = field(default_factory=list)  # leaf_slots per tree, left-to-right order
 
 
 # The per-row leaf masks live on the caller's stack; beyond this the nested layout is used.
@@ -74,14 +74,13 @@ def supports(forest: Forest) -> bool:
 
 
 def build_tables(forest: Forest) -> Tables:
-    max_leaves = _widest(forest)
-    bits = _mask_bits(max_leaves)
+    bits = _mask_bits(_widest(forest))
     full = (1 << bits) - 1
     lists: dict[tuple[int, str], list[_Entry]] = {}
-    tables = Tables(mask_bits=bits, max_leaves=max_leaves)
+    tables = Tables(mask_bits=bits, leaf_slots=bits)
     for index, tree in enumerate(forest.trees):
         ordered = _walk(tree, index, full, lists)
-        tables.leaves += ordered + [0.0] * (max_leaves - len(ordered))
+        tables.leaves += ordered + [0.0] * (bits - len(ordered))
     for feature in range(forest.num_features):
         starts = []
         for name in _LISTS:
@@ -118,20 +117,20 @@ def _walk(tree: Tree, index: int, full: int, lists: dict[tuple[int, str], list[_
     return ordered
 
 
-def raw_scores_source(forest: Forest) -> str:
+def raw_scores_source(forest: Forest, tables: Tables | None = None) -> str:
     """C for `static void raw_scores(const double *row, double *acc)` with the tables inlined."""
     fmt = c_double
-    t = build_tables(forest)
+    t = tables or build_tables(forest)
     tree_type = "uint16_t" if len(forest.trees) <= 0xFFFF else "uint32_t"
     return f"""
 typedef uint{t.mask_bits}_t mask_t;
 #define NT {len(forest.trees)}
-#define MAXL {t.max_leaves}
+#define MAXL {t.leaf_slots}
 static const double THR[] = {{{_join(fmt(v) for v in t.thresholds) or "0.0"}}};
 static const {tree_type} TREE[] = {{{_join(str(v) for v in t.trees) or "0"}}};
 static const mask_t MASK[] = {{{_join(f"{v}u" for v in t.masks) or "0u"}}};
 static const int32_t OFF[][{len(_LISTS)}] = {{{_join("{" + _join(map(str, r)) + "}" for r in t.offsets)}}};
-static const double LEAF[] = {{{_join(fmt(v) for v in t.leaves)}}};
+static const double LEAF[] __attribute__((aligned(64))) = {{{_join(fmt(v) for v in t.leaves)}}};
 
 /* Apply masks of entries [k, e) whose threshold is below v (their test is false). */
 #define WALK(k, e, v) for (; (k) < (e) && THR[k] < (v); ++(k)) m[TREE[k]] &= MASK[k]
