@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,22 +41,12 @@ from model_store.s3 import get_bytes, lost_conditional_write, read_manifest
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-PARALLEL = 4  # connections per pass a client keeps (storage.py): the shared pool below and the passes share them
 # One pool for the file requests of every promotion in the process: a pool per call started and
 # joined up to 9 threads per promotion (16 promotions at once: 140 threads fighting for the GIL).
-# Its tasks wait on S3 only, never on each other, so sharing it cannot deadlock.
-_POOL_THREADS = 32
-_pool: ThreadPoolExecutor | None = None
-_pool_guard = threading.Lock()
-
-
-def _file_requests() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_guard:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="s3-files")
-        return _pool
-
+# Its tasks wait on S3 only, never on each other, so sharing it cannot deadlock; its threads start
+# on first use.
+_FILE_REQUEST_THREADS = 32
+_file_requests = ThreadPoolExecutor(_FILE_REQUEST_THREADS, thread_name_prefix="s3-files")
 
 ACTIONS = ("promote", "rollback", "repair")
 
@@ -166,7 +155,7 @@ def verify_version(client: Any, bucket: str, location: ModelLocation, version: s
 
 def _in_pool(fn: Callable[[str], _T], names: list[str]) -> list[_T]:
     """fn over names in the shared pool, in order; the first error is raised."""
-    futures = [_file_requests().submit(fn, name) for name in names]
+    futures = [_file_requests.submit(fn, name) for name in names]
     return [future.result() for future in futures]
 
 
@@ -249,7 +238,7 @@ def promote(
     stage manifest is gone and no registry says more); `recorded` are move ids the caller knows
     are in the history already (so a pass that changes nothing reads no history)."""
     prefix = location.stage_prefix(stage)
-    staged = _file_requests().submit(stage_manifest, client, bucket, location, stage)  # both at once
+    staged = _file_requests.submit(stage_manifest, client, bucket, location, stage)  # both at once
     manifest = archived_manifest(client, bucket, location, version)
     current = staged.result()
     if stage_holds(client, bucket, prefix, manifest, current, deep):

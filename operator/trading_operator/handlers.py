@@ -241,13 +241,13 @@ async def on_deployment(
         return
     uid = str(body.metadata.get("uid") or "")
     progress = None
+    seen = None  # a deleted one is read (and found gone: re-created)
     if type != "DELETED":
-        deployment = dict(body)
-        progress = rollout_progress(deployment)
-        if progress is None or _progress_seen.get(uid) == progress or before_new_pods(deployment):
+        seen = dict(body)
+        progress = rollout_progress(seen)
+        if progress is None or _progress_seen.get(uid) == progress or before_new_pods(seen):
             return
     namespace = body.metadata.namespace or "default"
-    seen = None if type == "DELETED" else dict(body)  # a deleted one is read (and found gone: re-created)
     with CHANGES.running():
         await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
                        rollout_only=True, deployment=seen)  # fmt: skip

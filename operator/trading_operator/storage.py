@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from model_store.promotion import PARALLEL
 from model_store.s3 import S3Settings, make_client
 from trading_operator import metrics
 from trading_operator.decide import SecretNotFound
@@ -16,11 +15,14 @@ from trading_operator.spec import TradingModelSpec
 
 KEY_ID, SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
 S3Factory = Callable[[TradingModelSpec, str], Any]  # (spec, namespace) -> boto3 client
+# Connections a client keeps per pass thread: a pass, the registry update it runs beside it, and its
+# share of the promotions' file-request pool (model_store.promotion) may each hold one at once.
+CONNECTIONS_PER_PASS = 4
 
 
 def s3_factory(kube: KubeApi, workers: int = 8, secret_ttl: float = 10.0) -> S3Factory:
-    """Clients shared by every pass: one per endpoint, region and keys, with a connection for each
-    request that `workers` passes (each copying or verifying PARALLEL files at once) may send.
+    """Clients shared by every pass: one per endpoint, region and keys, with CONNECTIONS_PER_PASS
+    connections kept for each of the `workers` pass threads.
 
     A Secret read is kept `secret_ttl` seconds (a thousand TradingModels usually share one Secret:
     not a GET per pass); a rotated key is used, a missing Secret reported, that much later at most."""
@@ -57,7 +59,7 @@ def s3_factory(kube: KubeApi, workers: int = 8, secret_ttl: float = 10.0) -> S3F
         with guard:
             if cache_key not in clients:
                 settings = S3Settings(bucket=model.bucket, endpoint_url=model.endpoint, region=model.region)
-                client = make_client(settings, *keys, pool=workers * PARALLEL)
+                client = make_client(settings, *keys, pool=workers * CONNECTIONS_PER_PASS)
                 clients[cache_key] = metrics.count_s3_requests(client)
             return clients[cache_key]
 
