@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import aiohttp.web
 import attrs
 import kmock
+import orjson
 import yaml
 from kmock._internal.apps import RawHandler
 from kmock._internal.parsing import ParsedPath, guess_k8s
@@ -449,7 +450,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
                             include_object=params.get("includeObject", "Metadata"),
                         ),
                     }
-                await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+                await response.write(_dumps(event) + b"\n")
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass  # the client went away
@@ -719,9 +720,16 @@ def _method(request: kmock.Request) -> str:
 
 
 def _json(payload: Any, *, status: int = 200) -> aiohttp.web.Response:
-    return aiohttp.web.Response(
-        body=json.dumps(payload, separators=(",", ":")).encode(), status=status, content_type="application/json"
-    )
+    return aiohttp.web.Response(body=_dumps(payload), status=status, content_type="application/json")
+
+
+def _dumps(payload: Any) -> bytes:
+    """Compact JSON; orjson (5-10x the standard library's speed: every response and watch event goes
+    through here), and json for what orjson refuses (an integer beyond 64 bits a client stored)."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _escape(text: str) -> str:

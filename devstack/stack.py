@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +105,7 @@ class LocalStack:
         operator: bool = True,
         prometheus: bool = True,
         watch_namespace: str = "",
+        operator_settings: Mapping[str, str] | None = None,
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.dir = workdir.resolve()
@@ -112,6 +113,7 @@ class LocalStack:
         self.drift_check_seconds = drift_check_seconds
         self.retry_base_seconds = retry_base_seconds
         self.operator_verbose = operator_verbose
+        self.operator_settings = dict(operator_settings or {})  # more of the operator's variables (README)
         self._want_operator = operator  # False: the caller runs operator replicas of its own
         self.say = say
         self.bucket = BUCKET
@@ -209,6 +211,7 @@ class LocalStack:
             "RETRY_MAX_SECONDS": str(max(self.retry_base_seconds, 10)),
             "SERVING_IMAGE": "local-process",
             "WATCH_NAMESPACE": self.watch_namespace,
+            **self.operator_settings,
             **extra,
         }
 

@@ -24,6 +24,9 @@ class OperatorConfig:
     retry_base_seconds: int = 5
     retry_max_seconds: int = 60  # a spec change made during a backoff waits for it (kopf)
     metrics_port: int = 0  # the operator's own /metrics (reconciles, S3 requests); 0: off
+    # A rollout's Deployment events within this long after the first one cost one pass (rollouts.py);
+    # an event that completes or stalls the rollout starts the pass at once. 0: a pass per step.
+    rollout_settle_seconds: float = 1.0
     workers: int = 16  # reconcile passes at once (kopf's thread pool); the connection pools follow it
     log_level: str = "WARNING"  # the operator's and kopf's logs; `tmctl operator --verbose` means DEBUG
     # kopf peering (several replicas, one acts): the peering object's name, and how long a
@@ -51,6 +54,7 @@ class OperatorConfig:
             retry_base_seconds=env.integer("RETRY_BASE_SECONDS", cls.retry_base_seconds, 1, day),
             retry_max_seconds=env.integer("RETRY_MAX_SECONDS", cls.retry_max_seconds, 1, day),
             metrics_port=env.integer("METRICS_PORT", cls.metrics_port, 0, 65535),
+            rollout_settle_seconds=env.seconds("ROLLOUT_SETTLE_SECONDS", cls.rollout_settle_seconds, 0, 60),
             workers=env.integer("WORKERS", cls.workers, 1, 256),
             log_level=env.log_level("LOG_LEVEL", cls.log_level),
             standalone=env.flag("STANDALONE", cls.standalone),

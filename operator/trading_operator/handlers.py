@@ -6,20 +6,21 @@ import asyncio
 import contextvars
 import functools
 import logging
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics, peering
-from trading_operator.builders import before_new_pods, rollout_progress
+from trading_operator.builders import before_new_pods, progress_deadline_exceeded, rollout_progress, rollout_state
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import Forbidden, KubeApi
-from trading_operator.pacing import Changes, drift_seconds, settled, when_idle
+from trading_operator.pacing import Changes, drift_seconds, seconds_left, settled, when_idle
 from trading_operator.reconcile import Claims, Deps, reconcile
+from trading_operator.rollouts import RolloutQueue
 from trading_operator.storage import s3_factory
 from trading_operator.sweep import Sweep
 
@@ -131,6 +132,8 @@ def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, reason: 
         except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
             raise kopf.TemporaryError(str(exc), delay=CONFIG.retry_max_seconds) from exc
         record.ended_with(plan)
+    if plan is not None and not plan.retryable:
+        memo.periodic.checked((namespace or "default", name))
     _raise_for(plan, retry)
 
 
@@ -147,11 +150,13 @@ class Periodic:
         self._deps: Deps | None = None
         self._claims: Claims = NO_CLAIMS
         self._settled: dict[Any, bool] = {}  # from the watch: settled ones are checked at a pace (pacing.py)
+        self._checked: dict[Any, float] = {}  # when a spec pass last checked it (time.monotonic)
 
     def saw(self, key: Any, body: dict[str, Any] | None) -> None:
         """The watch showed this TradingModel (None: deleted)."""
         if body is None:
             self._settled.pop(key, None)
+            self._checked.pop(key, None)
         else:
             self._settled[key] = settled(body)
         for sweep in (self.drift, self.deep):
@@ -159,6 +164,10 @@ class Periodic:
                 sweep.forget(key)
             else:
                 sweep.track(key)
+
+    def checked(self, key: Any) -> None:
+        """A spec pass converged this TradingModel (from any thread): it did all a drift pass does."""
+        self._checked[key] = time.monotonic()
 
     def _drift_seconds(self, key: Any) -> float:
         return drift_seconds(
@@ -182,6 +191,9 @@ class Periodic:
         namespace, name = key
         if trigger == "drift":
             await when_idle(CHANGES, longest=self._drift_seconds(key))
+            # A spec pass converged it since (a mass change does that to all): due an interval after that.
+            while (left := seconds_left(self._checked.get(key), self._drift_seconds(key))) > 0:
+                await asyncio.sleep(left)
         await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self._claims, **options)
 
 
@@ -200,15 +212,12 @@ def stop_checks(memo: Any, **_: Any) -> None:
     periodic: Periodic | None = getattr(memo, "periodic", None)
     if periodic is not None:
         periodic.stop()
+    ROLLOUTS.cancel()
 
 
 def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:
     with metrics.timed_pass(trigger) as record:
         record.ended_with(reconcile(namespace, name, deps, claims, **options))
-
-
-_progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on
-_progress_guard = threading.Lock()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -221,6 +230,10 @@ async def on_tradingmodel(*, type: str | None, body: kopf.Body, **_: Any) -> Non
         metrics.MODEL_STATUS.saw(namespace, name, dict(body.get("status") or {}))
 
 
+_progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on
+ROLLOUTS = RolloutQueue(CONFIG.rollout_settle_seconds)  # a rollout's burst of events: one pass
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGER})  # and OWNED_SELECTOR
 async def on_deployment(
     *, type: str | None, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
@@ -228,10 +241,10 @@ async def on_deployment(
     """Rollout progress of an owned Deployment moves the owner's Ready condition.
 
     A rollout is a stream of Deployment events (our own write, the controller observing it, each
-    pod created, ready, retired…); only those that change what the owner's status shows start a
-    pass: a status that has not observed the Deployment's spec yet, or shows the same progress as
-    the last one passed on, is skipped (here, in the event loop: no thread for them). A deleted
-    Deployment always starts one (it is re-created)."""
+    pod created, ready, retired…); only those that change what the owner's status shows queue a
+    pass (`RolloutQueue`): a status that has not observed the Deployment's spec yet, or shows the
+    same progress as the last one passed on, is skipped here, in the event loop. A deleted
+    Deployment always queues one (it is re-created)."""
     owner = next(
         (ref["name"] for ref in body.metadata.get("ownerReferences") or []
          if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")),
@@ -239,20 +252,27 @@ async def on_deployment(
     )  # fmt: skip
     if owner is None:
         return
-    uid = str(body.metadata.get("uid") or "")
-    progress = None
     seen = None  # a deleted one is read (and found gone: re-created)
-    if type != "DELETED":
+    if type == "DELETED":
+        _progress_seen.pop(str(body.metadata.get("uid") or ""), None)
+    else:
         seen = dict(body)
         progress = rollout_progress(seen)
-        if progress is None or _progress_seen.get(uid) == progress or before_new_pods(seen):
+        if progress is None or _progress_seen.get(_uid(seen)) == progress or before_new_pods(seen):
             return
     namespace = body.metadata.namespace or "default"
-    with CHANGES.running():
-        await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, memo.deps, tradingmodel_claims,
-                       rollout_only=True, deployment=seen)  # fmt: skip
-    with _progress_guard:
-        if progress is None:
-            _progress_seen.pop(uid, None)
-        else:
-            _progress_seen[uid] = progress
+    deps = memo.deps
+
+    async def rollout_pass(deployment: dict[str, Any] | None) -> None:
+        with CHANGES.running():
+            await _in_lane(_rollout_lane, _timed, "rollout", namespace, owner, deps, tradingmodel_claims,
+                           rollout_only=True, deployment=deployment)  # fmt: skip
+        if deployment is not None and (passed := rollout_progress(deployment)) is not None:
+            _progress_seen[_uid(deployment)] = passed
+
+    final = seen is None or rollout_state(seen)[2] or progress_deadline_exceeded(seen) is not None
+    ROLLOUTS.offer((namespace, owner), seen, final, rollout_pass)
+
+
+def _uid(deployment: dict[str, Any]) -> str:
+    return str((deployment.get("metadata") or {}).get("uid") or "")

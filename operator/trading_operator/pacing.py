@@ -10,13 +10,17 @@ DRIFT_CHECK_SECONDS, as before.
 
 Drift passes also give way to the passes a change starts (spec, rollout): while any of those
 runs, a due drift pass waits, for one drift interval at most. A mass version change then spends
-the operator's CPU on what someone waits for; the checks catch up once it settles.
+the operator's CPU on what someone waits for; the checks catch up once it settles. And a drift
+pass that falls due less than an interval after a spec pass converged the same TradingModel waits
+until an interval has passed since (a spec pass does all a drift pass does): after a mass change,
+none runs for an interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +42,11 @@ def settled(body: dict[str, Any]) -> bool:
 def drift_seconds(is_settled: bool, base_seconds: float, population: int, per_second: float) -> float:
     """Seconds from the end of one drift pass over a TradingModel to the start of its next."""
     return drift_interval(base_seconds, population, per_second) if is_settled else base_seconds
+
+
+def seconds_left(since: float | None, seconds: float) -> float:
+    """How long until `seconds` have passed since `since` (time.monotonic; None: long ago)."""
+    return 0.0 if since is None else since + seconds - time.monotonic()
 
 
 class Changes:

@@ -43,8 +43,9 @@ def test_owned_objects_block_owner_deletion() -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, demo_v1: Any, demo_v2: Any) -> Iterator[LocalStack]:
+    # Every rollout step passed on (none coalesced): the day then counts pods, as slow pods do.
     with LocalStack(tmp_path_factory.mktemp("rbac"), drift_check_seconds=2, retry_base_seconds=1,
-                    prometheus=False) as running:  # fmt: skip
+                    prometheus=False, operator_settings={"ROLLOUT_SETTLE_SECONDS": "0"}) as running:  # fmt: skip
         for ticker in ("SPY", "QQQ"):
             location = ModelLocation.of(ticker, "etf")
             publish_version(running.s3, running.bucket, location, "v1.0", demo_v1.files)

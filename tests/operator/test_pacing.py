@@ -4,9 +4,10 @@ stretched at scale to DRIFT_CHECKS_PER_SECOND."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from trading_operator.pacing import Changes, drift_interval, drift_seconds, settled, when_idle
+from trading_operator.pacing import Changes, drift_interval, drift_seconds, seconds_left, settled, when_idle
 
 
 def _body(phase: str = "Ready", generation: int = 3, observed: int = 3) -> dict[str, Any]:
@@ -66,3 +67,10 @@ def test_a_drift_pass_waits_while_a_change_runs_and_no_longer_than_its_interval(
     seen, waited = asyncio.run(scenario())
     assert seen == ["idle at once", "change started", "change ended", "idle after the change"]
     assert waited >= 0.2  # it waited its longest, then went ahead
+
+
+def test_a_drift_pass_after_a_spec_pass_waits_out_an_interval_from_it() -> None:
+    assert seconds_left(None, 60) == 0  # never checked by a spec pass: due as scheduled
+    just_now = time.monotonic()
+    assert 0 < seconds_left(just_now, 60) <= 60
+    assert seconds_left(just_now - 61, 60) < 0  # checked longer ago than an interval: due
