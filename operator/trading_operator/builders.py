@@ -356,12 +356,12 @@ def before_new_pods(deployment: dict[str, Any]) -> bool:
     ("0/N pods ready with vX"), so no pass is needed (one Deployment event in four or five)."""
     status = deployment.get("status") or {}
     observed = int(status.get("observedGeneration") or 0) >= int(deployment.get("metadata", {}).get("generation") or 0)
-    return (
-        observed
-        and int(status.get("updatedReplicas") or 0) == 0
-        and not rollout_state(deployment)[2]
-        and progress_deadline_exceeded(deployment) is None
-    )
+    return observed and int(status.get("updatedReplicas") or 0) == 0 and not rollout_ended(deployment)
+
+
+def rollout_ended(deployment: dict[str, Any]) -> bool:
+    """The rollout of the Deployment's spec is complete, or stalled past its progress deadline."""
+    return rollout_state(deployment)[2] or progress_deadline_exceeded(deployment) is not None
 
 
 def rollout_state(deployment: dict[str, Any] | None) -> tuple[int, int, bool]:

@@ -13,7 +13,7 @@ from typing import Any, cast
 import kopf
 
 from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics, peering
-from trading_operator.builders import before_new_pods, progress_deadline_exceeded, rollout_progress, rollout_state
+from trading_operator.builders import before_new_pods, rollout_ended, rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
@@ -270,8 +270,7 @@ async def on_deployment(
         if deployment is not None and (passed := rollout_progress(deployment)) is not None:
             _progress_seen[_uid(deployment)] = passed
 
-    final = seen is None or rollout_state(seen)[2] or progress_deadline_exceeded(seen) is not None
-    ROLLOUTS.offer((namespace, owner), seen, final, rollout_pass)
+    ROLLOUTS.offer((namespace, owner), seen, seen is None or rollout_ended(seen), rollout_pass)
 
 
 def _uid(deployment: dict[str, Any]) -> str:
