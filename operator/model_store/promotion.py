@@ -262,7 +262,7 @@ def promote(
                 f"the audit log cannot record the stage's last move ({error}); fix "
                 f"s3://{bucket}/metadata/deployment_history.json before the next move"
             )
-    move = _intended_move(client, bucket, location, stage, manifest, current, last_known, actor, reason)
+    move, intent_etag = _intended_move(client, bucket, location, stage, manifest, current, last_known, actor, reason)
     log.info("promoting", extra={"model": location.model_key, "version": version, "stage": stage.value})
 
     client.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
@@ -286,7 +286,7 @@ def promote(
     client.put_object(
         Bucket=bucket, Key=prefix + MANIFEST_NAME, Body=stage_doc.to_json(), ContentType="application/json"
     )
-    done, error = _record(client, bucket, move, location.intent_key(stage))
+    done, error = _record(client, bucket, move, location.intent_key(stage), intent_etag)
     return PromotionResult(True, done, version, manifest.digest, move, error, stage_doc)
 
 
@@ -318,10 +318,41 @@ def _intended_move(
     last_known: str | None,
     actor: str,
     reason: str,
-) -> dict[str, Any]:
-    """The move this promotion performs: the one written down already if a previous attempt at
-    the same version died half-way, else a new one, written down before the stage is touched."""
+) -> tuple[dict[str, Any], str | None]:
+    """The move this promotion performs and the ETag of its intent (None: not written by this call):
+    the one written down already if a previous attempt at the same version died half-way, else a
+    new one, written down before the stage is touched.
+
+    A completed move drops its intent, so there is usually none: the new move is written at once,
+    on the condition that no intent exists (fenced as below), and only a refusal costs the read."""
     key = location.intent_key(stage)
+
+    def new_move(previous: str | None) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4().hex,
+            "at": utc_now(),
+            "action": move_action(manifest.version, previous),
+            "model": location.model_key,
+            "ticker": location.ticker,
+            "stage": stage.value,
+            "from_version": previous,
+            "to_version": manifest.version,
+            "digest": manifest.digest,
+            "actor": actor,
+            **({"reason": reason} if reason else {}),
+        }
+
+    def previous_without_intent() -> str | None:
+        return (
+            current.version
+            if current is not None
+            else _registered_version(client, bucket, location, stage) or last_known
+        )
+
+    move = new_move(previous_without_intent())
+    written = _write_intent(client, bucket, key, move, None)
+    if written is not None:
+        return move, written
     intent, etag = _read_intent(client, bucket, key)
     if intent.get("id") and (
         (current is not None and (current.extra.get("move") or {}).get("id") == intent["id"])
@@ -333,40 +364,31 @@ def _intended_move(
         and intent.get("action") in ACTIONS
         and (intent.get("digest"), intent.get("to_version")) == (manifest.digest, manifest.version)
     ):
-        return intent
-    if current is not None:
-        previous: str | None = current.version
-    elif intent.get("id"):  # an unfinished move to another version: the stage last held its "from"
-        previous = intent.get("from_version")
-    else:
-        previous = _registered_version(client, bucket, location, stage) or last_known
-    move = {
-        "id": uuid.uuid4().hex,
-        "at": utc_now(),
-        "action": move_action(manifest.version, previous),
-        "model": location.model_key,
-        "ticker": location.ticker,
-        "stage": stage.value,
-        "from_version": previous,
-        "to_version": manifest.version,
-        "digest": manifest.digest,
-        "actor": actor,
-        **({"reason": reason} if reason else {}),
-    }
-    # Fenced: written only over what was read, so two writers starting moves of one stage at once
-    # cannot both go ahead; the loser retries and finds the winner's move.
+        return intent, etag
+    if intent.get("id") and current is None:  # an unfinished move to another version: the stage last held its "from"
+        move = new_move(intent.get("from_version"))
+    written = _write_intent(client, bucket, key, move, etag)
+    if written is None:
+        raise PromotionInProgress(
+            f"another move of {location.model_key} {stage.value} started at the same time "
+            f"(s3://{bucket}/{key}); retrying"
+        )
+    return move, written
+
+
+def _write_intent(client: Any, bucket: str, key: str, move: dict[str, Any], etag: str | None) -> str | None:
+    """Write the move down over the intent with `etag` (None: over no intent), fenced, so that two
+    writers starting moves of one stage at once cannot both go ahead. Its ETag, or None when
+    another writer got there first."""
     condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
     try:
         body = json.dumps(move, indent=2).encode()
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
+        written = client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", **condition)
     except ClientError as exc:
         if lost_conditional_write(exc):
-            raise PromotionInProgress(
-                f"another move of {location.model_key} {stage.value} started at the same time "
-                f"(s3://{bucket}/{key}); retrying"
-            ) from None
+            return None
         raise
-    return move
+    return str(written.get("ETag") or "")  # "" from a store that gives no ETag: _record reads it
 
 
 def _read_intent(client: Any, bucket: str, key: str) -> tuple[dict[str, Any], str | None]:
@@ -389,20 +411,29 @@ def _registered_version(client: Any, bucket: str, location: ModelLocation, stage
     return str(version) if version else None
 
 
-def _record(client: Any, bucket: str, move: dict[str, Any], intent_key: str) -> tuple[bool, str | None]:
+def _record(
+    client: Any, bucket: str, move: dict[str, Any], intent_key: str, intent_etag: str | None = None
+) -> tuple[bool, str | None]:
     """Append the move to the history, then drop its intent, whether this call appended the move or
     an attempt that died before dropping the intent did (a recorded move left written down would
     be taken up again by the next move to the same digest, e.g. a repair, which would then go
     unrecorded under the old id). A failure is returned, not raised: the stage holds the version
-    already, and the next pass records it."""
+    already, and the next pass records it.
+
+    The delete is conditional on the intent's ETag (`intent_etag` when this call wrote it, else
+    read here), so an intent another writer put there since is never dropped."""
     try:
         done = record_once(client, bucket, move)
     except RegistryError as exc:
         return False, str(exc)
     # In the history now (just added, or found there): its intent, if still there, is spent.
     with contextlib.suppress(ClientError, BotoCoreError):
-        if _read_intent(client, bucket, intent_key)[0].get("id") == move.get("id"):
-            client.delete_object(Bucket=bucket, Key=intent_key)
+        if not intent_etag:
+            intent, intent_etag = _read_intent(client, bucket, intent_key)
+            if intent.get("id") != move.get("id"):
+                return done, None
+        if intent_etag:
+            client.delete_object(Bucket=bucket, Key=intent_key, IfMatch=intent_etag)
     return done, None
 
 

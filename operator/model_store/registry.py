@@ -97,9 +97,11 @@ class _Committer:
     only after the write that holds its change succeeded. When the queue filled meanwhile, the
     oldest waiter leads the next batch.
 
-    The document and ETag of the last read or write are kept: the next read is a conditional GET,
-    and S3 answers 304 (no body, nothing to parse) while nobody else wrote the document. Every read
-    still asks S3, so a document edited or broken by hand is seen at once (the registries stay
+    The document and ETag of the last read or write are kept. A batch that changes the kept
+    document is written at once on its ETag (no read: a 412 means someone else wrote, and the batch
+    is read and applied again). A batch that changes nothing, or fails, asks S3 with a conditional
+    GET, which S3 answers with 304 (no body, nothing to parse) while nobody else wrote the
+    document, so a document edited or broken by hand is seen at once (the registries stay
     level-based)."""
 
     def __init__(self, bucket: str, key: str) -> None:
@@ -152,16 +154,25 @@ class _Committer:
             raise
 
     def _commit_batch(self, client: Any, batch: list[_Update]) -> None:
+        # The document as last read or written, while its ETag is the object's: a batch with
+        # something to write sends the write at once (If-Match makes a stale copy a lost race).
+        optimistic = self._doc is not None and self._etag is not None
         for _ in range(_ATTEMPTS):
-            doc, etag = self._read(client)
+            doc, etag = (self._doc, self._etag) if optimistic and self._doc is not None else self._read(client)
             outcomes: list[bool | Exception] = []
             for update in batch:
                 try:
                     outcomes.append(bool(update.change(doc)))
                 except Exception as exc:  # this caller's problem (e.g. a malformed section), not the others'
                     outcomes.append(exc)
-            if any(isinstance(outcome, Exception) for outcome in outcomes):
+            failed = any(isinstance(outcome, Exception) for outcome in outcomes)
+            if failed:
                 self._doc = None  # a change may have failed half-way through the document: parse it anew
+            if optimistic and (failed or not any(outcome is True for outcome in outcomes)):
+                # Nothing to write, or an error: what S3 holds decides (an edit by hand shows at once).
+                optimistic = False
+                continue
+            optimistic = False
             if any(outcome is True for outcome in outcomes) and not self._write(client, doc, etag):
                 log.debug("concurrent write to %s, retrying %d changes", self._key, len(batch))
                 continue

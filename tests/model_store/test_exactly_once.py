@@ -350,3 +350,75 @@ def test_a_stock_promotion_without_declared_tickers_keeps_the_registered_ones(
     sync_registries(s3, bucket, stocks, Stage.PRODUCTION, result.stage_manifest)  # e.g. tmctl promote
     assets, _ = read_document(s3, bucket, ASSET_REGISTRY_KEY)
     assert sorted(assets["stocks"]["supported_tickers"]) == ["AAPL", "MSFT"]
+
+
+class Recording:
+    """The client's S3 requests as (operation, key, conditional headers), in order."""
+
+    def __init__(self, client: Any) -> None:
+        self.sent: list[tuple[str, str, dict[str, str]]] = []
+        client.meta.events.register("before-send.s3", self._saw)
+
+    def _saw(self, request: Any, event_name: str = "", **_: Any) -> None:
+        key = request.url.split("?", 1)[0].split("/", 4)[-1]  # path-style: http://host/bucket/key
+        conditions = {k: v for k, v in request.headers.items() if k.lower() in ("if-match", "if-none-match")}
+        self.sent.append((event_name.rsplit(".", 1)[-1], key, {k.lower(): str(v) for k, v in conditions.items()}))
+
+    def on(self, key: str) -> list[tuple[str, dict[str, str]]]:
+        return [(operation, conditions) for operation, sent_key, conditions in self.sent if sent_key == key]
+
+
+def test_a_move_writes_its_intent_without_reading_it_and_drops_it_on_its_etag(
+    s3_server: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    """The usual move finds no intent (the last one dropped its own): written on If-None-Match *
+    with no read first, and dropped on the ETag the write gave, not read again."""
+    s3 = s3_server.client(bucket)
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
+    first = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    assert first.move is not None
+    client = s3_server.client(bucket)
+    recording = Recording(client)
+    # as the operator does: its status names the moves the history holds
+    recorded = frozenset({first.move["id"]})
+    assert promote(client, bucket, SPY, "v1.1", Stage.PRODUCTION, actor="operator", recorded=recorded).copied
+    on_intent = recording.on(SPY.intent_key(Stage.PRODUCTION))
+    assert [(operation, sorted(conditions)) for operation, conditions in on_intent] == [
+        ("PutObject", ["if-none-match"]),
+        ("DeleteObject", ["if-match"]),
+    ]
+    assert not intents(s3, bucket)
+    assert moves(s3, bucket) == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1")]
+
+
+class OverwritesTheIntentOnceWritten:
+    """Another writer puts its own intent right after ours lands (as a second replica would)."""
+
+    def __init__(self, client: Any, key: str, theirs: bytes) -> None:
+        self._client, self._key, self._theirs = client, key, theirs
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name != "put_object":
+            return attr
+
+        def put(**kwargs: Any) -> Any:
+            answer = attr(**kwargs)
+            if kwargs["Key"] == self._key and kwargs["Body"] != self._theirs:
+                self._client.put_object(Bucket=kwargs["Bucket"], Key=self._key, Body=self._theirs)
+            return answer
+
+        return put
+
+
+def test_an_intent_another_writer_put_since_is_never_dropped(
+    s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
+    promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    key = SPY.intent_key(Stage.PRODUCTION)
+    theirs = json.dumps({"id": "theirs", "action": "promote", "to_version": "v1.1"}).encode()
+    promote(OverwritesTheIntentOnceWritten(s3, key, theirs), bucket, SPY, "v1.1", Stage.PRODUCTION, actor="operator")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == theirs  # the conditional delete left it

@@ -123,3 +123,12 @@ def test_a_failed_write_is_not_remembered_as_written(s3_server: S3Server, bucket
     failing["on"] = False
     assert record_once(client, bucket, entry(2))  # not "already there": it never reached S3
     assert [e["id"] for e in deployment_history(client, bucket)] == ["move-1", "move-2"]
+
+
+def test_a_change_to_the_document_last_written_here_is_written_without_a_read(s3_server: S3Server, bucket: str) -> None:
+    client, sent = counting_client(s3_server, bucket)
+    assert record_once(client, bucket, entry(1))
+    before = Counter(sent)
+    assert record_once(client, bucket, entry(2))
+    assert sent - before == Counter({"PutObject": 1})  # If-Match on the ETag of our last write
+    assert [e["id"] for e in deployment_history(client, bucket)] == ["move-1", "move-2"]
