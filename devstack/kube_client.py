@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class KubeClient:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else orjson.dumps(body)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         async with self.session.request(
             method,
@@ -81,8 +81,11 @@ class KubeClient:
             params=params,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
         ) as response:
-            text = await response.text()
-            payload: Any = json.loads(text) if text and response.content_type == "application/json" else text
+            raw = await response.read()
+            if raw and response.content_type == "application/json":
+                payload: Any = orjson.loads(raw)  # from the bytes: no decoding to str first
+            else:
+                payload = await response.text()  # the body read above, decoded
             if response.status >= 400:
                 raise KubeApiError(response.status, payload)
             return payload
@@ -138,7 +141,7 @@ class KubeClient:
                 raise KubeApiError(response.status, await response.text())
             async for line in response.content:
                 if line.strip():
-                    yield json.loads(line)
+                    yield orjson.loads(line)
 
 
 async def retry_forever(name: str, body: Any, *, delay: float = 1.0) -> None:

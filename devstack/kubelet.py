@@ -26,18 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import logging
 import os
 import pathlib
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import orjson
 
 from devstack import annotation_keys, autoscalers, deployments, kube_events
 from devstack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
@@ -74,16 +73,16 @@ _FULL_PASS_SECONDS = 10.0  # every object, not only the changed ones (progress d
 _CONCURRENT_SYNCS = 16  # objects worked on at once in a pass (kube-controller-manager's --concurrent-*-syncs)
 
 
-async def _each(items: Sequence[Any], work: Callable[[Any], Any]) -> bool:
-    """work(item) for every item, at most _CONCURRENT_SYNCS at once; True when any returned True.
-    One object's API calls stay in order; different objects do not wait for each other."""
+async def _each(items: Sequence[Any], work: Callable[[Any], Awaitable[None]]) -> None:
+    """work(item) for every item, at most _CONCURRENT_SYNCS at once. One object's API calls stay
+    in order; different objects do not wait for each other."""
     limit = asyncio.Semaphore(_CONCURRENT_SYNCS)
 
-    async def one(item: Any) -> bool:
+    async def one(item: Any) -> None:
         async with limit:
-            return bool(await work(item))
+            await work(item)
 
-    return any(await asyncio.gather(*(one(item) for item in items)))
+    await asyncio.gather(*(one(item) for item in items))
 
 
 def default_command(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
@@ -106,39 +105,37 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
-@dataclass
-class _Snapshot:
-    deployments: list[dict[str, Any]] = field(default_factory=list)
-    replica_sets: list[dict[str, Any]] = field(default_factory=list)
-    pods: list[dict[str, Any]] = field(default_factory=list)
-    services: list[dict[str, Any]] = field(default_factory=list)
-    # owner uid -> the ReplicaSets / Pods it owns: a pass is linear in the objects, not quadratic
-    replica_sets_of: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    pods_of: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+def _name_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return _meta(obj).get("namespace") or "", _meta(obj)["name"]
 
-    def __post_init__(self) -> None:
-        for items, index in ((self.replica_sets, self.replica_sets_of), (self.pods, self.pods_of)):
-            for obj in items:
-                for ref in _meta(obj).get("ownerReferences") or []:
-                    index.setdefault(ref.get("uid", ""), []).append(obj)
 
-    def owned_pods(self, replica_sets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return [pod for rs in replica_sets for pod in self.pods_of.get(_meta(rs).get("uid", ""), [])]
+def _owner_uids(obj: Mapping[str, Any]) -> list[str]:
+    return [ref["uid"] for ref in _meta(obj).get("ownerReferences") or [] if ref.get("uid")]
 
 
 class _Informer:
     """A local copy of one collection: listed once, then kept by a watch, and updated at once by
-    our own writes (so a pass never acts twice on what it already did), like client-go's informers."""
+    our own writes (so a pass never acts twice on what it already did), like client-go's informers.
+    It keeps an owner index with every change, so that a pass looks up what an object owns instead
+    of indexing the whole collection again."""
 
     def __init__(self, on_change: Callable[[dict[str, Any]], None]) -> None:
         self.objects: dict[str, dict[str, Any]] = {}  # uid -> object
         self.synced = False
+        self._owned: dict[str, dict[str, dict[str, Any]]] = {}  # owner uid -> uid -> object
         self._gone: set[str] = set()  # uids deleted (a uid never comes back)
         self._on_change = on_change
 
     def replace(self, items: list[dict[str, Any]]) -> None:
-        self.objects = {_meta(obj)["uid"]: obj for obj in items if _meta(obj).get("uid")}
+        before = self.objects
+        self.objects, self._owned = {}, {}
+        for obj in items:
+            if _meta(obj).get("uid"):
+                self._put(_meta(obj)["uid"], obj)
         self.synced = True
+        for uid, obj in before.items():
+            if uid not in self.objects:  # deleted while no watch was running: its owners must hear of it
+                self._on_change(obj)
         for obj in items:
             self._on_change(obj)
 
@@ -148,18 +145,32 @@ class _Informer:
         uid = _meta(obj)["uid"]
         if deleted:
             self._gone.add(uid)
-            self.objects.pop(uid, None)
+            self._put(uid, None)
         elif uid in self._gone:
             return
         else:
             current = self.objects.get(uid)
             if current is not None and _rv(current) > _rv(obj):
                 return  # a watch event older than what our own write returned
-            self.objects[uid] = obj
+            self._put(uid, obj)
         self._on_change(obj)
 
-    def items(self) -> list[dict[str, Any]]:
-        return sorted(self.objects.values(), key=lambda o: (_meta(o).get("namespace") or "", _meta(o)["name"]))
+    def _put(self, uid: str, obj: dict[str, Any] | None) -> None:
+        """Store obj under uid (None: drop it), moving it in the owner index (its ownerReferences may change)."""
+        old = self.objects.pop(uid, None) if obj is None else self.objects.get(uid)
+        for owner in _owner_uids(old or {}):
+            owned = self._owned.get(owner, {})
+            owned.pop(uid, None)
+            if not owned:
+                self._owned.pop(owner, None)
+        if obj is not None:
+            self.objects[uid] = obj
+            for owner in _owner_uids(obj):
+                self._owned.setdefault(owner, {})[uid] = obj
+
+    def owned_by(self, owner_uid: str) -> list[dict[str, Any]]:
+        """What owner_uid owns, in name order: plans break ties by list order (which pod to delete)."""
+        return sorted(self._owned.get(owner_uid, {}).values(), key=_name_key)
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -498,11 +509,11 @@ class LocalKubelet:
         # looks at it again once its progress deadline has passed
         self._rollouts: dict[str, tuple[str, tuple[int, ...], datetime.datetime]] = {}
         self._deadline_timers: dict[str, asyncio.TimerHandle] = {}
-        self._snapshot = _Snapshot()
         self._informers = {
             path: _Informer(self._mark_dirty) for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES)
         }
-        self._dirty: set[str] = set()  # uids of Deployments and ReplicaSets a watch event may concern
+        # uids of the objects a watch event or our own write may concern (a pod, its ReplicaSet, its Deployment)
+        self._dirty: set[str] = set()
         self._last_full_pass = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -591,24 +602,22 @@ class LocalKubelet:
         selector = self._selector_of(namespace, name)
         if selector is None:
             return []
+        pods = self._informers[_PODS].objects
         urls = []
-        for pod in self._snapshot.pods:
-            meta = _meta(pod)
-            if meta.get("namespace") != namespace or not deployments.selector_matches(selector, meta.get("labels")):
+        for worker in list(self._workers.values()):  # a copy: tests call this from another thread
+            pod = pods.get(worker.uid)
+            if pod is None or not worker.ready or not worker.port:
                 continue
-            worker = self._workers.get(meta.get("uid", ""))
-            if worker is not None and worker.ready and worker.port:
+            meta = _meta(pod)
+            if meta.get("namespace") == namespace and deployments.selector_matches(selector, meta.get("labels")):
                 urls.append(f"http://127.0.0.1:{worker.port}")
         return sorted(urls)
 
     def service_url(self, namespace: str, name: str) -> str | None:
         """The stable proxy URL of a Service (it answers 503 while no pod is ready)."""
-        for service in self._snapshot.services:
-            meta = _meta(service)
-            if meta.get("namespace") == namespace and meta.get("name") == name:
-                proxy = self._proxies.get(meta.get("uid", ""))
-                return proxy.url if proxy is not None else None
-        return None
+        service = self._named(_SERVICES, namespace, name)
+        proxy = self._proxies.get(_meta(service)["uid"]) if service is not None else None
+        return proxy.url if proxy is not None else None
 
     async def wait_ready(self, namespace: str, name: str, *, count: int = 1, timeout: float = 60.0) -> list[str]:
         """Wait until a Service or Deployment has at least ``count`` ready endpoints; return them."""
@@ -627,17 +636,17 @@ class LocalKubelet:
             return self.shared_cache_dir
         return self.state_dir / "cache" / f"{namespace}_{name}"
 
+    def _named(self, path: str, namespace: str, name: str) -> dict[str, Any] | None:
+        objects = list(self._informers[path].objects.values())  # a copy: tests call the queries from another thread
+        return next((obj for obj in objects if _name_key(obj) == (namespace, name)), None)
+
     def _selector_of(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        for service in self._snapshot.services:
-            meta = _meta(service)
-            if meta.get("namespace") == namespace and meta.get("name") == name:
-                labels = (service.get("spec") or {}).get("selector")
-                return {"matchLabels": dict(labels)} if labels else None
-        for deployment in self._snapshot.deployments:
-            meta = _meta(deployment)
-            if meta.get("namespace") == namespace and meta.get("name") == name:
-                return (deployment.get("spec") or {}).get("selector")
-        return None
+        service = self._named(_SERVICES, namespace, name)
+        if service is not None:
+            labels = (service.get("spec") or {}).get("selector")
+            return {"matchLabels": dict(labels)} if labels else None
+        deployment = self._named(_DEPLOYMENTS, namespace, name)
+        return (deployment.get("spec") or {}).get("selector") if deployment is not None else None
 
     async def container_env(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
         namespace = _meta(pod).get("namespace") or "default"
@@ -670,7 +679,7 @@ class LocalKubelet:
             async for line in response.content:
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)
                 if event.get("type") == "ERROR":
                     raise KubeApiError(int((event.get("object") or {}).get("code") or 500), event.get("object") or {})
                 if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
@@ -702,11 +711,11 @@ class LocalKubelet:
                 log.warning("event=kubelet_api_unreachable api=%s error=%r", self.api_url, exc)
             except Exception:  # keep running: the next pass starts from the API state again
                 log.exception("event=kubelet_reconcile_failed")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that comes with a wake,
+            # and stop() would then wait for this loop forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.resync_seconds)
-
-    def _load(self) -> _Snapshot:
-        return _Snapshot(*(self._informers[path].items() for path in (_DEPLOYMENTS, _REPLICA_SETS, _PODS, _SERVICES)))
+                async with asyncio.timeout(self.resync_seconds):
+                    await self._wake.wait()
 
     async def _reconcile(self) -> None:
         """One pass over what changed since the last (every object now and then, for time-based
@@ -718,29 +727,33 @@ class LocalKubelet:
         if full:
             self._last_full_pass = loop.time()
         dirty, self._dirty = self._dirty, set()
-        snapshot = self._load()
+        only = None if full else dirty
+        try:
+            for path, sync in ((_DEPLOYMENTS, self._sync_deployment), (_REPLICA_SETS, self._sync_replica_set)):
+                await _each([obj for obj in self._handled(path, only) if not deployments.is_deleting(obj)], sync)
+            # with self._dirty: the pods this pass created (our writes mark them) start now, not a pass later
+            self._sync_workers(None if only is None else only | self._dirty)
+            await self._report_statuses(only)
+            if self.service_proxies:
+                await self._sync_proxies(only)
+        except BaseException:
+            self._dirty |= dirty  # what this pass did not finish, the next one does
+            raise
 
-        def wanted(obj: Mapping[str, Any]) -> bool:
-            return full or _meta(obj).get("uid") in dirty
+    def _handled(self, path: str, only: set[str] | None) -> list[dict[str, Any]]:
+        """The objects of a collection a pass works on: all of them (only=None: a full pass), else those
+        whose uids are in only, in name order (a set's order changes from run to run)."""
+        objects = self._informers[path].objects
+        if only is None:
+            return list(objects.values())
+        return sorted((objects[uid] for uid in only if uid in objects), key=_name_key)
 
-        changed = await self._reconcile_deployments(snapshot, wanted)
-        changed |= await self._reconcile_replica_sets(snapshot, wanted)
-        if changed:
-            snapshot = self._load()
-        self._snapshot = snapshot
-        await self._sync_workers(snapshot)
-        await self._report_statuses(snapshot, wanted)
-        if self.service_proxies:
-            await self._sync_proxies(snapshot)
+    def _pods_of(self, replica_sets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [pod for rs in replica_sets for pod in self._informers[_PODS].owned_by(_meta(rs)["uid"])]
 
-    async def _reconcile_deployments(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> bool:
-        todo = [d for d in snapshot.deployments if not deployments.is_deleting(d) and wanted(d)]
-        return await _each(todo, lambda deployment: self._sync_deployment(snapshot, deployment))
-
-    async def _sync_deployment(self, snapshot: _Snapshot, deployment: dict[str, Any]) -> bool:
-        changed = False
-        owned = snapshot.replica_sets_of.get(_meta(deployment)["uid"], [])
-        plan = deployments.plan_rollout(deployment, owned, snapshot.owned_pods(owned))
+    async def _sync_deployment(self, deployment: dict[str, Any]) -> None:
+        owned = self._informers[_REPLICA_SETS].owned_by(_meta(deployment)["uid"])
+        plan = deployments.plan_rollout(deployment, owned, self._pods_of(owned))
         namespace = _meta(deployment).get("namespace")
         if plan.create is not None:
             with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
@@ -753,7 +766,6 @@ class LocalKubelet:
                     f"Scaled up replica set "
                     f"{plan.create['metadata']['name']} from 0 to {plan.create['spec']['replicas']}",
                 )
-            changed = True
         for name, replicas in plan.scale.items():
             self._wrote(
                 _REPLICA_SETS,
@@ -763,17 +775,10 @@ class LocalKubelet:
             )
             log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
             await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
-            changed = True
-        return changed
 
-    async def _reconcile_replica_sets(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> bool:
-        todo = [rs for rs in snapshot.replica_sets if not deployments.is_deleting(rs) and wanted(rs)]
-        return await _each(todo, lambda replica_set: self._sync_replica_set(snapshot, replica_set))
-
-    async def _sync_replica_set(self, snapshot: _Snapshot, replica_set: dict[str, Any]) -> bool:
-        changed = False
+    async def _sync_replica_set(self, replica_set: dict[str, Any]) -> None:
         namespace = _meta(replica_set).get("namespace")
-        plan = deployments.plan_pods(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
+        plan = deployments.plan_pods(replica_set, self._informers[_PODS].owned_by(_meta(replica_set)["uid"]))
         for _ in range(plan.create):
             try:
                 created = await self.client.create(
@@ -782,38 +787,39 @@ class LocalKubelet:
             except KubeApiError as exc:  # refused (e.g. its service account is missing): tried again later
                 said = str(exc).split(": ", 1)[-1]  # without KubeApiError's "HTTP 403: "
                 await self.record(replica_set, "FailedCreate", f"Error creating: {said}", warning=True)
-                return changed
+                return
             self._wrote(_PODS, created)
             await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
-            changed = True
         for name in plan.delete:
             await self.client.delete(resource_path("v1", "pods", namespace, name))
             await self.record(replica_set, "SuccessfulDelete", f"Deleted pod: {name}")
-            changed = True
-        return changed
 
-    async def _sync_workers(self, snapshot: _Snapshot) -> None:
-        live = {}
-        for pod in snapshot.pods:
-            node = (pod.get("spec") or {}).get("nodeName")
-            if node in (None, "", self.node_name) and not deployments.is_deleting(pod):
-                live[_meta(pod)["uid"]] = pod
-        gone = [self._workers.pop(uid) for uid in list(self._workers) if uid not in live]
-        for worker in gone:
-            log.info("event=pod_stopping pod=%s/%s", worker.namespace, worker.name)
-            # In the background: a stopping pod's preStop pause and drain must not hold up the rollout.
-            stopping = asyncio.create_task(worker.stop(), name=f"stop:{worker.namespace}/{worker.name}")
-            self._stopping.add(stopping)
-            stopping.add_done_callback(self._stopping.discard)
-        for uid, pod in live.items():
-            if uid not in self._workers:
-                worker = PodWorker(self, pod)
-                self._workers[uid] = worker
+    def _sync_workers(self, only: set[str] | None) -> None:
+        """A worker for each live pod of this node, none for the others: for the pods whose uids are in
+        only (those that changed or went away), or with None for every pod and worker."""
+        pods = self._informers[_PODS].objects
+        for uid in pods.keys() | self._workers.keys() if only is None else only:
+            pod = pods.get(uid)
+            node = (pod.get("spec") or {}).get("nodeName") if pod is not None else None
+            if pod is not None and (node not in (None, "", self.node_name) or deployments.is_deleting(pod)):
+                pod = None  # not one to run here (any more)
+            worker = self._workers.get(uid)
+            if pod is not None and worker is None:
+                self._workers[uid] = worker = PodWorker(self, pod)
                 worker.start()
+            elif pod is None and worker is not None:
+                del self._workers[uid]
+                log.info("event=pod_stopping pod=%s/%s", worker.namespace, worker.name)
+                # In the background: a stopping pod's preStop pause and drain must not hold up the rollout.
+                stopping = asyncio.create_task(worker.stop(), name=f"stop:{worker.namespace}/{worker.name}")
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
 
-    async def _report_statuses(self, snapshot: _Snapshot, wanted: Callable[[Mapping[str, Any]], bool]) -> None:
+    async def _report_statuses(self, only: set[str] | None) -> None:
+        replica_sets, pods = self._informers[_REPLICA_SETS], self._informers[_PODS]
+
         async def replica_set_status(replica_set: dict[str, Any]) -> None:
-            status = deployments.replica_set_status(replica_set, snapshot.pods_of.get(_meta(replica_set)["uid"], []))
+            status = deployments.replica_set_status(replica_set, pods.owned_by(_meta(replica_set)["uid"]))
             if _differs(replica_set.get("status"), status):
                 path = resource_path(
                     "apps/v1", "replicasets", _meta(replica_set).get("namespace"), _meta(replica_set)["name"], "status"
@@ -823,22 +829,22 @@ class LocalKubelet:
                     await self.client.patch(path, {"status": _replacing(replica_set.get("status"), status)}),
                 )
 
-        await _each([rs for rs in snapshot.replica_sets if wanted(rs)], replica_set_status)
+        await _each(self._handled(_REPLICA_SETS, only), replica_set_status)
         now = _now()
 
         async def deployment_status(deployment: dict[str, Any]) -> None:
             meta = _meta(deployment)
             uid = meta["uid"]
             hash_ = deployments.spec_template_hash(deployment)
-            owned = snapshot.replica_sets_of.get(uid, [])
-            pods = snapshot.owned_pods(owned)
+            owned = replica_sets.owned_by(uid)
+            owned_pods = self._pods_of(owned)
             # Like the real controller, the deadline counts from the last progress (a new pod
             # created, one more ready), not from the start of the rollout.
-            progress = deployments.rollout_progress(deployment, owned, pods)
+            progress = deployments.rollout_progress(deployment, owned, owned_pods)
             seen = self._rollouts.get(uid)
             if seen is None or seen[:2] != (hash_, progress):
                 seen = self._rollouts[uid] = (hash_, progress, now)
-            status = deployments.deployment_status(deployment, owned, pods, rollout_started=seen[2], now=now)
+            status = deployments.deployment_status(deployment, owned, owned_pods, rollout_started=seen[2], now=now)
             self._look_again_at_deadline(deployment, seen[2], now)
             if _differs(deployment.get("status"), status):
                 path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
@@ -847,11 +853,12 @@ class LocalKubelet:
                     await self.client.patch(path, {"status": _replacing(deployment.get("status"), status)}),
                 )
 
-        # a template change is an event: it makes the Deployment wanted
-        await _each([d for d in snapshot.deployments if wanted(d)], deployment_status)
-        known = {_meta(d)["uid"] for d in snapshot.deployments}
-        for uid in [uid for uid in self._rollouts if uid not in known]:
-            del self._rollouts[uid]
+        # a template change is an event: it makes the Deployment dirty
+        await _each(self._handled(_DEPLOYMENTS, only), deployment_status)
+        # A deleted Deployment's uid is dirty (its delete event): the next pass forgets its rollout.
+        live = self._informers[_DEPLOYMENTS].objects
+        for uid in [uid for uid in (self._rollouts if only is None else only) if uid not in live]:
+            self._rollouts.pop(uid, None)
             timer = self._deadline_timers.pop(uid, None)
             if timer is not None:
                 timer.cancel()
@@ -875,15 +882,16 @@ class LocalKubelet:
 
         self._deadline_timers[uid] = asyncio.get_running_loop().call_later(remaining + 0.1, look)
 
-    async def _sync_proxies(self, snapshot: _Snapshot) -> None:
-        live = {
-            _meta(s)["uid"]: s
-            for s in snapshot.services
-            if (s.get("spec") or {}).get("selector") and not deployments.is_deleting(s)
-        }
-        for uid in [uid for uid in self._proxies if uid not in live]:
-            await self._proxies.pop(uid).stop()
-        for uid, service in live.items():
+    async def _sync_proxies(self, only: set[str] | None) -> None:
+        """A proxy for each Service with a selector, its URL in an annotation: for the Services whose uids
+        are in only (those that changed or went away), or with None for every Service and proxy."""
+        services = self._informers[_SERVICES].objects
+        for uid in services.keys() | self._proxies.keys() if only is None else only:
+            service = services.get(uid)
+            if service is None or not (service.get("spec") or {}).get("selector") or deployments.is_deleting(service):
+                if uid in self._proxies:
+                    await self._proxies.pop(uid).stop()
+                continue
             meta = _meta(service)
             namespace, name = meta.get("namespace") or "default", meta["name"]
             if uid not in self._proxies:

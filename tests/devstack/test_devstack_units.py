@@ -12,6 +12,7 @@ from crd_validation import cel as cel_rules
 from crd_validation import structural as schemas
 from devstack import deployments, jsonpath, patching, selectors, tables
 from devstack.api_paths import ApiPath, parse_api_path
+from devstack.kubelet import _Informer
 from devstack.pod_env import EnvError, resolve_env
 
 # RFC 7386 appendix A: (target, patch, result).
@@ -333,6 +334,33 @@ def test_scaling_down_removes_not_ready_then_youngest_pods() -> None:
     ]
 
     assert deployments.plan_pods(rs, pods).delete == ("not-ready", "young-ready")
+
+
+def owned_pod(name: str, rv: int, *owners: str) -> dict[str, Any]:
+    refs = [{"uid": owner} for owner in owners]
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": str(rv), "ownerReferences": refs}}
+
+
+def test_the_informers_owner_index_follows_owner_references_deletions_and_relists() -> None:
+    changed: list[str] = []
+    informer = _Informer(lambda obj: changed.append(obj["metadata"]["name"]))
+    informer.replace([owned_pod("b", 1, "rs-1"), owned_pod("a", 1, "rs-1")])
+    assert [p["metadata"]["name"] for p in informer.owned_by("rs-1")] == ["a", "b"]  # name order
+
+    informer.apply(owned_pod("a", 2, "rs-2"))  # adopted by another owner
+    assert [p["metadata"]["name"] for p in informer.owned_by("rs-1")] == ["b"]
+    assert informer.owned_by("rs-2") == [owned_pod("a", 2, "rs-2")]
+    informer.apply(owned_pod("a", 1, "rs-1"))  # older than what we have: ignored
+    assert informer.owned_by("rs-2") == [owned_pod("a", 2, "rs-2")]
+
+    informer.apply(owned_pod("b", 2, "rs-1"), deleted=True)
+    informer.apply(owned_pod("b", 3, "rs-1"))  # a deleted uid never comes back
+    assert informer.owned_by("rs-1") == []
+
+    changed.clear()
+    informer.replace([owned_pod("c", 4, "rs-2")])  # a relist without "a": it was deleted meanwhile
+    assert informer.owned_by("rs-2") == [owned_pod("c", 4, "rs-2")]
+    assert sorted(changed) == ["a", "c"]  # the owners of what went away hear of it too
 
 
 def test_pod_env_resolves_values_secrets_config_maps_and_fields() -> None:
