@@ -8,6 +8,7 @@ Namespace itself) or ``<plural>[/<name>[/<subresource>]]`` (an object in namespa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -21,8 +22,11 @@ class ApiPath:
     subresource: str | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_api_path(path: str) -> ApiPath | None:
-    """The resource a REST path addresses, or None for discovery and non-API paths."""
+    """The resource a REST path addresses, or None for discovery and non-API paths.
+
+    Remembered: the API parses each request's path three times, and clients repeat their paths."""
     parts = [p for p in path.strip("/").split("/") if p]
     if len(parts) >= 3 and parts[0] == "api":
         group, version, rest = "", parts[1], parts[2:]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
+import gc
 import json
 import logging
 import pathlib
@@ -34,8 +36,9 @@ import yaml
 from kmock._internal.apps import RawHandler
 from kmock._internal.parsing import ParsedPath, guess_k8s
 
+from crd_validation.structural import copy_json
 from devstack import annotation_keys, api_paths, errors, openapi, patching, tables
-from devstack.kinds import ResourceType
+from devstack.kinds import ResourceKey, ResourceType
 from devstack.selectors import SelectorError, parse_field_selector, parse_label_selector
 from devstack.store import CRD_KEY, ObjectStore, Selection, Watcher, WriteResult
 
@@ -56,6 +59,15 @@ T = TypeVar("T")
 # "preferred": with HPAs under both autoscaling/v1 and v2, `kubectl get hpa` would show either set
 # at random. Only v2 is served (what kubectl prefers on a real cluster, and what the operator writes).
 _UNSERVED = {("autoscaling", "v1", "horizontalpodautoscalers")}
+# _loads looks for 19 digits in a row (an integer orjson may not hold) in the text with every digit
+# made "0": a regular expression takes several times longer than orjson's parse
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_NUMBER = b"0" * 19
+# A full garbage collection (by default every 10th of the middle generation) walks the whole heap, and
+# the API's heap holds each object's recent versions (the watch event log, kmock's history): in the
+# operator benchmark at N=300, 15 of them at ~half a million objects took 5-7 of the API's 22-24 CPU
+# seconds. What the API keeps is JSON, without reference cycles: one full collection in 100 is enough.
+_FULL_COLLECTION_EVERY = 100
 
 
 class _ServeNatively(Exception):
@@ -594,8 +606,9 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
         assert paths is not None
 
         def change(obj: dict[str, Any]) -> dict[str, Any]:
-            _path_set(obj, paths[0], replicas)
-            return obj
+            changed = copy_json(obj)  # obj is the stored object: update_with's change must not mutate it
+            _path_set(changed, paths[0], replicas)
+            return changed
 
         result = self.store.update_with(rt, namespace, name, change, dry_run=_dry_run(request.params))
         return self._scale_of(rt, result.object)
@@ -643,7 +656,7 @@ class LocalKubeEmulator(kmock.KubernetesEmulator):
     def _mirror(self, event_type: str, rt: ResourceType, obj: dict[str, Any]) -> None:
         """Keep kmock's ``objects`` (assertion helpers) in step with the store."""
         meta = obj["metadata"]
-        key = (kmock.resource(*rt.key), meta.get("namespace"), meta["name"])
+        key = (_kmock_resource(rt.key), meta.get("namespace"), meta["name"])
         if event_type == "DELETED":
             if key in self._objects:
                 self._objects[key].delete()
@@ -665,11 +678,11 @@ def _kmock_request(
 ) -> kmock.Request:
     """A kmock Request (for its DSL and assertions) built from our own path parsing."""
     try:
-        data = json.loads(body) if body else None
+        data = _loads(body) if body else None
     except ValueError:
         data = None
-    method = kmock.method.guess(raw_request.method)
-    resource = kmock.resource(parsed.group, parsed.version, parsed.plural) if parsed else None
+    method = _kmock_method(raw_request.method)
+    resource = _kmock_resource((parsed.group, parsed.version, parsed.plural)) if parsed else None
     action = None
     if parsed is not None:
         kmock_path = ParsedPath(
@@ -693,6 +706,19 @@ def _kmock_request(
         name=parsed.name if parsed else None,
         subresource=parsed.subresource if parsed else None,
     )
+
+
+@functools.cache
+def _kmock_resource(key: ResourceKey) -> kmock.resource:
+    """kmock's resource for a key, made once: its constructor tests its argument against a typing
+    Protocol (isinstance on a runtime_checkable Protocol is slow), on every request and every write."""
+    return kmock.resource(*key)
+
+
+@functools.cache
+def _kmock_method(name: str) -> kmock.method:
+    """kmock's method for an HTTP method name, found once: its guess walks the whole enum."""
+    return kmock.method.guess(name)
 
 
 def _count_key(raw_request: aiohttp.web.BaseRequest, parsed: api_paths.ApiPath) -> tuple[str, str, str]:
@@ -740,11 +766,24 @@ def _partial(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
 
 
+def _loads(data: bytes) -> Any:
+    """Parse JSON as json.loads does, with orjson where its answer is the same (several times faster:
+    every request body is parsed twice, for kmock's request log and for the store). orjson turns
+    integers beyond 64 bits into floats, so text with 19 digits in a row goes to json; so does what
+    orjson refuses and json may read (NaN, lone surrogates, UTF-16), and json then answers or raises."""
+    if _LONG_NUMBER not in data.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
 def _body(request: kmock.Request, *, yaml_ok: bool = False) -> Any:
     if not request.body:
         return None
     try:
-        return json.loads(request.body)
+        return _loads(request.body)
     except ValueError as exc:
         if yaml_ok:
             try:
@@ -890,6 +929,8 @@ class LocalKubeAPI:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        young, middle, full = gc.get_threshold()
+        gc.set_threshold(young, middle, max(full, _FULL_COLLECTION_EVERY))  # for the whole process: see there
         self._loop = asyncio.get_running_loop()
         await self.emulator.__aenter__()
         self._server = aiohttp.web.Server(self.emulator, handler_cancellation=True, access_log=None)

@@ -50,6 +50,8 @@ _SERVER_OWNED_METADATA = (
     "selfLink",
 )
 ObjectAddress = tuple[str | None, str]  # (namespace, name)
+# A label (key, value) in the label index, or None for labels that are not a mapping (see _label_pairs)
+LabelPair = tuple[str, str] | None
 
 
 def now_rfc3339() -> str:
@@ -81,8 +83,9 @@ class Selection:
         return (
             (self.namespace is None or meta.get("namespace") == self.namespace)
             and (self.name is None or meta.get("name") == self.name)
-            and labels_match(self.labels, meta.get("labels"))
-            and fields_match(self.fields, obj)
+            # most watches select by namespace alone, and test every event of their kind
+            and (not self.labels or labels_match(self.labels, meta.get("labels")))
+            and (not self.fields or fields_match(self.fields, obj))
         )
 
 
@@ -127,6 +130,9 @@ class ObjectStore:
         # owner uid -> the objects whose ownerReferences name it: garbage collection looks there
         # instead of walking every object (events included) on every delete
         self._dependents: dict[str, set[tuple[ResourceKey, ObjectAddress]]] = collections.defaultdict(set)
+        # kind -> label -> the objects that carry it: a list by label selector (the pods of one
+        # model) tests those instead of every object of the kind
+        self._labelled: dict[ResourceKey, dict[LabelPair, set[ObjectAddress]]] = collections.defaultdict(dict)
         self._rv = 0
         self._log: collections.deque[WatchEvent] = collections.deque(maxlen=event_log_size)
         self._watchers: set[Watcher] = set()
@@ -164,8 +170,25 @@ class ObjectStore:
         return self._objects[rt.key].get((self._scope(rt, namespace), name))
 
     def list(self, rt: ResourceType, selection: Selection = Selection()) -> list[dict[str, Any]]:
-        found = [obj for obj in self._objects[rt.key].values() if selection.selects(obj)]
+        objects = self._objects[rt.key]
+        candidates = self._candidates(rt, selection)
+        pool = objects.values() if candidates is None else (objects[a] for a in candidates if a in objects)
+        found = [obj for obj in pool if selection.selects(obj)]
         return sorted(found, key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
+
+    def _candidates(self, rt: ResourceType, selection: Selection) -> set[ObjectAddress] | None:
+        """Addresses that hold every object the selection may select (None: any object may); the
+        selection still tests each of them."""
+        if selection.name is not None and (selection.namespace is not None or not rt.namespaced):
+            return {(selection.namespace, selection.name)}
+        index = self._labelled.get(rt.key, {})
+        narrowest: set[ObjectAddress] | None = None
+        for requirement in selection.labels:
+            if requirement.operator in ("=", "in"):  # only objects with one of its values can match
+                having = set().union(*(index.get((requirement.key, value), ()) for value in requirement.values))
+                if narrowest is None or len(having) < len(narrowest):
+                    narrowest = having
+        return None if narrowest is None else narrowest | index.get(None, set())
 
     def all_objects(self) -> Iterator[tuple[ResourceType, dict[str, Any]]]:
         for key, objects in list(self._objects.items()):
@@ -307,12 +330,7 @@ class ObjectStore:
         if expected_rv and expected_rv != current["metadata"]["resourceVersion"]:
             raise errors.stale(rt, name)
         return self._update(
-            rt,
-            current,
-            copy_json(body),
-            subresource=subresource,
-            dry_run=dry_run,
-            field_validation=field_validation,
+            rt, current, body, subresource=subresource, dry_run=dry_run, field_validation=field_validation
         )
 
     def update_with(
@@ -326,12 +344,13 @@ class ObjectStore:
         dry_run: bool = False,
         field_validation: str = "",
     ) -> WriteResult:
-        """PATCH: ``change`` maps a copy of the current object to the desired one.
+        """PATCH: ``change`` maps the current object to the desired one, without changing it (it is
+        the stored object: the patch functions return new dicts and may share the parts they leave).
 
         A resourceVersion the patch put into metadata is a precondition, as on the real server.
         """
         current = self.get(rt, namespace, name)
-        desired = change(copy_json(current))
+        desired = change(current)
         expected_rv = (desired.get("metadata") or {}).get("resourceVersion")
         if expected_rv and expected_rv != current["metadata"]["resourceVersion"]:
             raise errors.stale(rt, name)
@@ -368,7 +387,7 @@ class ObjectStore:
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp"):
                 return current
-            marked = copy_json(current)
+            marked = _restamped(current)
             marked["metadata"]["deletionTimestamp"] = now_rfc3339()
             marked["metadata"]["deletionGracePeriodSeconds"] = 0
             self._commit(rt, "MODIFIED", marked, current)
@@ -387,24 +406,25 @@ class ObjectStore:
         dry_run: bool,
         field_validation: str,
     ) -> WriteResult:
+        # desired may share parts with the stored object (a patch) or the caller (a PUT body): the
+        # write is composed shallowly from both, then copied once, and admission changes that copy.
         if subresource == "status":
             if not rt.has_status:
                 raise errors.resource_not_found(f"{rt.qualified_plural}/status")
-            result = copy_json(current)
-            if desired.get("status") is None:
-                result.pop("status", None)
-            else:
-                result["status"] = desired["status"]
+            composed = dict(current)
+            status_source = desired
         elif subresource is None:
-            result = desired
-            self._check_type_meta(rt, result)
-            if rt.has_status:
-                if current.get("status") is None:
-                    result.pop("status", None)
-                else:
-                    result["status"] = copy_json(current["status"])
+            composed = dict(desired)
+            self._check_type_meta(rt, composed)
+            status_source = current
         else:
             raise errors.method_not_allowed(f"{rt.qualified_plural}/{subresource}")
+        if subresource == "status" or rt.has_status:
+            if status_source.get("status") is None:
+                composed.pop("status", None)
+            else:
+                composed["status"] = status_source["status"]
+        result = copy_json(composed)
 
         meta = result.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -463,7 +483,8 @@ class ObjectStore:
             self._admit_crd(rt, obj)
         warnings: list[str] = []
         if rt.schema:
-            pruned, dropped = schemas.prune(rt.schema, obj)
+            # obj is the write's own copy (see create and _update): no need to prune and default another
+            _, dropped = schemas.prune(rt.schema, obj, in_place=True)
             if dropped:
                 if field_validation == "Strict":
                     listed = ", ".join(f'unknown field "{path}"' for path in dropped)
@@ -473,9 +494,7 @@ class ObjectStore:
                     )
                 if field_validation == "Warn":
                     warnings.extend(f'unknown field "{path}"' for path in dropped)
-            defaulted = schemas.apply_defaults(rt.schema, pruned)
-            obj.clear()
-            obj.update(defaulted)
+            schemas.apply_defaults(rt.schema, obj, in_place=True)
             assert rt.validator is not None
             field_errors = schemas.validate(rt.validator, obj) or cel_rules.violations(rt.schema, obj, old)
             if field_errors:
@@ -549,6 +568,9 @@ class ObjectStore:
         address = (meta.get("namespace"), meta["name"])
         for ref in ((previous or {}).get("metadata") or {}).get("ownerReferences") or []:
             self._dependents.get(ref.get("uid", ""), set()).discard((rt.key, address))
+        self._index_labels(
+            rt.key, address, _label_pairs(previous), _label_pairs(None if event_type == "DELETED" else obj)
+        )
         if event_type == "DELETED":
             self._objects[rt.key].pop(address, None)
             self._uids.pop(meta["uid"], None)
@@ -572,8 +594,22 @@ class ObjectStore:
             except Exception:  # a listener must not break the API
                 log.exception("event=listener_failed kind=%s name=%s", rt.kind, meta["name"])
 
+    def _index_labels(
+        self, key: ResourceKey, address: ObjectAddress, before: frozenset[LabelPair], after: frozenset[LabelPair]
+    ) -> None:
+        if before == after:
+            return
+        index = self._labelled[key]
+        for pair in before - after:
+            holders = index.get(pair, set())
+            holders.discard(address)
+            if not holders:
+                index.pop(pair, None)
+        for pair in after - before:
+            index.setdefault(pair, set()).add(address)
+
     def _remove(self, rt: ResourceType, current: dict[str, Any], propagation: str | None) -> dict[str, Any]:
-        removed = copy_json(current)
+        removed = _restamped(current)
         self._commit(rt, "DELETED", removed, current)
         self._collect_dependents(removed["metadata"]["uid"], propagation)
         if not self._dependents.get(removed["metadata"]["uid"]):
@@ -595,7 +631,7 @@ class ObjectStore:
             if not any(ref.get("uid") == owner_uid for ref in refs):
                 continue
             if propagation == "Orphan":
-                orphaned = copy_json(obj)
+                orphaned = _restamped(obj)
                 orphaned["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != owner_uid]
                 if not orphaned["metadata"]["ownerReferences"]:
                     del orphaned["metadata"]["ownerReferences"]
@@ -634,6 +670,24 @@ class ObjectStore:
             name = prefix + "".join(secrets.choice(alphabet) for _ in range(5))
             if self.find(rt, namespace, name) is None:
                 return name
+
+
+def _label_pairs(obj: Mapping[str, Any] | None) -> frozenset[LabelPair]:
+    """Where the label index files an object: under each (key, value) of its labels whose value is a
+    string (no other value meets a selector's = or in), or under None if its labels are not a mapping
+    (a selector tests those as it did before there was an index: a list then fails as it did)."""
+    labels = ((obj or {}).get("metadata") or {}).get("labels")
+    if not labels:
+        return frozenset()
+    if not isinstance(labels, Mapping):
+        return frozenset({None})
+    return frozenset((key, value) for key, value in labels.items() if isinstance(value, str))
+
+
+def _restamped(obj: dict[str, Any]) -> dict[str, Any]:
+    """A version of a stored object for _commit to stamp (it sets metadata.resourceVersion,
+    apiVersion and kind) or for a caller to change metadata of: the rest is shared, never mutated."""
+    return {**obj, "metadata": dict(obj["metadata"])}
 
 
 def _spec_part(rt: ResourceType, obj: Mapping[str, Any]) -> dict[str, Any]:

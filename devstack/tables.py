@@ -8,6 +8,7 @@ printers the real API server compiles in (a few are reproduced here).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -316,8 +317,10 @@ def builtin_columns(kind: str) -> list[Column]:
     return _BUILTIN.get(kind, [NAME, AGE])
 
 
+@functools.lru_cache(maxsize=256)
 def wants_table(accept: str | None) -> str | None:
-    """The meta.k8s.io Table version the client accepts first (v1, v1beta1), or None."""
+    """The meta.k8s.io Table version the client accepts first (v1, v1beta1), or None (remembered: it
+    is asked for every response, and clients send the same few Accept headers)."""
     for media in (accept or "").split(","):
         params = dict(part.strip().split("=", 1) for part in media.split(";")[1:] if "=" in part)
         if params.get("as") == "Table" and params.get("g") == "meta.k8s.io":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from crd_validation.structural import FieldError, format_path, type_name
@@ -26,8 +26,10 @@ except ImportError:  # optional: the local API still works, without CEL rules
 
 log = logging.getLogger(__name__)
 _programs: dict[str, Any] = {}  # compiling takes a while the first time; rules repeat on every write
-_SELF = re.compile(r"\b(?:oldSelf|self)\b(\.[A-Za-z_][A-Za-z0-9_]*)?(\s*\()?")
-_fields_read: dict[str, frozenset[str] | None] = {}
+# `self` or `oldSelf`, the field names that follow it (.spec.tickers), and whether a call follows
+_SELF = re.compile(r"\b(?:oldSelf|self)\b((?:\.[A-Za-z_][A-Za-z0-9_]*)*)(\s*\()?")
+FieldPath = tuple[str, ...]
+_paths_read: dict[tuple[str, str], frozenset[FieldPath] | None] = {}
 _results: dict[tuple[str, str], str | None] = {}  # (rule, the JSON it saw) -> failure message; rules are pure
 _MAX_RESULTS = 20_000  # a few rules per object kind, a thousand objects: the oldest answer goes first
 _warned = False
@@ -40,21 +42,41 @@ def _program(text: str) -> Any:
     return _programs[text]
 
 
-def _fields_of(text: str) -> frozenset[str] | None:
-    """The fields of `self` a rule reads when it reads `self` only as `self.field` (None: it may
-    read the whole value, e.g. `size(self)` or `self.all(...)`)."""
-    if text not in _fields_read:
-        # "" is `self` alone; a call (self.all(...), self.size()) reads the whole value too
-        found = ["" if call else field for field, call in _SELF.findall(text)]
-        _fields_read[text] = None if not found or "" in found else frozenset(f[1:] for f in found)
-    return _fields_read[text]
+def _paths_of(rule: Mapping[str, Any]) -> frozenset[FieldPath] | None:
+    """The field paths of `self` a rule and its messageExpression read, when they read `self` only
+    through field names (`self.spec.tickers`); None when they may read all of it (`size(self)`)."""
+    texts = (str(rule.get("rule", "")), str(rule.get("messageExpression") or ""))
+    if texts not in _paths_read:
+        paths = set()
+        for chain, call in _SELF.findall("\n".join(texts)):
+            names = tuple(chain.split(".")[1:])
+            # a call names a method of what precedes it (self.spec.tickers.all(...) reads the whole
+            # list); a chain that goes on some other way (self.spec[k], self.spec.?x) reads its end whole
+            paths.add(names[:-1] if call else names)
+        _paths_read[texts] = None if not paths or () in paths else frozenset(paths)
+    return _paths_read[texts]
 
 
-def _narrowed(value: Any, text: str) -> Any:
+def _narrowed(value: Any, rule: Mapping[str, Any]) -> Any:
     """The part of an object a rule can see: converting a whole object to CEL values (a status with
-    its history, on every status write) costs far more than the rule; the result is the same."""
-    fields = _fields_of(text) if isinstance(value, dict) else None
-    return value if fields is None else {k: v for k, v in value.items() if k in fields}
+    its history, on every status write) costs far more than the rule, and a rule that sees only
+    what it reads repeats its answer from memory while that part is unchanged (a new spec.version
+    does not run a rule on spec.tickers again); the result is the same."""
+    paths = _paths_of(rule)
+    return value if paths is None else _view(value, paths)
+
+
+def _view(value: Any, paths: Iterable[FieldPath]) -> Any:
+    """value with only the given (non-empty) field paths, nested; what is not an object stays whole
+    (a rule reading a field of it meets the same error either way)."""
+    if not isinstance(value, dict):
+        return value
+    below: dict[str, list[FieldPath]] = {}
+    for path in paths:
+        below.setdefault(path[0], []).append(path[1:])
+    return {
+        key: child if () in below[key] else _view(child, below[key]) for key, child in value.items() if key in below
+    }
 
 
 def _root_view(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -106,7 +128,7 @@ def _check(rule: Mapping[str, Any], value: Any, old: Any, path: list[Any]) -> Fi
     transition = "oldSelf" in text
     if transition and old is None:
         return None
-    seen = (_narrowed(value, text), _narrowed(old, text) if transition else None)
+    seen = (_narrowed(value, rule), _narrowed(old, rule) if transition else None)
     key = (json.dumps(rule, sort_keys=True), json.dumps(seen, sort_keys=True, default=str))
     if key not in _results:
         if len(_results) >= _MAX_RESULTS:

@@ -10,9 +10,10 @@ should match '^[A-Z]...'``). These functions do the same so bad manifests fail a
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +26,8 @@ _J = TypeVar("_J")
 def copy_json(value: _J) -> _J:
     """A deep copy of JSON data (dicts, lists, strings, numbers), ~5x faster than copy.deepcopy:
     the local API copies every object it patches, a status write included."""
+    if not isinstance(value, (dict, list)):
+        return value  # strings, numbers, booleans and None are immutable: patches copy many of them
     copied: _J = pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))  # our own bytes, never a peer's
     return copied
 
@@ -53,15 +56,17 @@ def _preserves_unknown(schema: Mapping[str, Any]) -> bool:
     return bool(schema.get("x-kubernetes-preserve-unknown-fields"))
 
 
-def prune(schema: Mapping[str, Any], obj: Any) -> tuple[Any, list[str]]:
+def prune(schema: Mapping[str, Any], obj: Any, *, in_place: bool = False) -> tuple[Any, list[str]]:
     """Drop fields the schema does not declare; returns the pruned copy and the dropped paths.
 
     Like the API server: apiVersion, kind and metadata at the root are never pruned,
     ``x-kubernetes-preserve-unknown-fields`` keeps unknown fields, nulls of
-    non-nullable fields are dropped.
+    non-nullable fields are dropped. ``in_place`` prunes obj itself (a caller that owns it, as the
+    local API owns the copy it is about to store, saves a copy per write): dicts change in place,
+    lists are rebuilt.
     """
     dropped: list[str] = []
-    result = _prune(schema, copy_json(obj), [], dropped, root=True)
+    result = _prune(schema, obj if in_place else copy_json(obj), [], dropped, root=True)
     return result, dropped
 
 
@@ -92,12 +97,13 @@ def _prune(schema: Mapping[str, Any], value: Any, path: list[Any], dropped: list
     return value
 
 
-def apply_defaults(schema: Mapping[str, Any], obj: Any) -> Any:
+def apply_defaults(schema: Mapping[str, Any], obj: Any, *, in_place: bool = False) -> Any:
     """Fill in ``default`` values of absent fields, recursing into defaulted values too.
 
     A ``default: {}`` on an object therefore lets its own properties' defaults apply, as in Kubernetes.
+    ``in_place`` as for prune.
     """
-    return _default(schema, copy_json(obj))
+    return _default(schema, obj if in_place else copy_json(obj))
 
 
 def _default(schema: Mapping[str, Any], value: Any) -> Any:
@@ -156,8 +162,92 @@ def validator_for(schema: Mapping[str, Any]) -> jsonschema.Draft4Validator:
 
 def validate(validator: jsonschema.Draft4Validator, obj: Mapping[str, Any]) -> list[FieldError]:
     body = {k: v for k, v in obj.items() if k != "metadata"}
-    unique = {str(e): e for error in validator.iter_errors(body) for e in _field_errors(error)}
+    split = _split(validator)
+    if split is None:
+        found: Iterable[FieldError] = _converted(validator.iter_errors(body))
+    else:  # the errors iter_errors finds, in its order: the root's keywords, "properties" among them
+        found = itertools.chain(
+            _converted(split.before.iter_errors(body)),
+            *(
+                _property_errors(validator, name, schema, body[name])
+                for name, schema in split.properties.items()
+                if name in body
+            ),
+            _converted(split.after.iter_errors(body)),
+        )
+    unique = {str(e): e for e in found}
     return sorted(unique.values(), key=lambda e: (e.field, e.detail))
+
+
+# Most writes leave most of an object as it was (a status write, the spec), and validation is a pure
+# function of a value: validate() remembers the errors of each top-level property's values, named by
+# their pickle (which names a value exactly, its types included). Each entry holds its validator, so
+# the id in its key names that validator while the entry lives. Least recently used goes first.
+_MAX_REMEMBERED = 4096
+_remembered: dict[tuple[int, str, bytes], tuple[jsonschema.Draft4Validator, tuple[FieldError, ...]]] = {}
+_splits: dict[int, tuple[jsonschema.Draft4Validator, _Split | None]] = {}
+_MAX_SPLITS = 64
+# Keywords through which a schema reaches an object's members other than its "properties": a root
+# schema with any of them is not split (its properties' errors may not be theirs alone)
+_DESCENDING = frozenset(
+    {"$ref", "additionalProperties", "patternProperties", "dependencies", "allOf", "anyOf", "oneOf", "not",
+     "items", "additionalItems"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A root schema cut at its "properties" keyword: the validators of the keywords before and after."""
+
+    before: jsonschema.Draft4Validator
+    properties: Mapping[str, Any]
+    after: jsonschema.Draft4Validator
+
+
+def _split(validator: jsonschema.Draft4Validator) -> _Split | None:
+    if id(validator) not in _splits:
+        schema = validator.schema
+        split = None
+        if (
+            isinstance(schema, Mapping)
+            and isinstance(schema.get("properties"), Mapping)
+            and not _DESCENDING & set(schema)
+        ):
+            keys = list(schema)
+            at = keys.index("properties")
+            split = _Split(
+                validator.evolve(schema={k: schema[k] for k in keys[:at]}),
+                schema["properties"],
+                validator.evolve(schema={k: schema[k] for k in keys[at + 1 :]}),
+            )
+        if len(_splits) >= _MAX_SPLITS:
+            del _splits[next(iter(_splits))]
+        _splits[id(validator)] = (validator, split)
+    return _splits[id(validator)][1]
+
+
+def _property_errors(
+    validator: jsonschema.Draft4Validator, name: str, schema: Any, value: Any
+) -> tuple[FieldError, ...]:
+    """The errors of a root property's value, as jsonschema's "properties" keyword finds them."""
+    key: tuple[int, str, bytes] | None
+    try:
+        key = (id(validator), name, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+    except Exception:  # not picklable: found again every time
+        key = None
+    entry = None if key is None else _remembered.pop(key, None)
+    if entry is None:
+        entry = (validator, tuple(_converted(validator.descend(value, schema, path=name, schema_path=name))))
+    if key is not None:
+        if len(_remembered) >= _MAX_REMEMBERED:
+            del _remembered[next(iter(_remembered))]
+        _remembered[key] = entry  # (again) the most recently used
+    return entry[1]
+
+
+def _converted(errors: Iterable[jsonschema.ValidationError]) -> Iterator[FieldError]:
+    for error in errors:
+        yield from _field_errors(error)
 
 
 def _json(value: Any) -> str:

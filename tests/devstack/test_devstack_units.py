@@ -258,6 +258,30 @@ def test_cel_rules_see_what_they_read_and_repeat_their_answers() -> None:
         ]
 
 
+@pytest.mark.skipif(cel_rules.celpy is None, reason="cel-python is not installed (the local extra installs it)")
+def test_cel_rules_see_the_nested_fields_they_and_their_messages_read() -> None:
+    """A rule reading self.spec.tickers sees spec.tickers, not the rest of the spec (a new
+    spec.version repeats its answer from memory), and what its messageExpression reads besides."""
+    stock_only = {
+        "rule": "!has(self.spec.tickers) || self.spec.assetClass == 'stock'",
+        "messageExpression": "'tickers are for stocks, ' + self.metadata.name + ' is ' + self.spec.assetClass",
+    }
+    short = {"rule": "!has(self.spec.tickers) || self.spec.tickers.all(t, size(t) <= 5)", "message": "short tickers"}
+    schema = {"type": "object", "x-kubernetes-validations": [stock_only, short]}
+    model = {"metadata": {"name": "m"}, "spec": {"assetClass": "etf", "tickers": ["ABCDEFG"], "version": "v1"}}
+
+    for version in ("v1", "v2"):
+        changed = dict(model, spec={**model["spec"], "version": version})
+        assert [e.detail for e in cel_rules.violations(schema, changed)] == [
+            'Invalid value: "object": tickers are for stocks, m is etf',
+            'Invalid value: "object": short tickers',
+        ]
+    seen = {"metadata": {"name": "m"}, "spec": {"assetClass": "etf", "tickers": ["ABCDEFG"]}}
+    assert cel_rules._narrowed(model, stock_only) == seen
+    assert cel_rules._narrowed(model, short) == {"spec": {"tickers": ["ABCDEFG"]}}
+    assert cel_rules.violations(schema, dict(model, spec={"assetClass": "stock", "tickers": ["A"]})) == []
+
+
 def pod(name: str, owner: dict[str, Any], ready: bool, created: str = "2025-01-01T00:00:00Z") -> dict[str, Any]:
     return {
         "metadata": {
