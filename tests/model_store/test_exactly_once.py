@@ -225,9 +225,7 @@ def test_a_broken_registry_never_blocks_the_move_and_converges_once_fixed(
 ) -> None:
     from model_store.errors import RegistryError
 
-    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
-    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
-    promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    v10_in_production_v11_published(s3, bucket, demo_v1, demo_v2)
     for key in (MODEL_REGISTRY_KEY, ASSET_REGISTRY_KEY):
         s3.put_object(Bucket=bucket, Key=key, Body=b"[not an object")
     up = promote(s3, bucket, SPY, "v1.1", Stage.PRODUCTION, actor="operator")
@@ -352,6 +350,13 @@ def test_a_stock_promotion_without_declared_tickers_keeps_the_registered_ones(
     assert sorted(assets["stocks"]["supported_tickers"]) == ["AAPL", "MSFT"]
 
 
+def v10_in_production_v11_published(s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel) -> Any:
+    """v1.0 and v1.1 published, v1.0 promoted to production: the promotion's result."""
+    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
+    return promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+
+
 class Recording:
     """The client's S3 requests as (operation, key, conditional headers), in order."""
 
@@ -374,9 +379,7 @@ def test_a_move_writes_its_intent_without_reading_it_and_drops_it_on_its_etag(
     """The usual move finds no intent (the last one dropped its own): written on If-None-Match *
     with no read first, and dropped on the ETag the write gave, not read again."""
     s3 = s3_server.client(bucket)
-    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
-    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
-    first = promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    first = v10_in_production_v11_published(s3, bucket, demo_v1, demo_v2)
     assert first.move is not None
     client = s3_server.client(bucket)
     recording = Recording(client)
@@ -415,9 +418,7 @@ class OverwritesTheIntentOnceWritten:
 def test_an_intent_another_writer_put_since_is_never_dropped(
     s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
 ) -> None:
-    publish_version(s3, bucket, SPY, "v1.0", demo_v1.files)
-    publish_version(s3, bucket, SPY, "v1.1", demo_v2.files)
-    promote(s3, bucket, SPY, "v1.0", Stage.PRODUCTION, actor="setup")
+    v10_in_production_v11_published(s3, bucket, demo_v1, demo_v2)
     key = SPY.intent_key(Stage.PRODUCTION)
     theirs = json.dumps({"id": "theirs", "action": "promote", "to_version": "v1.1"}).encode()
     promote(OverwritesTheIntentOnceWritten(s3, key, theirs), bucket, SPY, "v1.1", Stage.PRODUCTION, actor="operator")
