@@ -53,8 +53,11 @@ class RolloutQueue:
             waiting.now.set()
 
     async def _one(self, key: Hashable, waiting: _Waiting) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (cancel()) that comes
+        # together with the event, and the pass would then run while the operator stops
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiting.now.wait(), self.settle_seconds)
+            async with asyncio.timeout(self.settle_seconds):
+                await waiting.now.wait()
         del self._waiting[key]  # from here an event queues the next pass
         try:
             await waiting.run_pass(waiting.deployment)
