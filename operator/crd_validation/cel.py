@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from crd_validation.structural import FieldError, format_path, type_name
+from crd_validation.structural import FieldError, format_path, remember, type_name
 
 celpy: Any
 try:
@@ -131,9 +131,7 @@ def _check(rule: Mapping[str, Any], value: Any, old: Any, path: list[Any]) -> Fi
     seen = (_narrowed(value, rule), _narrowed(old, rule) if transition else None)
     key = (json.dumps(rule, sort_keys=True), json.dumps(seen, sort_keys=True, default=str))
     if key not in _results:
-        if len(_results) >= _MAX_RESULTS:
-            del _results[next(iter(_results))]
-        _results[key] = _failure(rule, text, *seen, transition)
+        remember(_results, key, _failure(rule, text, *seen, transition), _MAX_RESULTS)
     message = _results[key]
     if message is None:
         return None

@@ -21,6 +21,8 @@ import jsonschema
 
 _ROOT_META_FIELDS = ("apiVersion", "kind", "metadata")
 _J = TypeVar("_J")
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 def copy_json(value: _J) -> _J:
@@ -220,9 +222,7 @@ def _split(validator: jsonschema.Draft4Validator) -> _Split | None:
                 schema["properties"],
                 validator.evolve(schema={k: schema[k] for k in keys[at + 1 :]}),
             )
-        if len(_splits) >= _MAX_SPLITS:
-            del _splits[next(iter(_splits))]
-        _splits[id(validator)] = (validator, split)
+        remember(_splits, id(validator), (validator, split), _MAX_SPLITS)
     return _splits[id(validator)][1]
 
 
@@ -239,10 +239,16 @@ def _property_errors(
     if entry is None:
         entry = (validator, tuple(_converted(validator.descend(value, schema, path=name, schema_path=name))))
     if key is not None:
-        if len(_remembered) >= _MAX_REMEMBERED:
-            del _remembered[next(iter(_remembered))]
-        _remembered[key] = entry  # (again) the most recently used
+        remember(_remembered, key, entry, _MAX_REMEMBERED)  # (again) the most recently used
     return entry[1]
+
+
+def remember(memo: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """memo[key] = value, the oldest entry dropped first when memo holds `limit` (dicts keep
+    insertion order): the validation memos here and in cel.py stay bounded."""
+    if key not in memo and len(memo) >= limit:
+        del memo[next(iter(memo))]
+    memo[key] = value
 
 
 def _converted(errors: Iterable[jsonschema.ValidationError]) -> Iterator[FieldError]:
