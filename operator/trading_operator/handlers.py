@@ -1,4 +1,4 @@
-"""The kopf handlers: thin, each one calls `reconcile` and turns its outcome into kopf's terms."""
+"""The kopf handlers: thin; the passes they start call `reconcile` and turn its outcome into when to pass again."""
 
 from __future__ import annotations
 
@@ -16,18 +16,21 @@ from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics, pee
 from trading_operator.builders import before_new_pods, rollout_ended, rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
-from trading_operator.decide import Plan
 from trading_operator.kube import Forbidden, KubeApi
 from trading_operator.pacing import Changes, drift_seconds, seconds_left, settled, when_idle
 from trading_operator.reconcile import Claims, Deps, reconcile
 from trading_operator.rollouts import RolloutQueue
+from trading_operator.spec_queue import Attempt, SpecQueue
 from trading_operator.storage import s3_factory
 from trading_operator.sweep import Sweep
 
+log = logging.getLogger(__name__)
 CONFIG = OperatorConfig.from_env()
 OWNED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGER}"
 # kopf passes its indexes as keyword arguments its handler protocols do not name: hence the default.
 NO_CLAIMS: Claims = {}
+# Spec passes (spec_queue.py): what a change starts, the promotions.
+_spec_lane = ThreadPoolExecutor(CONFIG.workers, thread_name_prefix="spec")
 # Rollout passes are short (no S3 once promoted) and what moves a TradingModel to Ready: a lane
 # of their own, so that they never queue behind a thousand promotions in kopf's pool.
 ROLLOUT_LANE = max(2, CONFIG.workers // 4)
@@ -58,11 +61,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Watching one namespace, the operator needs nothing cluster-scoped (overlays/namespaced grants a
     # Role only): no scan of the cluster's CRDs or namespaces, the resource is found once at startup.
     settings.scanning.disabled = bool(CONFIG.watch_namespace)
-    # Handler progress in annotations keeps `status` for what users read.
+    # No handler asks kopf what changed (spec passes follow generations: spec_queue.py), so kopf keeps
+    # no last-handled spec: see NoDiffBase. Progress would go to annotations, keeping `status` for
+    # what users read (no handler has progress to keep today).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     # No handler needs a finalizer (no timers: see Periodic); kopf removes the one older releases set.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's chatter stays in logs
@@ -75,12 +78,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # A TradingModel deleted while its drift pass runs (or waits for a thread) keeps kopf's
     # finalizer until kopf looks again at its timer: every 60 s by default, a minute-long delete.
     settings.background.cancellation_polling = 2
-    # After kopf patches its annotations (last handled spec), it waits this long for the watch to
-    # bring that version before it handles the events before it (our own status writes, which
-    # still show the old annotations and so a spec change to handle). The default 5 s is shorter
-    # than the watch's lag when a thousand TradingModels change at once: the spec handler then ran
-    # two or three times per change. Waiting costs nothing: newer events end the wait at once.
-    settings.persistence.consistency_timeout = 60
     threads = CONFIG.workers + ROLLOUT_LANE + TIMER_LANE
     kube = KubeApi.connect(pool=threads)
     if not CONFIG.standalone:
@@ -91,7 +88,22 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             raise kopf.PermanentError(str(exc)) from None
     memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
     memo.periodic = Periodic()
+    memo.specs = SpecQueue(functools.partial(_queued_spec_pass, memo), retry_delay)
     metrics.serve(CONFIG.metrics_port)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf diffs every event's object (a deep copy of all but its status) against the last handled
+    one, for handlers that ask what changed; none here does. So: nothing built, kept or read."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: Any, essence: Any) -> None:
+        pass
 
 
 @kopf.on.login()
@@ -99,42 +111,49 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_via_client(**kwargs)
 
 
-def _raise_for(plan: Plan | None, retry: int) -> None:
-    if plan is None:
-        return
-    if plan.retryable:
-        delay = min(CONFIG.retry_base_seconds * 2**retry, CONFIG.retry_max_seconds)
-        raise kopf.TemporaryError(plan.message, delay=delay)
-    if plan.permanent:
-        raise kopf.PermanentError(plan.message)
+def retry_delay(retry: int) -> float:
+    """Seconds before the next try of a pass that asked for one (or failed) `retry` times before."""
+    return float(min(CONFIG.retry_base_seconds * 2**retry, CONFIG.retry_max_seconds))
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
+async def tradingmodel_claims(body: kopf.Body, **_: Any) -> dict[str, Claimant]:
     """Who claims which stage, kept up to date from the watch: no pass lists the cluster. Never
     None: kopf keeps an object's previous entries when an index function returns None, so a
-    released stage would stay held; an empty mapping makes kopf drop them."""
+    released stage would stay held; an empty mapping makes kopf drop them. Async: kopf runs a sync
+    function in a thread, a hop per event for a few dict lookups."""
     return claims_of(dict(body))
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-on-resume")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-on-create")
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="reconcile-on-update")
-def on_spec(*, namespace: str | None, name: str, memo: Any, retry: int, reason: str,
-            tradingmodel_claims: Claims = NO_CLAIMS, **_: Any) -> None:  # fmt: skip
-    """An update whose generation a pass already promoted (its status says so) is kopf running the
-    handler again for a change handled before its own annotation came back through the watch:
-    that pass follows the rollout only, as a Deployment event does (no S3; drift is the sweep's)."""
-    with CHANGES.running(), metrics.timed_pass("spec") as record:
-        try:
-            plan = reconcile(namespace or "default", name, memo.deps, tradingmodel_claims,
-                             rollout_only=reason == kopf.Reason.UPDATE)  # fmt: skip
-        except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
-            raise kopf.TemporaryError(str(exc), delay=CONFIG.retry_max_seconds) from exc
-        record.ended_with(plan)
-    if plan is not None and not plan.retryable:
-        memo.periodic.checked((namespace or "default", name))
-    _raise_for(plan, retry)
+async def _queued_spec_pass(memo: Any, key: Any, attempt: Attempt) -> float | None:
+    periodic: Periodic = memo.periodic
+    delay = await _in_lane(_spec_lane, _spec_pass, key, attempt, memo.deps, periodic.claims, periodic)
+    return cast(float | None, delay)
+
+
+def _spec_pass(key: Any, attempt: Attempt, deps: Deps, claims: Claims, periodic: Periodic) -> float | None:
+    """A pass for a TradingModel's spec (spec_queue.py); seconds until the next try, None when done.
+
+    A pass that is not the first for its TradingModel nor a retry trusts S3 as converged when the
+    status says a pass of this generation promoted: that is a newer generation seen during the pass
+    that handled it (a first pass after a restart, or a retry, checks S3 in full)."""
+    namespace, name = key
+    try:
+        with CHANGES.running(), metrics.timed_pass("spec") as record:
+            plan = reconcile(namespace, name, deps, claims, rollout_only=not attempt.first and not attempt.retry)
+            record.ended_with(plan)
+    except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
+        log.error("%s; retrying in %d s", exc, CONFIG.retry_max_seconds, extra={"tradingmodel": name})
+        post_event(attempt.body, "Warning", "Forbidden", str(exc))
+        return float(CONFIG.retry_max_seconds)
+    log.debug("spec pass ended", extra={"tradingmodel": name, "namespace": namespace,
+                                         "outcome": record.outcome})  # fmt: skip
+    if plan is None:
+        return None
+    if not plan.retryable:
+        periodic.checked(key)
+        return None
+    return retry_delay(attempt.retry)
 
 
 class Periodic:
@@ -148,7 +167,7 @@ class Periodic:
         self.deep = Sweep(CONFIG.deep_check_seconds, functools.partial(self._pass, "deep", deep=True))
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: Deps | None = None
-        self._claims: Claims = NO_CLAIMS
+        self.claims: Claims = NO_CLAIMS
         self._settled: dict[Any, bool] = {}  # from the watch: settled ones are checked at a pace (pacing.py)
         self._checked: dict[Any, float] = {}  # when a spec pass last checked it (time.monotonic)
 
@@ -176,7 +195,7 @@ class Periodic:
 
     def start(self, deps: Deps, claims: Claims) -> None:
         if not self._tasks:
-            self._deps, self._claims = deps, claims
+            self._deps, self.claims = deps, claims
             self._tasks = [asyncio.create_task(sweep.run()) for sweep in (self.drift, self.deep)]
 
     def stop(self) -> None:
@@ -184,27 +203,37 @@ class Periodic:
             task.cancel()
 
     async def _pass(self, trigger: str, key: Any, **options: Any) -> None:
-        """Someone edited the stage prefix by hand, a claim was released, a retry is due: converge.
-        Also when a spec change looks pending: kopf runs no update handler for a spec set back to
-        the last one it handled (e.g. a refused version reverted), so only this pass converges it.
-        The deep pass hashes every file of the stage against its manifest (an edit that kept the ETag)."""
+        """Someone edited the stage prefix by hand, a claim was released: converge. The deep pass
+        hashes every file of the stage against its manifest (an edit that kept the ETag)."""
         namespace, name = key
         if trigger == "drift":
             await when_idle(CHANGES, longest=self._drift_seconds(key))
             # A spec pass converged it since (a mass change does that to all): due an interval after that.
             while (left := seconds_left(self._checked.get(key), self._drift_seconds(key))) > 0:
                 await asyncio.sleep(left)
-        await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self._claims, **options)
+        await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self.claims, **options)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def schedule_checks(
+async def on_tradingmodel(
     *, type: str | None, body: kopf.Body, memo: Any, tradingmodel_claims: Claims = NO_CLAIMS, **_: Any
 ) -> None:
+    """Every TradingModel event: a spec pass when its generation is new (spec_queue.py), its drift
+    and deep checks, and the models-by-phase gauge (no API call). One handler: kopf's handler
+    machinery costs more per event than what each of these does."""
     periodic: Periodic = memo.periodic
     periodic.start(memo.deps, tradingmodel_claims)
-    key = (body.metadata.namespace or "default", body.metadata.name)
-    periodic.saw(key, None if type == "DELETED" else dict(body))
+    key = (body.metadata.namespace or "default", body.metadata.name or "")
+    if type == "DELETED":
+        memo.specs.forget(key)
+        periodic.saw(key, None)
+        metrics.MODEL_STATUS.forget(*key)
+        return
+    seen = dict(body)
+    if not (body.metadata.get("deletionTimestamp")):
+        memo.specs.offer(key, seen)
+    periodic.saw(key, seen)
+    metrics.MODEL_STATUS.saw(*key, dict(body.get("status") or {}))
 
 
 @kopf.on.cleanup()
@@ -213,21 +242,14 @@ def stop_checks(memo: Any, **_: Any) -> None:
     if periodic is not None:
         periodic.stop()
     ROLLOUTS.cancel()
+    specs: SpecQueue | None = getattr(memo, "specs", None)
+    if specs is not None:
+        specs.cancel()
 
 
 def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:
     with metrics.timed_pass(trigger) as record:
         record.ended_with(reconcile(namespace, name, deps, claims, **options))
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_tradingmodel(*, type: str | None, body: kopf.Body, **_: Any) -> None:
-    """The models-by-phase gauge follows what the watch shows (deletions included): no API call."""
-    namespace, name = body.metadata.namespace or "default", body.metadata.name or ""
-    if type == "DELETED":
-        metrics.MODEL_STATUS.forget(namespace, name)
-    else:
-        metrics.MODEL_STATUS.saw(namespace, name, dict(body.get("status") or {}))
 
 
 _progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on

@@ -602,14 +602,13 @@ def pods_of(stack: Stack, name: str) -> list[dict[str, Any]]:
 
 
 def handled_since_restart(stack: Stack, name: str) -> bool:
-    """The operator started last has finished a handler pass (resume, create or update) for this TradingModel."""
+    """The operator started last has finished a spec pass for this TradingModel (the first one after a
+    start is its resume)."""
     text = stack.operator_log.read_text(errors="replace").rsplit("--- operator restarted", 1)[-1]
     for line in text.splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
-            if (record.get("object") or {}).get("name") == name and re.match(
-                r"Handler 'reconcile-on-[a-z]+' succeeded", record.get("message", "")
-            ):
+            if record.get("tradingmodel") == name and record.get("message") == "spec pass ended":
                 return True
     return False
 
