@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from botocore.utils import parse_timestamp
 
 from model_store.layout import MANIFEST_NAME
 from model_store.manifest import Manifest
@@ -21,6 +26,10 @@ _CLIENT_CONFIG = Config(
     read_timeout=30,
     signature_version="s3v4",
     s3={"addressing_style": "path"},
+    # botocore >= 1.36 adds a CRC32 of the body to every PUT ("when_supported"): 6-9% of a PUT's client
+    # CPU. Writes stay checked without it: the SigV4 signature covers the body's SHA-256 (always over
+    # HTTP, and over HTTPS once no checksum header is sent). Operations that require a checksum still get one.
+    request_checksum_calculation="when_required",
 )
 
 _MISSING_KEY = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -47,6 +56,53 @@ class S3Settings:
         )
 
 
+# The two forms S3 writes timestamps in: XML bodies (ListObjectsV2, CopyObject) and Last-Modified headers.
+_ISO_UTC = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z", re.ASCII)
+_HTTP_DATE = re.compile(r"[A-Z][a-z]{2}, (\d\d) ([A-Z][a-z]{2}) (\d{4}) (\d\d):(\d\d):(\d\d) GMT", re.ASCII)
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}  # fmt: skip
+
+
+class _S3Timestamps:
+    """botocore's parse_timestamp, same values and tzinfo, without dateutil's generic parser for
+    S3's two forms (70-90 µs a timestamp against 3: a third of the client CPU of listing a dozen keys)."""
+
+    def __init__(self) -> None:
+        # dateutil's tzinfo depends on the machine's zone (tzlocal() for "...Z" where local time is UTC)
+        self._iso_zone = parse_timestamp("2000-01-01T00:00:00Z").tzinfo
+        self._http_zone = parse_timestamp("Sat, 01 Jan 2000 00:00:00 GMT").tzinfo
+
+    def __call__(self, value: Any) -> datetime.datetime:
+        try:
+            if iso := _ISO_UTC.fullmatch(value):
+                year, month, day, hour, minute, second, fraction = iso.groups()
+                return datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                                         int((fraction or "0").ljust(6, "0")), tzinfo=self._iso_zone)  # fmt: skip
+            if (http := _HTTP_DATE.fullmatch(value)) and http[2] in _MONTHS:
+                day, month, year, hour, minute, second = http.groups()
+                return datetime.datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second),
+                                         tzinfo=self._http_zone)  # fmt: skip
+        except (TypeError, ValueError):  # not a string, or no such date: botocore's parser says what it is
+            pass
+        return parse_timestamp(value)
+
+
+_session: boto3.Session | None = None
+_session_guard = threading.Lock()
+
+
+def _shared_session() -> boto3.Session:
+    """The session of every client made here (as boto3.client's default session was), with the
+    fast timestamp parser: a parser option is a session's, not a client's."""
+    global _session
+    with _session_guard:
+        if _session is None:
+            core = botocore.session.get_session()
+            core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_S3Timestamps())
+            _session = boto3.Session(botocore_session=core)
+        return _session
+
+
 def make_client(
     settings: S3Settings, access_key: str | None = None, secret_key: str | None = None, *, pool: int = POOL
 ) -> Any:
@@ -55,7 +111,7 @@ def make_client(
     the number of threads that use the client at once (more threads than that reconnect and log
     "Connection pool is full")."""
     config = _CLIENT_CONFIG if pool == POOL else _CLIENT_CONFIG.merge(Config(max_pool_connections=pool))
-    return boto3.client(
+    return _shared_session().client(
         "s3",
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,

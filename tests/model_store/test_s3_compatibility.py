@@ -5,14 +5,17 @@ S3-compatible store users run on-prem), with the differences found between them:
 - A PUT with If-Match on a key deleted meanwhile: 404 NoSuchKey on moto (as on AWS), 412 on
   SeaweedFS. The store treats both as "another writer got there first" (lost_conditional_write).
 - CopyObject's ETag: quoted on moto, bare on SeaweedFS; the store compares ETags unquoted.
+- Timestamps: the clients parse S3's two forms themselves, to the datetimes botocore's parser gives.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.utils import parse_timestamp
 
 from devstack.demo_model import DemoModel
 from helpers.s3_servers import S3Server
@@ -21,7 +24,7 @@ from model_store.layout import MODEL_REGISTRY_KEY, ModelLocation, Stage
 from model_store.promotion import promote
 from model_store.publish import publish_version
 from model_store.registry import read_document, update_document
-from model_store.s3 import error_code, is_precondition_failed, lost_conditional_write
+from model_store.s3 import _S3Timestamps, error_code, is_precondition_failed, lost_conditional_write
 
 pytestmark = pytest.mark.s3_stores
 SPY = ModelLocation.of("SPY", "etf")
@@ -107,3 +110,36 @@ def test_copied_files_keep_the_etag_the_copy_reported(s3: Any, bucket: str, demo
     listed = {o["Key"][len(prefix) :]: o["ETag"].strip('"')
               for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}  # fmt: skip
     assert recorded == {name: listed[name] for name in recorded}
+
+
+def test_timestamps_read_as_botocore_reads_them(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    """The Last-Modified header (HEAD) and a listing's LastModified, through make_client's parser
+    and through a client with botocore's own: the same datetimes, tzinfo included."""
+    plain = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                         aws_access_key_id=s3_server.access_key,
+                         aws_secret_access_key=s3_server.secret_key)  # fmt: skip
+    s3.put_object(Bucket=bucket, Key="doc.json", Body=b"{}")
+
+    def seen(client: Any) -> list[str]:
+        listed = client.list_objects_v2(Bucket=bucket)["Contents"][0]["LastModified"]
+        return [repr(listed), repr(client.head_object(Bucket=bucket, Key="doc.json")["LastModified"])]
+
+    assert seen(s3) == seen(plain)
+
+
+@pytest.mark.parametrize("value", [
+    "2024-02-29T23:59:59.000Z", "2024-02-29T23:59:59Z", "2024-02-29T23:59:59.5Z", "2024-02-29T23:59:59.123456Z",
+    "2024-02-29T23:59:59.1234567Z",  # more digits than a datetime holds: botocore's parser decides
+    "Thu, 29 Feb 2024 23:59:59 GMT", "Mon, 01 Jan 1990 00:00:00 GMT",
+    "2024-02-29T23:59:59+02:00", "1709251199", "Thu, 29 Feb 2024 23:59:59 +0000",  # not S3's forms: botocore's parser
+])  # fmt: skip
+def test_the_timestamp_parser_agrees_with_botocores(value: str) -> None:
+    assert repr(_S3Timestamps()(value)) == repr(parse_timestamp(value))
+
+
+@pytest.mark.parametrize("value", ["2023-02-29T00:00:00.000Z", "Thu, 30 Feb 2024 23:59:59 GMT", "yesterday"])
+def test_a_timestamp_botocore_refuses_is_refused(value: str) -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp(value)
+    with pytest.raises(ValueError):
+        _S3Timestamps()(value)
