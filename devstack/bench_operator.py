@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -161,39 +162,68 @@ def _serve_s3(port: int) -> None:
 def _list_by_prefix() -> None:
     """moto lists a prefix by copying and walking every key of the bucket (versions included):
     with a thousand models (15,000 keys) one LIST of a stage costs 20-200 ms of moto's CPU, where
-    S3 answers from an index in time that follows the result. Here moto's own listing code gets
-    only the keys under the prefix, found by a plain walk over the key names (~1 ms), and answers
-    exactly what it answered before."""
-    from moto.s3.models import S3Backend
+    S3 answers from an index in time that follows the result. Here every bucket's key store also
+    keeps its names sorted, so the names under a prefix are one slice (found by bisection), and
+    moto's own listing code gets only those keys: it answers exactly what it answered before."""
+    from bisect import bisect_left
 
-    original = S3Backend.list_objects
+    from moto.s3 import models
 
-    class Keys:
-        def __init__(self, store: Any, names: list[str]) -> None:
-            self._store, self._names = store, names
+    class Keys(models._VersionedKeyStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []  # the dict's keys, sorted
+            self.guard = threading.Lock()
 
-        def items(self) -> list[tuple[str, Any]]:
-            found = []
-            for name in self._names:
-                versions = dict.get(self._store, name)
-                if versions:
-                    found.append((name, versions[-1]))
-            return found
+        def latest_under(self, prefix: str) -> dict[str, Any]:
+            """{name: latest version} of the names under `prefix`, as moto's items() gives them."""
+            with self.guard:
+                if len(self.names) != dict.__len__(self):  # changed by a method not tracked below
+                    self.names = sorted(dict.keys(self))
+                found = {}
+                for name in itertools.islice(self.names, bisect_left(self.names, prefix), None):
+                    if not name.startswith(prefix):
+                        break
+                    versions = dict.__getitem__(self, name)
+                    if versions:  # none only between moto's setlist(name, []) and its pop(name)
+                        found[name] = versions[-1]
+                return found
+
+    def tracked(change: Callable[..., Any]) -> Callable[..., Any]:
+        """`change` of one name, with the name added to or dropped from the sorted names."""
+
+        def run(self: Keys, name: str, *args: Any) -> Any:
+            with self.guard:
+                result = change(self, name, *args)
+                at = bisect_left(self.names, name)
+                listed, held = at < len(self.names) and self.names[at] == name, dict.__contains__(self, name)
+                if held and not listed:
+                    self.names.insert(at, name)
+                elif listed and not held:
+                    del self.names[at]
+                return result
+
+        return run
+
+    for method in ("__setitem__", "__delitem__", "setlist", "pop"):  # all moto's S3 changes the keys with
+        setattr(Keys, method, tracked(getattr(models._VersionedKeyStore, method)))
+    models._VersionedKeyStore = Keys  # type: ignore[misc]  # FakeBucket() makes its store from this name
 
     class Bucket:
-        def __init__(self, bucket: Any, keys: Keys) -> None:
+        def __init__(self, bucket: Any, keys: dict[str, Any]) -> None:
             self._bucket, self.keys = bucket, keys
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._bucket, name)
 
+    original = models.S3Backend.list_objects
+
     def list_objects(self: Any, bucket: Any, prefix: str | None, *args: Any, **kwargs: Any) -> Any:
-        if prefix and type(bucket).__name__ == "FakeBucket":
-            names = [name for name in list(dict.keys(bucket.keys)) if name.startswith(prefix)]
-            bucket = Bucket(bucket, Keys(bucket.keys, names))
+        if prefix and isinstance(bucket.keys, Keys):
+            bucket = Bucket(bucket, bucket.keys.latest_under(prefix))
         return original(self, bucket, prefix, *args, **kwargs)
 
-    S3Backend.list_objects = list_objects  # type: ignore[method-assign]
+    models.S3Backend.list_objects = list_objects  # type: ignore[method-assign]
 
 
 def _serve(part: str, workdir: Path, api_url: str) -> None:

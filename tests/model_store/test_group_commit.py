@@ -1,10 +1,13 @@
 """Group commit of the metadata documents: many concurrent updates, one read and one write each
-batch, every change recorded exactly once, and a document changed by someone else seen at once.
+batch, every change recorded exactly once, and a document changed by someone else seen at once;
+under load a document is written at most once per interval, and a lone update or a read never waits.
 Against moto and SeaweedFS: the batching stands on the store's conditional writes and reads."""
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,9 +15,10 @@ from typing import Any
 import pytest
 
 from helpers.s3_servers import S3Server
+from model_store import registry
 from model_store.errors import RegistryError
-from model_store.layout import DEPLOYMENT_HISTORY_KEY, MODEL_REGISTRY_KEY
-from model_store.registry import deployment_history, read_document, record_once, update_document
+from model_store.layout import DEPLOYMENT_HISTORY_KEY, MODEL_REGISTRY_KEY, ModelLocation, Stage
+from model_store.registry import deployment_history, read_document, record_once, registered, update_document
 
 pytestmark = pytest.mark.s3_stores
 
@@ -132,3 +136,54 @@ def test_a_change_to_the_document_last_written_here_is_written_without_a_read(s3
     assert record_once(client, bucket, entry(2))
     assert sent - before == Counter({"PutObject": 1})  # If-Match on the ETag of our last write
     assert [e["id"] for e in deployment_history(client, bucket)] == ["move-1", "move-2"]
+
+
+def test_a_stream_of_updates_shares_few_writes_and_each_is_recorded_once(
+    s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in the operator under load: passes that each append one move now and then, not all at once.
+    monkeypatch.setattr(registry, "MIN_WRITE_INTERVAL", 0.2)
+    client, sent = counting_client(s3_server, bucket)
+    threads, each = 12, 6
+
+    def pass_after_pass(thread: int) -> list[bool]:
+        work = random.Random(thread)
+        appended = []
+        for i in range(thread * each, (thread + 1) * each):
+            time.sleep(work.uniform(0, 0.05))  # the rest of a pass
+            appended.append(record_once(client, bucket, entry(i)))
+        return appended
+
+    with ThreadPoolExecutor(threads) as pool:
+        outcomes = list(pool.map(pass_after_pass, range(threads)))
+    assert all(all(appended) for appended in outcomes)
+    ids = Counter(e["id"] for e in deployment_history(client, bucket))
+    assert ids == Counter(f"move-{i}" for i in range(threads * each))  # each one there, once
+    updates = threads * each
+    assert sent["PutObject"] <= updates // 4, f"{sent['PutObject']} writes for {updates} updates"
+
+
+def test_a_lone_update_and_a_read_do_not_wait_for_the_interval(
+    s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An hour between writes, on a clock that moves only when told: waiting would hang the test.
+    now = [1000.0]
+    monkeypatch.setattr(registry, "_clock", lambda: now[0])
+    monkeypatch.setattr(registry, "MIN_WRITE_INTERVAL", 3600.0)
+    client, sent = counting_client(s3_server, bucket)
+    location = ModelLocation.of("SPY", "etf")
+
+    def register(version: str) -> bool:
+        def change(doc: dict[str, Any]) -> bool:
+            doc.setdefault("models", {})[location.model_key] = {Stage.PRODUCTION.value: {"version": version}}
+            return True
+
+        return update_document(client, bucket, MODEL_REGISTRY_KEY, change)
+
+    assert register("v1.0")  # the first write: none before it to wait for
+    assert registered(client, bucket, location, Stage.PRODUCTION) == {"version": "v1.0"}  # within the hour
+    now[0] += 3600  # a quiet hour
+    assert register("v1.1")
+    assert registered(client, bucket, location, Stage.PRODUCTION) == {"version": "v1.1"}
+    # A write each, a conditional GET each read, and the GET of the first write (nothing there yet).
+    assert (sent["PutObject"], sent["GetObject"]) == (2, 3)
