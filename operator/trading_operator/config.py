@@ -27,7 +27,7 @@ class OperatorConfig:
     # A rollout's Deployment events within this long after the first one cost one pass (rollouts.py);
     # an event that completes or stalls the rollout starts the pass at once. 0: a pass per step.
     rollout_settle_seconds: float = 1.0
-    workers: int = 16  # reconcile passes at once (kopf's thread pool); the connection pools follow it
+    workers: int = 32  # spec passes at once (they mostly wait on S3); the connection pools follow it
     log_level: str = "WARNING"  # the operator's and kopf's logs; `tmctl operator --verbose` means DEBUG
     # kopf peering (several replicas, one acts): the peering object's name, and how long a
     # replica's keep-alive counts before its peers take over. standalone: no peering (one replica
