@@ -84,7 +84,8 @@ class _S3Timestamps:
                                          tzinfo=self._http_zone)  # fmt: skip
         except (TypeError, ValueError):  # not a string, or no such date: botocore's parser says what it is
             pass
-        return parse_timestamp(value)
+        parsed: datetime.datetime = parse_timestamp(value)  # typed here: without botocore-stubs it is Any
+        return parsed
 
 
 _session: boto3.Session | None = None
