@@ -200,8 +200,8 @@ def test_missing_version_is_reported_and_production_untouched(stack: Stack) -> N
 
 
 def test_a_refused_version_set_back_is_served_again(stack: Stack) -> None:
-    """kopf runs no update handler for a spec set back to the last one it handled: the drift timer's
-    pass is what converges it (a timer that waited for 'the update pass' would wait for ever)."""
+    """A spec set back to one handled before is a new generation: it gets its own pass (kopf's update
+    handler, which compared with the last handled spec, ran none, and only the drift timer converged it)."""
     stack.kubectl("apply", "-f", "-", input=tradingmodel("xlu-production", "XLU", "v1.0", stack))
     stack.wait_for("xlu-production", lambda tm: tm["status"].get("phase") == "Ready")
     stack.kubectl("patch", "tm", "xlu-production", "--type", "merge", "-p", '{"spec": {"version": "v9.9"}}')
