@@ -16,6 +16,7 @@ from trading_operator import GROUP, KIND, MANAGER, PLURAL, VERSION, metrics, pee
 from trading_operator.builders import before_new_pods, rollout_ended, rollout_progress
 from trading_operator.claims import Claimant, claims_of
 from trading_operator.config import OperatorConfig
+from trading_operator.decide import Plan
 from trading_operator.kube import Forbidden, KubeApi
 from trading_operator.pacing import Changes, drift_seconds, seconds_left, settled, when_idle
 from trading_operator.reconcile import Claims, Deps, reconcile
@@ -139,15 +140,14 @@ def _spec_pass(key: Any, attempt: Attempt, deps: Deps, claims: Claims, periodic:
     that handled it (a first pass after a restart, or a retry, checks S3 in full)."""
     namespace, name = key
     try:
-        with CHANGES.running(), metrics.timed_pass("spec") as record:
-            plan = reconcile(namespace, name, deps, claims, rollout_only=not attempt.first and not attempt.retry)
-            record.ended_with(plan)
+        with CHANGES.running():
+            plan = _timed("spec", namespace, name, deps, claims, rollout_only=not attempt.first and not attempt.retry)
     except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
         log.error("%s; retrying in %d s", exc, CONFIG.retry_max_seconds, extra={"tradingmodel": name})
         post_event(attempt.body, "Warning", "Forbidden", str(exc))
         return float(CONFIG.retry_max_seconds)
     log.debug("spec pass ended", extra={"tradingmodel": name, "namespace": namespace,
-                                         "outcome": record.outcome})  # fmt: skip
+                                         "outcome": metrics.outcome_of(plan)})  # fmt: skip
     if plan is None:
         return None
     if not plan.retryable:
@@ -230,7 +230,7 @@ async def on_tradingmodel(
         metrics.MODEL_STATUS.forget(*key)
         return
     seen = dict(body)
-    if not (body.metadata.get("deletionTimestamp")):
+    if not body.metadata.get("deletionTimestamp"):
         memo.specs.offer(key, seen)
     periodic.saw(key, seen)
     metrics.MODEL_STATUS.saw(*key, dict(body.get("status") or {}))
@@ -247,9 +247,12 @@ def stop_checks(memo: Any, **_: Any) -> None:
         specs.cancel()
 
 
-def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> None:
+def _timed(trigger: str, namespace: str, name: str, deps: Deps, claims: Claims, **options: Any) -> Plan | None:
+    """`reconcile`, counted and timed by trigger in the operator's metrics."""
     with metrics.timed_pass(trigger) as record:
-        record.ended_with(reconcile(namespace, name, deps, claims, **options))
+        plan = reconcile(namespace, name, deps, claims, **options)
+        record.ended_with(plan)
+        return plan
 
 
 _progress_seen: dict[str, tuple[int, ...]] = {}  # Deployment uid -> the rollout progress last passed on

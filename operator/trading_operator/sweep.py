@@ -66,8 +66,11 @@ class Sweep:
                 if key in self._tracked and key not in self._running:
                     self._running[key] = asyncio.ensure_future(self._one(key))
             timeout = self._due[0][0] - now if self._due else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes together
+            # with the wake (a key tracked), and the sweep would then outlive the operator's stop
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
 
     async def _one(self, key: Hashable) -> None:
         try:
