@@ -19,7 +19,7 @@ from trading_operator.config import OperatorConfig
 from trading_operator.decide import Plan
 from trading_operator.kube import Forbidden, KubeApi
 from trading_operator.pacing import Changes, drift_seconds, seconds_left, settled, when_idle
-from trading_operator.reconcile import Claims, Deps, reconcile
+from trading_operator.reconcile import Claims, Deps, forget_written, reconcile
 from trading_operator.rollouts import RolloutQueue
 from trading_operator.spec_queue import Attempt, SpecQueue
 from trading_operator.storage import s3_factory
@@ -137,11 +137,13 @@ def _spec_pass(key: Any, attempt: Attempt, deps: Deps, claims: Claims, periodic:
 
     A pass that is not the first for its TradingModel nor a retry trusts S3 as converged when the
     status says a pass of this generation promoted: that is a newer generation seen during the pass
-    that handled it (a first pass after a restart, or a retry, checks S3 in full)."""
+    that handled it (a first pass after a restart, or a retry, checks S3 in full). Such a pass also
+    trusts the owned objects this process wrote (`reconcile`'s `trust_written`)."""
     namespace, name = key
     try:
         with CHANGES.running():
-            plan = _timed("spec", namespace, name, deps, claims, rollout_only=not attempt.first and not attempt.retry)
+            again = not attempt.first and not attempt.retry
+            plan = _timed("spec", namespace, name, deps, claims, rollout_only=again, trust_written=again)
     except Forbidden as exc:  # logged and posted as an Event in RBAC's words, retried
         log.error("%s; retrying in %d s", exc, CONFIG.retry_max_seconds, extra={"tradingmodel": name})
         post_event(attempt.body, "Warning", "Forbidden", str(exc))
@@ -226,6 +228,7 @@ async def on_tradingmodel(
     key = (body.metadata.namespace or "default", body.metadata.name or "")
     if type == "DELETED":
         memo.specs.forget(key)
+        forget_written(*key)
         periodic.saw(key, None)
         metrics.MODEL_STATUS.forget(*key)
         return

@@ -64,6 +64,9 @@ class Deps:
 
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
+# The owned objects other than the Deployment (which every pass reads) as this process last wrote
+# or read them: (namespace, owner) -> {(apiVersion, kind): what _mark gives}.
+_written: dict[tuple[str, str], dict[tuple[str, str], tuple[Any, ...]]] = {}
 _locks_guard = threading.Lock()
 
 
@@ -81,6 +84,7 @@ def reconcile(
     rollout_only: bool = False,
     deep: bool = False,
     deployment: dict[str, Any] | None = None,
+    trust_written: bool = False,
 ) -> Plan | None:
     """Converge one TradingModel; None when it no longer exists.
 
@@ -89,7 +93,10 @@ def reconcile(
     rollout; `deep` hashes every stage file against its manifest; `deployment`
     is the serving Deployment as the event that started the pass showed it (not read again: an
     older copy than the live one at worst, whose spec hash then differs from ours, so the pass
-    writes our spec again, which changes nothing, and shows the rollout as not complete)."""
+    writes our spec again, which changes nothing, and shows the rollout as not complete);
+    `trust_written` skips reading an owned object this process last wrote or read with the spec
+    wanted now (a version change leaves the Service and the NetworkPolicy as they were: two reads
+    per promotion). Drift passes never trust: they find an object edited or deleted by hand."""
     with _lock_for(namespace, name):
         body = deps.kube.get_tradingmodel(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -97,7 +104,7 @@ def reconcile(
         view = _observe(body, deps, claims, rollout_only, deep, deployment)
         wanted = store_wanted(view)
         outcome = _converge_store(wanted, view, deps)
-        plan = _apply(view, decide(view, outcome), deps)
+        plan = _apply(view, decide(view, outcome), deps, trust_written)
         metrics.observe_pass(view, wanted, outcome, plan)
         return plan
 
@@ -170,7 +177,7 @@ def _converge_store(wanted: Promote | RecordArchive | None, view: View, deps: De
     return StoreOutcome(result=result, registry_error=registry_error, shadow=shadow)
 
 
-def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
+def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False) -> Plan:
     body = view.body
     try:
         if plan.scale_to_zero:
@@ -179,9 +186,14 @@ def _apply(view: View, plan: Plan, deps: Deps) -> Plan:
             _apply_owned(body, plan.deployment, view.deployment, deps)
         if not view.rollout_only:
             for owned in [plan.service, *plan.extras] if plan.service is not None else plan.extras:
+                written = _written.setdefault((view.namespace, view.name), {})
+                typed = owned["apiVersion"], owned["kind"]
+                if trust_written and written.get(typed) == _mark(body, owned):
+                    continue
                 meta = owned["metadata"]
-                live = deps.kube.get(owned["apiVersion"], owned["kind"], meta["namespace"], meta["name"])
+                live = deps.kube.get(*typed, meta["namespace"], meta["name"])
                 _apply_owned(body, owned, live, deps)
+                written[typed] = _mark(body, owned)
         if plan.scale_to_zero and may_have_budget(view):  # no budget over pods that are gone
             plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
         for api_version, kind in plan.unwanted if not view.rollout_only else ():
@@ -238,6 +250,7 @@ def _delete_owned(body: dict[str, Any], api_version: str, kind: str, deps: Deps)
     """Delete our object of that kind, if there is one and it is ours (a GET first: a pass that
     finds nothing to delete sends no write)."""
     meta = body["metadata"]
+    _written.get((meta["namespace"], meta["name"]), {}).pop((api_version, kind), None)
     live = deps.kube.get(api_version, kind, meta["namespace"], meta["name"])
     owners = (live or {}).get("metadata", {}).get("ownerReferences") or []
     if live is not None and any(ref.get("uid") == meta.get("uid") for ref in owners):
@@ -247,6 +260,18 @@ def _delete_owned(body: dict[str, Any], api_version: str, kind: str, deps: Deps)
 def _delete_live(live: dict[str, Any], deps: Deps) -> None:
     meta = live["metadata"]
     deps.kube.delete(live["apiVersion"], live["kind"], meta["namespace"], meta["name"])
+
+
+def _mark(owner: dict[str, Any], desired: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a written object the one wanted: its owner (a TradingModel deleted and created
+    again under its name is another), our spec and our labels."""
+    meta = desired["metadata"]
+    return owner["metadata"].get("uid", ""), meta["annotations"][SPEC_HASH_ANNOTATION], sorted(meta["labels"].items())
+
+
+def forget_written(namespace: str, name: str) -> None:
+    """The TradingModel is gone: so are its objects (garbage collection)."""
+    _written.pop((namespace, name), None)
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
