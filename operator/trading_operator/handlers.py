@@ -213,7 +213,7 @@ class Periodic:
             # A spec pass converged it since (a mass change does that to all): due an interval after that.
             while (left := seconds_left(self._checked.get(key), self._drift_seconds(key))) > 0:
                 await asyncio.sleep(left)
-        await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self.claims, **options)
+        await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self.claims, fresh=True, **options)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -228,11 +228,13 @@ async def on_tradingmodel(
     key = (body.metadata.namespace or "default", body.metadata.name or "")
     if type == "DELETED":
         memo.specs.forget(key)
+        memo.deps.bodies.forget(key)
         forget_written(*key)
         periodic.saw(key, None)
         metrics.MODEL_STATUS.forget(*key)
         return
     seen = dict(body)
+    memo.deps.bodies.seen(key, seen)
     if not body.metadata.get("deletionTimestamp"):
         memo.specs.offer(key, seen)
     periodic.saw(key, seen)

@@ -107,10 +107,15 @@ class KubeApi:
     def get_tradingmodel(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.request("GET", self.tradingmodel_path(namespace, name))
 
-    def patch_tradingmodel_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.request(
-            "PATCH", self.tradingmodel_path(namespace, name) + "/status", {"status": status}, content_type=MERGE_PATCH
-        )
+    def patch_tradingmodel_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """The TradingModel as written; with `resource_version`, only over that version (409 if not)."""
+        patch: dict[str, Any] = {"status": status}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        path = self.tradingmodel_path(namespace, name) + "/status"
+        return self.request("PATCH", path, patch, content_type=MERGE_PATCH) or {}
 
     def count_ready_pods(self, namespace: str, labels: dict[str, str]) -> int:
         """Ready pods matching `labels` (selected by the API server)."""

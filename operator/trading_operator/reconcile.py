@@ -9,11 +9,12 @@ owned objects become, and write that. Running it twice changes nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,6 +26,7 @@ from model_store.promotion import promote
 from model_store.publish import utc_now
 from model_store.registry import record_once, sync_registries
 from trading_operator import GROUP, KIND, VERSION, metrics
+from trading_operator.bodies import Bodies
 from trading_operator.builders import DROPPED_LABELS, SPEC_HASH_ANNOTATION, live_selector, rollout_state
 from trading_operator.claims import Claimant, claims_of, rival, spec_claim
 from trading_operator.config import OperatorConfig
@@ -61,6 +63,7 @@ class Deps:
     config: OperatorConfig
     emit: EventSink
     now: Callable[[], str] = utc_now
+    bodies: Bodies = field(default_factory=Bodies)  # the TradingModels as last seen or written
 
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -85,6 +88,7 @@ def reconcile(
     deep: bool = False,
     deployment: dict[str, Any] | None = None,
     trust_written: bool = False,
+    fresh: bool = False,
 ) -> Plan | None:
     """Converge one TradingModel; None when it no longer exists.
 
@@ -96,17 +100,46 @@ def reconcile(
     writes our spec again, which changes nothing, and shows the rollout as not complete);
     `trust_written` skips reading an owned object this process last wrote or read with the spec
     wanted now (a version change leaves the Service and the NetworkPolicy as they were: two reads
-    per promotion). Drift passes never trust: they find an object edited or deleted by hand."""
+    per promotion). Drift passes never trust: they find an object edited or deleted by hand.
+
+    A pass starts from the newest TradingModel this process knows (bodies.py), or a `fresh` read
+    (the drift and deep passes: a periodic check against what the API server holds)."""
+    key = (namespace, name)
+    run = functools.partial(_pass, deps=deps, claims=claims, rollout_only=rollout_only, deep=deep,
+                            deployment=deployment, trust_written=trust_written)  # fmt: skip
     with _lock_for(namespace, name):
-        body = deps.kube.get_tradingmodel(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return None
-        view = _observe(body, deps, claims, rollout_only, deep, deployment)
-        wanted = store_wanted(view)
-        outcome = _converge_store(wanted, view, deps)
-        plan = _apply(view, decide(view, outcome), deps, trust_written)
-        metrics.observe_pass(view, wanted, outcome, plan)
-        return plan
+        known = None if fresh else deps.bodies.newest(key)
+        if known is not None:
+            try:
+                return run(known, fenced=True)
+            except _Stale:
+                deps.bodies.stale(key)
+        return run(deps.kube.get_tradingmodel(namespace, name), fenced=False)
+
+
+class _Stale(Exception):
+    """The body a pass started from was changed since (or deleted): its status write was refused."""
+
+
+def _pass(
+    body: dict[str, Any] | None,
+    deps: Deps,
+    claims: Claims,
+    *,
+    fenced: bool,
+    rollout_only: bool,
+    deep: bool,
+    deployment: dict[str, Any] | None,
+    trust_written: bool,
+) -> Plan | None:
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    view = _observe(body, deps, claims, rollout_only, deep, deployment)
+    wanted = store_wanted(view)
+    outcome = _converge_store(wanted, view, deps)
+    plan = _apply(view, decide(view, outcome), deps, trust_written, fenced)
+    metrics.observe_pass(view, wanted, outcome, plan)
+    return plan
 
 
 def _observe(
@@ -177,7 +210,7 @@ def _converge_store(wanted: Promote | RecordArchive | None, view: View, deps: De
     return StoreOutcome(result=result, registry_error=registry_error, shadow=shadow)
 
 
-def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False) -> Plan:
+def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False, fenced: bool = False) -> Plan:
     body = view.body
     try:
         if plan.scale_to_zero:
@@ -212,8 +245,20 @@ def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False) -> P
     for type_, reason, message in plan.events:
         deps.emit(body, type_, reason, message)
     if status_changed(view.old, plan.status):
-        deps.kube.patch_tradingmodel_status(view.namespace, view.name, plan.status)
+        _write_status(view, plan, deps, fenced)
     return plan
+
+
+def _write_status(view: View, plan: Plan, deps: Deps, fenced: bool) -> None:
+    """`fenced`: only over the body the pass started from (see bodies.py)."""
+    version = view.body["metadata"].get("resourceVersion") if fenced else None
+    try:
+        written = deps.kube.patch_tradingmodel_status(view.namespace, view.name, plan.status, version)
+    except ApiException as exc:
+        if fenced and exc.status in (404, 409):
+            raise _Stale from exc
+        raise
+    deps.bodies.wrote((view.namespace, view.name), written)
 
 
 def _scale_to_zero(view: View, deps: Deps) -> None:

@@ -1,5 +1,6 @@
 """The thin apply of a pass against the local Kubernetes API over HTTP: which reads and writes a
-pass sends for the objects it owns (counted by the API server, as the scale benchmark counts them)."""
+pass sends for its TradingModel and the objects it owns (counted by the API server, as the scale
+benchmark counts them)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from devstack.kube_api import REQUEST_COUNTS_PATH, BackgroundLoop, LocalKubeAPI
 from devstack.stack import CRDS
 from model_store.promotion import PromotionResult
 from trading_operator import MANAGER
+from trading_operator.bodies import Bodies
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import StoreOutcome, View, decide
-from trading_operator.kube import KubeApi
-from trading_operator.reconcile import Deps, _apply, forget_written
+from trading_operator.kube import MERGE_PATCH, KubeApi
+from trading_operator.reconcile import Deps, _apply, forget_written, reconcile
 
 NAMESPACE = "default"
 DIGEST = "sha256:" + "ab" * 32
@@ -103,3 +105,87 @@ def test_a_tradingmodel_created_again_under_its_name_is_read_afresh(kube: KubeAp
     kube.delete("v1", "Service", NAMESPACE, "qqq-apply")
     apply_version(kube, second, "v1.0", trust_written=True)
     assert kube.get("v1", "Service", NAMESPACE, "qqq-apply") is not None
+
+
+def test_a_pass_starts_from_the_body_it_wrote_and_one_changed_since_is_read_again(kube: KubeApi) -> None:
+    """No read when this process wrote the status last; a status write over a body someone changed
+    since is refused by its resourceVersion (409), and the pass runs again from a fresh read."""
+    created = tradingmodel(kube, "dia-apply")
+    deps = Deps(kube=kube, s3_for=lambda *_: None, config=OperatorConfig(), emit=lambda *_: None)
+    key = (NAMESPACE, "dia-apply")
+    view = View(body=created, config=OperatorConfig(), now="2026-11-28T03:00:00Z")
+    move = {"id": "m1", "at": view.now, "action": "promote", "from_version": None, "to_version": "v1.0",
+            "digest": DIGEST}  # fmt: skip
+    promoted = decide(view, StoreOutcome(result=PromotionResult(True, True, "v1.0", DIGEST, move))).status
+    deps.bodies.wrote(key, kube.patch_tradingmodel_status(NAMESPACE, "dia-apply", promoted))
+
+    before = reads(kube)["tradingmodels"]
+    plan = reconcile(NAMESPACE, "dia-apply", deps, {}, rollout_only=True)  # S3 as promoted: no S3
+    assert plan is not None and plan.phase == "RollingOut"
+    assert reads(kube)["tradingmodels"] == before  # it started from what it wrote
+
+    labelled = {"metadata": {"labels": {"team": "rates"}}}  # someone else writes: the body known is old
+    kube.request("PATCH", kube.tradingmodel_path(NAMESPACE, "dia-apply"), labelled, content_type=MERGE_PATCH)
+    rolled_out(kube, "dia-apply")  # so the pass has a status to write: Ready
+    plan = reconcile(NAMESPACE, "dia-apply", deps, {}, rollout_only=True)
+    assert plan is not None and plan.phase == "Ready"
+    assert reads(kube)["tradingmodels"] == before + 1  # refused once, then read
+    live = kube.get_tradingmodel(NAMESPACE, "dia-apply") or {}
+    assert live["status"]["phase"] == "Ready" and live["metadata"]["labels"]["team"] == "rates"
+
+
+def test_a_drift_pass_reads_the_tradingmodel_and_restores_a_status_changed_by_hand(kube: KubeApi) -> None:
+    created = tradingmodel(kube, "iwm-apply")
+    deps = Deps(kube=kube, s3_for=lambda *_: None, config=OperatorConfig(), emit=lambda *_: None)
+    view = View(body=created, config=OperatorConfig(), now="2026-11-28T03:00:00Z")
+    move = {"id": "m1", "at": view.now, "action": "promote", "from_version": None, "to_version": "v1.0",
+            "digest": DIGEST}  # fmt: skip
+    promoted = decide(view, StoreOutcome(result=PromotionResult(True, True, "v1.0", DIGEST, move))).status
+    kube.patch_tradingmodel_status(NAMESPACE, "iwm-apply", promoted)
+    reconcile(NAMESPACE, "iwm-apply", deps, {}, rollout_only=True)
+    by_hand = {"status": {"phase": "Pending"}}
+    kube.request("PATCH", kube.tradingmodel_path(NAMESPACE, "iwm-apply") + "/status", by_hand, content_type=MERGE_PATCH)
+
+    reconcile(NAMESPACE, "iwm-apply", deps, {}, rollout_only=True)  # from what it wrote: sees nothing to do
+    assert (kube.get_tradingmodel(NAMESPACE, "iwm-apply") or {})["status"]["phase"] == "Pending"
+    reconcile(NAMESPACE, "iwm-apply", deps, {}, rollout_only=True, fresh=True)  # as the drift pass does
+    assert (kube.get_tradingmodel(NAMESPACE, "iwm-apply") or {})["status"]["phase"] == "RollingOut"
+
+
+def rolled_out(kube: KubeApi, name: str) -> None:
+    """The Deployment controller's report of a complete rollout (no kubelet runs here)."""
+    live = kube.get("apps/v1", "Deployment", NAMESPACE, name) or {}
+    replicas = live["spec"]["replicas"]
+    status = {"observedGeneration": live["metadata"]["generation"], "replicas": replicas,
+              "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}  # fmt: skip
+    path = kube.object_path("apps/v1", "Deployment", NAMESPACE, name) + "/status"
+    kube.request("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
+
+
+def test_the_newest_body_is_the_one_written_unless_the_watch_shows_a_newer_generation() -> None:
+    bodies, key = Bodies(), (NAMESPACE, "spy")
+    assert bodies.newest(key) is None
+    seen = {"metadata": {"generation": 2, "resourceVersion": "10"}, "spec": {"version": "v1.1"}}
+    bodies.seen(key, seen)
+    assert bodies.newest(key) == seen and bodies.newest(key) is not seen  # a copy: passes may change it
+    wrote = {"metadata": {"generation": 2, "resourceVersion": "12"}, "status": {"phase": "Ready"}}
+    bodies.wrote(key, wrote)
+    bodies.seen(key, {"metadata": {"generation": 2, "resourceVersion": "11"}})  # the watch, behind our write
+    assert bodies.newest(key) == wrote
+    newer = {"metadata": {"generation": 3, "resourceVersion": "13"}, "spec": {"version": "v1.2"}}
+    bodies.seen(key, newer)  # a spec change
+    assert bodies.newest(key) == newer
+
+    ours = {"metadata": {"generation": 3, "resourceVersion": "14"}, "status": {"phase": "RollingOut"}}
+    bodies.wrote(key, ours)
+    bodies.seen(key, ours)  # the watch catches up with our write: what it shows next is newer
+    labelled = {"metadata": {"generation": 3, "resourceVersion": "15", "labels": {"team": "rates"}}}
+    bodies.seen(key, labelled)
+    assert bodies.newest(key) == labelled
+    bodies.seen(key, {"metadata": {"generation": 3, "resourceVersion": "16"}})
+    bodies.wrote(key, {"metadata": {"generation": 3, "resourceVersion": "16"}})  # heard back after the watch
+    bodies.seen(key, {"metadata": {"generation": 3, "resourceVersion": "17"}})
+    assert (bodies.newest(key) or {})["metadata"]["resourceVersion"] == "17"
+
+    bodies.stale(key)
+    assert bodies.newest(key) is None
