@@ -740,13 +740,14 @@ class LocalKubelet:
         dirty, self._dirty = self._dirty, set()
         only = None if full else dirty
         try:
-            await _each(self._live(_DEPLOYMENTS, only), self._rollout_writes)
+            rolled = self._live(_DEPLOYMENTS, only)
+            await _each(rolled, self._rollout_writes)
             await _each(self._live(_REPLICA_SETS, only), self._pod_writes)
             # with self._dirty: the pods this pass created (our writes mark them) start now, not a pass later
             started = self._sync_workers(None if only is None else only | self._dirty)
             if not self.run_pods:  # hollow pods are Ready before the statuses below count them
                 await _each(started, PodWorker.report_hollow)
-            await self._report_statuses(only)
+            await self._report_statuses(only, {_meta(obj)["uid"]: _meta(obj).get("generation") for obj in rolled})
             if self.service_proxies:
                 await self._sync_proxies(only)
         except BaseException:
@@ -852,11 +853,18 @@ class LocalKubelet:
                 stopping.add_done_callback(self._stopping.discard)
         return started
 
-    async def _report_statuses(self, only: set[str] | None) -> None:
+    async def _report_statuses(self, only: set[str] | None, rolled: Mapping[str, Any]) -> None:
+        """Status of the ReplicaSets and Deployments of this pass; rolled: the generation of each Deployment
+        that this pass's rollout phase saw. A generation that came in after it waits for the next pass
+        (its event made it dirty): like the real controller, a status observes a generation only once
+        the ReplicaSet for its template exists."""
         await _each(self._handled(_REPLICA_SETS, only), self._replica_set_status_write)
-        # a template change is an event: it makes the Deployment dirty
         now = _now()
-        await _each(self._handled(_DEPLOYMENTS, only), lambda obj: self._deployment_status_write(obj, now))
+        await _each(
+            (obj for obj in self._handled(_DEPLOYMENTS, only)
+             if deployments.is_deleting(obj) or rolled.get(_meta(obj)["uid"]) == _meta(obj).get("generation")),
+            lambda obj: self._deployment_status_write(obj, now),
+        )  # fmt: skip
         # A deleted Deployment's uid is dirty (its delete event): the next pass forgets its rollout.
         live = self._informers[_DEPLOYMENTS].objects
         for uid in [uid for uid in (self._rollouts if only is None else only) if uid not in live]:
