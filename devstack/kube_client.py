@@ -9,10 +9,18 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+
+
+def _headers(content_type: str) -> dict[str, str]:
+    return {"Content-Type": content_type, "Accept": "application/json"}
+
+
+_HEADERS = {kind: _headers(kind) for kind in ("application/json", MERGE_PATCH)}  # built once, not per request
 
 
 class KubeApiError(Exception):
@@ -42,6 +50,7 @@ class KubeClient:
     def __init__(self, base_url: str, *, timeout: float = 30.0, user_agent: str = "local-kubelet") -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
+        self._request_timeout = aiohttp.ClientTimeout(total=timeout)  # a watch has none: it is per request
         self._user_agent = user_agent  # names this client in the local API's request counts
         self._session: aiohttp.ClientSession | None = None
 
@@ -72,14 +81,14 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
     ) -> Any:
         data = None if body is None else orjson.dumps(body)
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
         async with self.session.request(
             method,
-            self.base_url + path,
+            # Paths are ours (names are DNS labels): already encoded, yarl need not look at them again.
+            yarl.URL(self.base_url + path, encoded=True),
             data=data,
-            headers=headers,
+            headers=_HEADERS[content_type] if content_type in _HEADERS else _headers(content_type),
             params=params,
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            timeout=self._request_timeout,
         ) as response:
             raw = await response.read()
             if raw and response.content_type == "application/json":
@@ -121,12 +130,16 @@ class KubeClient:
                 return None
             raise
 
-    async def delete(self, path: str) -> None:
+    async def delete(self, path: str) -> dict[str, Any] | None:
+        """The object as the API returned it (marked for deletion, or as it was when removed); None when
+        it was gone already."""
         try:
-            await self.request("DELETE", path)
+            result = await self.request("DELETE", path)
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
+            return None
+        return result if isinstance(result, dict) else None
 
     async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
         """Watch events of a collection from now on; ends when the server closes the stream."""

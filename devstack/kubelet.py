@@ -32,7 +32,7 @@ import pathlib
 import shlex
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -73,16 +73,20 @@ _FULL_PASS_SECONDS = 10.0  # every object, not only the changed ones (progress d
 _CONCURRENT_SYNCS = 16  # objects worked on at once in a pass (kube-controller-manager's --concurrent-*-syncs)
 
 
-async def _each(items: Sequence[Any], work: Callable[[Any], Awaitable[None]]) -> None:
-    """work(item) for every item, at most _CONCURRENT_SYNCS at once. One object's API calls stay
-    in order; different objects do not wait for each other."""
+async def _each(items: Iterable[Any], writes: Callable[[Any], Awaitable[None] | None]) -> None:
+    """The writes each item needs: writes(item) decides at once (None: nothing to write), and what it
+    returns runs with at most _CONCURRENT_SYNCS at once. One object's API calls stay in order; different
+    objects do not wait for each other. Most objects of a pass need no write: they cost no task."""
+    pending = [work for work in map(writes, items) if work is not None]
+    if not pending:
+        return
     limit = asyncio.Semaphore(_CONCURRENT_SYNCS)
 
-    async def one(item: Any) -> None:
+    async def one(work: Awaitable[None]) -> None:
         async with limit:
-            await work(item)
+            await work
 
-    await asyncio.gather(*(one(item) for item in items))
+    await asyncio.gather(*map(one, pending))
 
 
 def default_command(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[str]:
@@ -140,18 +144,20 @@ class _Informer:
             self._on_change(obj)
 
     def apply(self, obj: Mapping[str, Any] | None, *, deleted: bool = False) -> None:
+        """Take in a watch event or what our own write returned; either comes twice (the watch
+        echoes our writes), so what is already here changes nothing and makes no pass look again."""
         if not isinstance(obj, dict) or not _meta(obj).get("uid"):
             return
         uid = _meta(obj)["uid"]
+        if uid in self._gone:
+            return  # a uid never comes back: its deletion was taken in already
         if deleted:
             self._gone.add(uid)
             self._put(uid, None)
-        elif uid in self._gone:
-            return
         else:
             current = self.objects.get(uid)
-            if current is not None and _rv(current) > _rv(obj):
-                return  # a watch event older than what our own write returned
+            if current is not None and _rv(obj) and _rv(current) >= _rv(obj):
+                return  # older than what we have, or the echo of what our own write returned
             self._put(uid, obj)
         self._on_change(obj)
 
@@ -208,7 +214,14 @@ class PodWorker:
         return self.kubelet.log_dir / f"{self.namespace}_{self.name}.log"
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"pod:{self.namespace}/{self.name}")
+        """Run the container; a hollow pod runs nothing (the pass that starts it calls report_hollow)."""
+        if self.kubelet.run_pods:
+            self.task = asyncio.create_task(self._run(), name=f"pod:{self.namespace}/{self.name}")
+
+    async def report_hollow(self) -> None:
+        """A hollow pod is Running and Ready at once, with no process."""
+        self._set_ready(True)
+        await self._report()
 
     async def stop(self, *, pre_stop: bool = True) -> None:
         """Not ready at once (the Service stops sending new connections), then the container's preStop
@@ -244,11 +257,6 @@ class PodWorker:
 
     async def _run(self) -> None:
         try:
-            if not self.kubelet.run_pods:  # a hollow pod: Running and Ready at once, no process
-                self._set_ready(True)
-                await self._report()
-                self.kubelet.wake()
-                await asyncio.Event().wait()  # until the pod goes away
             if not self.kubelet.command_factory(self.pod, self.container):
                 await self._report(
                     waiting=("NotRunLocally", "the local kubelet has no command for this container"), phase="Pending"
@@ -454,9 +462,11 @@ class PodWorker:
             "containerStatuses": [container_status],
         }
         try:
-            await self.kubelet.client.patch(self._status_path, {"status": status})
+            reported = await self.kubelet.client.patch(self._status_path, {"status": status})
         except (KubeApiError, aiohttp.ClientError) as exc:
             log.debug("event=pod_status_failed pod=%s/%s error=%s", self.namespace, self.name, exc)
+            return
+        self.kubelet._wrote(_PODS, reported)  # the statuses of its ReplicaSet and Deployment follow it now
 
 
 class LocalKubelet:
@@ -682,12 +692,12 @@ class LocalKubelet:
                 event = orjson.loads(line)
                 if event.get("type") == "ERROR":
                     raise KubeApiError(int((event.get("object") or {}).get("code") or 500), event.get("object") or {})
-                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):  # a change wakes the loop (_mark_dirty)
                     informer.apply(event.get("object"), deleted=event["type"] == "DELETED")
-                    self._wake.set()
 
     def _mark_dirty(self, obj: Mapping[str, Any]) -> None:
-        """A change to obj may move its own rollout and its owners' (a pod -> its ReplicaSet -> its Deployment)."""
+        """A change to obj may move its own rollout and its owners' (a pod -> its ReplicaSet -> its
+        Deployment): the next pass looks at them (at once if none is running)."""
         meta = _meta(obj)
         self._dirty.add(meta.get("uid", ""))
         for ref in meta.get("ownerReferences") or []:
@@ -695,6 +705,7 @@ class LocalKubelet:
             owner = self._informers[_REPLICA_SETS].objects.get(ref.get("uid", ""))
             for owner_ref in _meta(owner or {}).get("ownerReferences") or []:
                 self._dirty.add(owner_ref.get("uid", ""))
+        self._wake.set()
 
     def _wrote(self, path: str, obj: Any) -> None:
         """What our own write returned goes into the local copy at once."""
@@ -729,11 +740,14 @@ class LocalKubelet:
         dirty, self._dirty = self._dirty, set()
         only = None if full else dirty
         try:
-            for path, sync in ((_DEPLOYMENTS, self._sync_deployment), (_REPLICA_SETS, self._sync_replica_set)):
-                await _each([obj for obj in self._handled(path, only) if not deployments.is_deleting(obj)], sync)
+            rolled = self._live(_DEPLOYMENTS, only)
+            await _each(rolled, self._rollout_writes)
+            await _each(self._live(_REPLICA_SETS, only), self._pod_writes)
             # with self._dirty: the pods this pass created (our writes mark them) start now, not a pass later
-            self._sync_workers(None if only is None else only | self._dirty)
-            await self._report_statuses(only)
+            started = self._sync_workers(None if only is None else only | self._dirty)
+            if not self.run_pods:  # hollow pods are Ready before the statuses below count them
+                await _each(started, PodWorker.report_hollow)
+            await self._report_statuses(only, {_meta(obj)["uid"]: _meta(obj).get("generation") for obj in rolled})
             if self.service_proxies:
                 await self._sync_proxies(only)
         except BaseException:
@@ -748,12 +762,22 @@ class LocalKubelet:
             return list(objects.values())
         return sorted((objects[uid] for uid in only if uid in objects), key=_name_key)
 
+    def _live(self, path: str, only: set[str] | None) -> list[dict[str, Any]]:
+        """_handled without the objects being deleted (nothing to roll out or create for them)."""
+        return [obj for obj in self._handled(path, only) if not deployments.is_deleting(obj)]
+
     def _pods_of(self, replica_sets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return [pod for rs in replica_sets for pod in self._informers[_PODS].owned_by(_meta(rs)["uid"])]
 
-    async def _sync_deployment(self, deployment: dict[str, Any]) -> None:
+    def _rollout_writes(self, deployment: dict[str, Any]) -> Awaitable[None] | None:
+        """The Deployment controller's writes for deployment (a ReplicaSet to create or scale), or None."""
         owned = self._informers[_REPLICA_SETS].owned_by(_meta(deployment)["uid"])
         plan = deployments.plan_rollout(deployment, owned, self._pods_of(owned))
+        if plan.create is None and not plan.scale:
+            return None
+        return self._roll(deployment, plan)
+
+    async def _roll(self, deployment: dict[str, Any], plan: deployments.ReplicaSetPlan) -> None:
         namespace = _meta(deployment).get("namespace")
         if plan.create is not None:
             with contextlib.suppress(KubeApiError):  # 409: made by an earlier pass
@@ -776,9 +800,15 @@ class LocalKubelet:
             log.info("event=replicaset_scaled name=%s/%s replicas=%d", namespace, name, replicas)
             await self.record(deployment, "ScalingReplicaSet", f"Scaled replica set {name} to {replicas}")
 
-    async def _sync_replica_set(self, replica_set: dict[str, Any]) -> None:
-        namespace = _meta(replica_set).get("namespace")
+    def _pod_writes(self, replica_set: dict[str, Any]) -> Awaitable[None] | None:
+        """The ReplicaSet controller's writes for replica_set (pods to create or delete), or None."""
         plan = deployments.plan_pods(replica_set, self._informers[_PODS].owned_by(_meta(replica_set)["uid"]))
+        if not plan.create and not plan.delete:
+            return None
+        return self._create_and_delete_pods(replica_set, plan)
+
+    async def _create_and_delete_pods(self, replica_set: dict[str, Any], plan: deployments.PodPlan) -> None:
+        namespace = _meta(replica_set).get("namespace")
         for _ in range(plan.create):
             try:
                 created = await self.client.create(
@@ -791,13 +821,19 @@ class LocalKubelet:
             self._wrote(_PODS, created)
             await self.record(replica_set, "SuccessfulCreate", f"Created pod: {_meta(created)['name']}")
         for name in plan.delete:
-            await self.client.delete(resource_path("v1", "pods", namespace, name))
+            deleted = await self.client.delete(resource_path("v1", "pods", namespace, name))
+            if deleted is not None:
+                # Gone at once unless the API only marked it (a finalizer, a grace period): the status
+                # this pass writes counts the pods that are left, not one the watch has yet to take away.
+                self._informers[_PODS].apply(deleted, deleted=not deployments.is_deleting(deleted))
             await self.record(replica_set, "SuccessfulDelete", f"Deleted pod: {name}")
 
-    def _sync_workers(self, only: set[str] | None) -> None:
+    def _sync_workers(self, only: set[str] | None) -> list[PodWorker]:
         """A worker for each live pod of this node, none for the others: for the pods whose uids are in
-        only (those that changed or went away), or with None for every pod and worker."""
+        only (those that changed or went away), or with None for every pod and worker. The workers it
+        started."""
         pods = self._informers[_PODS].objects
+        started = []
         for uid in pods.keys() | self._workers.keys() if only is None else only:
             pod = pods.get(uid)
             node = (pod.get("spec") or {}).get("nodeName") if pod is not None else None
@@ -807,6 +843,7 @@ class LocalKubelet:
             if pod is not None and worker is None:
                 self._workers[uid] = worker = PodWorker(self, pod)
                 worker.start()
+                started.append(worker)
             elif pod is None and worker is not None:
                 del self._workers[uid]
                 log.info("event=pod_stopping pod=%s/%s", worker.namespace, worker.name)
@@ -814,47 +851,20 @@ class LocalKubelet:
                 stopping = asyncio.create_task(worker.stop(), name=f"stop:{worker.namespace}/{worker.name}")
                 self._stopping.add(stopping)
                 stopping.add_done_callback(self._stopping.discard)
+        return started
 
-    async def _report_statuses(self, only: set[str] | None) -> None:
-        replica_sets, pods = self._informers[_REPLICA_SETS], self._informers[_PODS]
-
-        async def replica_set_status(replica_set: dict[str, Any]) -> None:
-            status = deployments.replica_set_status(replica_set, pods.owned_by(_meta(replica_set)["uid"]))
-            if _differs(replica_set.get("status"), status):
-                path = resource_path(
-                    "apps/v1", "replicasets", _meta(replica_set).get("namespace"), _meta(replica_set)["name"], "status"
-                )
-                self._wrote(
-                    _REPLICA_SETS,
-                    await self.client.patch(path, {"status": _replacing(replica_set.get("status"), status)}),
-                )
-
-        await _each(self._handled(_REPLICA_SETS, only), replica_set_status)
+    async def _report_statuses(self, only: set[str] | None, rolled: Mapping[str, Any]) -> None:
+        """Status of the ReplicaSets and Deployments of this pass; rolled: the generation of each Deployment
+        that this pass's rollout phase saw. A generation that came in after it waits for the next pass
+        (its event made it dirty): like the real controller, a status observes a generation only once
+        the ReplicaSet for its template exists."""
+        await _each(self._handled(_REPLICA_SETS, only), self._replica_set_status_write)
         now = _now()
-
-        async def deployment_status(deployment: dict[str, Any]) -> None:
-            meta = _meta(deployment)
-            uid = meta["uid"]
-            hash_ = deployments.spec_template_hash(deployment)
-            owned = replica_sets.owned_by(uid)
-            owned_pods = self._pods_of(owned)
-            # Like the real controller, the deadline counts from the last progress (a new pod
-            # created, one more ready), not from the start of the rollout.
-            progress = deployments.rollout_progress(deployment, owned, owned_pods)
-            seen = self._rollouts.get(uid)
-            if seen is None or seen[:2] != (hash_, progress):
-                seen = self._rollouts[uid] = (hash_, progress, now)
-            status = deployments.deployment_status(deployment, owned, owned_pods, rollout_started=seen[2], now=now)
-            self._look_again_at_deadline(deployment, seen[2], now)
-            if _differs(deployment.get("status"), status):
-                path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
-                self._wrote(
-                    _DEPLOYMENTS,
-                    await self.client.patch(path, {"status": _replacing(deployment.get("status"), status)}),
-                )
-
-        # a template change is an event: it makes the Deployment dirty
-        await _each(self._handled(_DEPLOYMENTS, only), deployment_status)
+        await _each(
+            (obj for obj in self._handled(_DEPLOYMENTS, only)
+             if deployments.is_deleting(obj) or rolled.get(_meta(obj)["uid"]) == _meta(obj).get("generation")),
+            lambda obj: self._deployment_status_write(obj, now),
+        )  # fmt: skip
         # A deleted Deployment's uid is dirty (its delete event): the next pass forgets its rollout.
         live = self._informers[_DEPLOYMENTS].objects
         for uid in [uid for uid in (self._rollouts if only is None else only) if uid not in live]:
@@ -862,6 +872,36 @@ class LocalKubelet:
             timer = self._deadline_timers.pop(uid, None)
             if timer is not None:
                 timer.cancel()
+
+    def _replica_set_status_write(self, replica_set: dict[str, Any]) -> Awaitable[None] | None:
+        status = deployments.replica_set_status(replica_set, self._informers[_PODS].owned_by(_meta(replica_set)["uid"]))
+        if not _differs(replica_set.get("status"), status):
+            return None
+        meta = _meta(replica_set)
+        path = resource_path("apps/v1", "replicasets", meta.get("namespace"), meta["name"], "status")
+        return self._write_status(_REPLICA_SETS, path, replica_set, status)
+
+    def _deployment_status_write(self, deployment: dict[str, Any], now: datetime.datetime) -> Awaitable[None] | None:
+        meta = _meta(deployment)
+        uid = meta["uid"]
+        hash_ = deployments.spec_template_hash(deployment)
+        owned = self._informers[_REPLICA_SETS].owned_by(uid)
+        owned_pods = self._pods_of(owned)
+        # Like the real controller, the deadline counts from the last progress (a new pod
+        # created, one more ready), not from the start of the rollout.
+        progress = deployments.rollout_progress(deployment, owned, owned_pods)
+        seen = self._rollouts.get(uid)
+        if seen is None or seen[:2] != (hash_, progress):
+            seen = self._rollouts[uid] = (hash_, progress, now)
+        status = deployments.deployment_status(deployment, owned, owned_pods, rollout_started=seen[2], now=now)
+        self._look_again_at_deadline(deployment, seen[2], now)
+        if not _differs(deployment.get("status"), status):
+            return None
+        path = resource_path("apps/v1", "deployments", meta.get("namespace"), meta["name"], "status")
+        return self._write_status(_DEPLOYMENTS, path, deployment, status)
+
+    async def _write_status(self, collection: str, path: str, obj: Mapping[str, Any], status: dict[str, Any]) -> None:
+        self._wrote(collection, await self.client.patch(path, {"status": _replacing(obj.get("status"), status)}))
 
     def _look_again_at_deadline(self, deployment: Mapping[str, Any], since: datetime.datetime,
                                 now: datetime.datetime) -> None:  # fmt: skip
