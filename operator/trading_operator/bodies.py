@@ -30,19 +30,22 @@ class Bodies:
         self._recent: dict[Key, collections.deque[str | None]] = {}
         self._lock = threading.Lock()  # written from the pass threads, seen from the event loop
 
-    def seen(self, key: Key, body: dict[str, Any]) -> None:
-        """The watch showed it (kopf's dict: never changed here, copied when handed out)."""
+    def seen(self, key: Key, body: dict[str, Any], listed: bool = False) -> None:
+        """The watch showed it (kopf's dict: never changed here, copied when handed out); `listed`:
+        in a listing (at startup, or a watch started again), which holds every write before it."""
         with self._lock:
             self._seen[key] = body
             self._recent.setdefault(key, collections.deque(maxlen=RECENT)).append(_version(body))
             wrote = self._wrote.get(key)
-            if wrote is not None and _version(wrote) == _version(body):
+            if wrote is not None and (listed or _version(wrote) == _version(body) or _uid(wrote) != _uid(body)):
                 del self._wrote[key]  # the watch has caught up with our write: what it shows next is newer
 
     def wrote(self, key: Key, body: dict[str, Any]) -> None:
         """This process wrote its status; `body` is what the API server answered."""
         with self._lock:
-            if _version(body) not in self._recent.get(key, ()):
+            if _version(body) in self._recent.get(key, ()):
+                self._wrote.pop(key, None)  # the watch showed it already (and maybe newer ones)
+            else:
                 self._wrote[key] = body
 
     def stale(self, key: Key) -> None:
@@ -58,13 +61,19 @@ class Bodies:
         """A copy of the newest body known (None: read it)."""
         with self._lock:
             seen, wrote = self._seen.get(key), self._wrote.get(key)
-        spec_changed = wrote is None or (seen is not None and _generation(seen) > _generation(wrote))
-        newest = seen if spec_changed else wrote
+        changed = wrote is None or (
+            seen is not None and (_generation(seen) > _generation(wrote) or _uid(seen) != _uid(wrote))
+        )  # a spec change, or another TradingModel of that name
+        newest = seen if changed else wrote
         return copy.deepcopy(newest) if newest is not None else None
 
 
 def _version(body: dict[str, Any]) -> str | None:
     return (body.get("metadata") or {}).get("resourceVersion")
+
+
+def _uid(body: dict[str, Any]) -> str | None:
+    return (body.get("metadata") or {}).get("uid")
 
 
 def _generation(body: dict[str, Any]) -> int:

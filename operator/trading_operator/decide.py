@@ -46,6 +46,7 @@ from trading_operator.status import (
 )
 
 _VERBS = {"promote": "Promoted", "rollback": "RolledBack", "repair": "Repaired"}
+MOVE_EVENTS = frozenset(_VERBS.values())  # the reasons of Events that say what S3 went through
 
 
 class SecretNotFound(StoreError):

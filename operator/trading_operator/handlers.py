@@ -234,7 +234,7 @@ async def on_tradingmodel(
         metrics.MODEL_STATUS.forget(*key)
         return
     seen = dict(body)
-    memo.deps.bodies.seen(key, seen)
+    memo.deps.bodies.seen(key, seen, listed=type is None)  # kopf: no event type for a listing
     if not body.metadata.get("deletionTimestamp"):
         memo.specs.offer(key, seen)
     periodic.saw(key, seen)

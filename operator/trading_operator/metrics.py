@@ -130,13 +130,18 @@ def _operation(event_name: str) -> str:
 
 def observe_pass(view: View, wanted: StoreWanted, store: StoreOutcome, plan: Plan) -> None:
     """Promotions and time to Ready, from what one pass wanted, got and decided."""
+    observe_store(wanted, store)
+    _READY_CLOCK.observe(view, plan)
+
+
+def observe_store(wanted: StoreWanted, store: StoreOutcome) -> None:
+    """The promotion a pass made (or failed to), also when its status write was refused."""
     if isinstance(wanted, Promote):
         result = store.result
         if result is not None and result.copied:
             PROMOTIONS.labels(result.action, "success").inc()
         elif store.error is not None:
             PROMOTIONS.labels(move_action(wanted.model.version, wanted.last_known), "failure").inc()
-    _READY_CLOCK.observe(view, plan)
 
 
 class _ReadyClock:

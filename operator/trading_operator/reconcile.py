@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from trading_operator.builders import DROPPED_LABELS, SPEC_HASH_ANNOTATION, live
 from trading_operator.claims import Claimant, claims_of, rival, spec_claim
 from trading_operator.config import OperatorConfig
 from trading_operator.decide import (
+    MOVE_EVENTS,
     Plan,
     Promote,
     RecordArchive,
@@ -46,6 +48,7 @@ from trading_operator.decide import (
 )
 from trading_operator.kube import KubeApi
 from trading_operator.shadow import resolve as resolve_shadow
+from trading_operator.status import append_history
 from trading_operator.storage import S3Factory
 
 log = logging.getLogger(__name__)
@@ -68,8 +71,8 @@ class Deps:
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 # The owned objects other than the Deployment (which every pass reads) as this process last wrote
-# or read them: (namespace, owner) -> {(apiVersion, kind): what _mark gives}.
-_written: dict[tuple[str, str], dict[tuple[str, str], tuple[Any, ...]]] = {}
+# or read them: (namespace, owner) -> {(apiVersion, kind): (what _mark gives, when: monotonic)}.
+_written: dict[tuple[str, str], dict[tuple[str, str], tuple[tuple[Any, ...], float]]] = {}
 _locks_guard = threading.Lock()
 
 
@@ -98,27 +101,38 @@ def reconcile(
     is the serving Deployment as the event that started the pass showed it (not read again: an
     older copy than the live one at worst, whose spec hash then differs from ours, so the pass
     writes our spec again, which changes nothing, and shows the rollout as not complete);
-    `trust_written` skips reading an owned object this process last wrote or read with the spec
-    wanted now (a version change leaves the Service and the NetworkPolicy as they were: two reads
-    per promotion). Drift passes never trust: they find an object edited or deleted by hand.
+    `trust_written` skips reading an owned object this process wrote or read with the spec
+    wanted now within a drift interval (a version change leaves the Service and the NetworkPolicy
+    as they were: two reads per promotion). Drift passes never trust: they find an object edited or
+    deleted by hand.
 
     A pass starts from the newest TradingModel this process knows (bodies.py), or a `fresh` read
-    (the drift and deep passes: a periodic check against what the API server holds)."""
+    (the drift and deep passes: a periodic check against what the API server holds). Its status
+    write is then fenced: refused, the pass runs again from a read, carrying the moves it made."""
     key = (namespace, name)
     run = functools.partial(_pass, deps=deps, claims=claims, rollout_only=rollout_only, deep=deep,
                             deployment=deployment, trust_written=trust_written)  # fmt: skip
     with _lock_for(namespace, name):
         known = None if fresh else deps.bodies.newest(key)
+        refused = None
         if known is not None:
             try:
                 return run(known, fenced=True)
-            except _Stale:
+            except _Stale as stale:
                 deps.bodies.stale(key)
-        return run(deps.kube.get_tradingmodel(namespace, name), fenced=False)
+                refused = stale
+        return run(deps.kube.get_tradingmodel(namespace, name), fenced=False, refused=refused)
 
 
 class _Stale(Exception):
-    """The body a pass started from was changed since (or deleted): its status write was refused."""
+    """The body a pass started from was changed since (or deleted): its status write was refused.
+    What that pass did in S3 happened all the same: its moves and their Events go to the next."""
+
+    def __init__(self, view: View, plan: Plan) -> None:
+        super().__init__(f"{view.namespace}/{view.name} changed during the pass")
+        known = {h.get("id") for h in view.old.get("history") or []}
+        self.moves = [h for h in plan.status.get("history") or [] if h.get("id") not in known]
+        self.events = [e for e in plan.events if e[1] in MOVE_EVENTS]
 
 
 def _pass(
@@ -131,15 +145,37 @@ def _pass(
     deep: bool,
     deployment: dict[str, Any] | None,
     trust_written: bool,
+    refused: _Stale | None = None,
 ) -> Plan | None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     view = _observe(body, deps, claims, rollout_only, deep, deployment)
     wanted = store_wanted(view)
     outcome = _converge_store(wanted, view, deps)
-    plan = _apply(view, decide(view, outcome), deps, trust_written, fenced)
+    plan = decide(view, outcome)
+    if refused is not None:
+        _carry(view, plan, refused, deps.config.history_limit)
+    try:
+        plan = _apply(view, plan, deps, trust_written, fenced)
+    except _Stale:
+        metrics.observe_store(wanted, outcome)
+        raise
     metrics.observe_pass(view, wanted, outcome, plan)
     return plan
+
+
+def _carry(view: View, plan: Plan, refused: _Stale, limit: int) -> None:
+    """The moves (and their Events) of a pass whose status write was refused, before this pass's own."""
+    history = plan.status.get("history")
+    if history is None or not refused.moves:
+        return
+    before = {h.get("id") for h in view.old.get("history") or []}
+    carried = [h for h in refused.moves if h.get("id") not in before]
+    kept = [h for h in history if h.get("id") in before]
+    for entry in [*carried, *(h for h in history if h.get("id") not in before)]:
+        kept = append_history(kept, entry, limit)
+    plan.status["history"] = kept
+    plan.events[:0] = [e for e in refused.events if e not in plan.events]
 
 
 def _observe(
@@ -220,13 +256,13 @@ def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False, fenc
         if not view.rollout_only:
             for owned in [plan.service, *plan.extras] if plan.service is not None else plan.extras:
                 written = _written.setdefault((view.namespace, view.name), {})
-                typed = owned["apiVersion"], owned["kind"]
-                if trust_written and written.get(typed) == _mark(body, owned):
+                typed, mark = (owned["apiVersion"], owned["kind"]), _mark(body, owned)
+                if trust_written and _trusted(written.get(typed), mark, deps.config.drift_check_seconds):
                     continue
                 meta = owned["metadata"]
                 live = deps.kube.get(*typed, meta["namespace"], meta["name"])
                 _apply_owned(body, owned, live, deps)
-                written[typed] = _mark(body, owned)
+                written[typed] = (mark, time.monotonic())
         if plan.scale_to_zero and may_have_budget(view):  # no budget over pods that are gone
             plan.unwanted.append(("policy/v1", "PodDisruptionBudget"))
         for api_version, kind in plan.unwanted if not view.rollout_only else ():
@@ -242,10 +278,10 @@ def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False, fenc
                 _scale_to_zero(view, deps)
                 if plan.remove_autoscaler and view.autoscaler is not None:
                     _delete_live(view.autoscaler, deps)
-    for type_, reason, message in plan.events:
-        deps.emit(body, type_, reason, message)
     if status_changed(view.old, plan.status):
         _write_status(view, plan, deps, fenced)
+    for type_, reason, message in plan.events:  # after: a refused write's pass runs again and posts them
+        deps.emit(body, type_, reason, message)
     return plan
 
 
@@ -256,7 +292,7 @@ def _write_status(view: View, plan: Plan, deps: Deps, fenced: bool) -> None:
         written = deps.kube.patch_tradingmodel_status(view.namespace, view.name, plan.status, version)
     except ApiException as exc:
         if fenced and exc.status in (404, 409):
-            raise _Stale from exc
+            raise _Stale(view, plan) from exc
         raise
     deps.bodies.wrote((view.namespace, view.name), written)
 
@@ -312,6 +348,12 @@ def _mark(owner: dict[str, Any], desired: dict[str, Any]) -> tuple[Any, ...]:
     again under its name is another), our spec and our labels."""
     meta = desired["metadata"]
     return owner["metadata"].get("uid", ""), meta["annotations"][SPEC_HASH_ANNOTATION], sorted(meta["labels"].items())
+
+
+def _trusted(written: tuple[tuple[Any, ...], float] | None, mark: tuple[Any, ...], seconds: float) -> bool:
+    """Written or read with this mark within a drift interval: spec passes that come more often than
+    drift passes (which they put off) read each object at least once an interval."""
+    return written is not None and written[0] == mark and time.monotonic() - written[1] < seconds
 
 
 def forget_written(namespace: str, name: str) -> None:

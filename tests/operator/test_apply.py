@@ -13,9 +13,13 @@ from typing import Any
 import kubernetes
 import pytest
 
+from devstack.demo_model import DemoModel
 from devstack.kube_api import REQUEST_COUNTS_PATH, BackgroundLoop, LocalKubeAPI
 from devstack.stack import CRDS
+from model_store.layout import ModelLocation
 from model_store.promotion import PromotionResult
+from model_store.publish import publish_version
+from model_store.registry import deployment_history
 from trading_operator import MANAGER
 from trading_operator.bodies import Bodies
 from trading_operator.config import OperatorConfig
@@ -187,5 +191,53 @@ def test_the_newest_body_is_the_one_written_unless_the_watch_shows_a_newer_gener
     bodies.seen(key, {"metadata": {"generation": 3, "resourceVersion": "17"}})
     assert (bodies.newest(key) or {})["metadata"]["resourceVersion"] == "17"
 
+    bodies.wrote(key, {"metadata": {"generation": 3, "resourceVersion": "18"}})
+    relisted = {"metadata": {"generation": 3, "resourceVersion": "20"}}
+    bodies.seen(key, relisted, listed=True)  # a listing holds every write before it: ours too
+    assert bodies.newest(key) == relisted
+
+    bodies.wrote(key, {"metadata": {"uid": "a", "generation": 4, "resourceVersion": "21"}})
+    again = {"metadata": {"uid": "b", "generation": 1, "resourceVersion": "30"}}
+    bodies.seen(key, again)  # deleted and created again under its name (its DELETED missed)
+    assert bodies.newest(key) == again
+
     bodies.stale(key)
     assert bodies.newest(key) is None
+
+
+def test_moves_of_a_pass_whose_status_write_is_refused_reach_the_status_and_the_events(
+    kube: KubeApi, s3: Any, bucket: str, demo_v1: DemoModel, demo_v2: DemoModel
+) -> None:
+    """A pass starts from the spec the watch showed (v1.1) and promotes it; the spec changed again
+    meanwhile (back to v1.0), so its status write is refused; the pass that follows rolls back.
+    Both moves are in the status history, as in the audit log, and both have their Event."""
+    location = ModelLocation.of("EWZ", "etf")
+    publish_version(s3, bucket, location, "v1.0", demo_v1.files)
+    publish_version(s3, bucket, location, "v1.1", demo_v2.files)
+    body = {"apiVersion": "trading.io/v1alpha1", "kind": "TradingModel",
+            "metadata": {"name": "ewz-apply", "namespace": NAMESPACE},
+            "spec": {"ticker": "EWZ", "version": "v1.0", "stage": "Production",
+                     "storage": {"bucket": bucket}}}  # fmt: skip
+    path = kube.tradingmodel_path(NAMESPACE, "ewz-apply")
+    kube.request("POST", kube.tradingmodel_path(NAMESPACE), body)
+    events: list[str] = []
+    deps = Deps(kube=kube, s3_for=lambda *_: s3, config=OperatorConfig(),
+                emit=lambda _body, _type, reason, message: events.append(f"{reason}: {message}"))  # fmt: skip
+    key = (NAMESPACE, "ewz-apply")
+    reconcile(*key, deps, {})  # v1.0 promoted; the status it wrote is the body known
+    shown = kube.request("PATCH", path, {"spec": {"version": "v1.1"}}, content_type=MERGE_PATCH) or {}
+    deps.bodies.seen(key, shown)  # the watch shows v1.1
+    kube.request("PATCH", path, {"spec": {"version": "v1.0"}}, content_type=MERGE_PATCH)  # not shown yet
+    events.clear()
+
+    plan = reconcile(*key, deps, {})
+    assert plan is not None
+    audit = [(e["action"], e["from_version"], e["to_version"]) for e in deployment_history(s3, bucket)
+             if e["model"] == location.model_key]  # fmt: skip
+    assert audit == [("promote", None, "v1.0"), ("promote", "v1.0", "v1.1"), ("rollback", "v1.1", "v1.0")]
+    live = kube.get_tradingmodel(*key) or {}
+    assert [(h["action"], h["from"], h["to"]) for h in live["status"]["history"]] == audit
+    assert [e.split(":")[0] for e in events if e.split(":")[0] in ("Promoted", "RolledBack")] == [
+        "Promoted",
+        "RolledBack",
+    ]
