@@ -102,7 +102,7 @@ def reconcile(
     older copy than the live one at worst, whose spec hash then differs from ours, so the pass
     writes our spec again, which changes nothing, and shows the rollout as not complete);
     `trust_written` skips reading an owned object this process wrote or read with the spec
-    wanted now within a drift interval (a version change leaves the Service and the NetworkPolicy
+    wanted now within a deep interval (a version change leaves the Service and the NetworkPolicy
     as they were: two reads per promotion). Drift passes never trust: they find an object edited or
     deleted by hand.
 
@@ -257,7 +257,7 @@ def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False, fenc
             for owned in [plan.service, *plan.extras] if plan.service is not None else plan.extras:
                 written = _written.setdefault((view.namespace, view.name), {})
                 typed, mark = (owned["apiVersion"], owned["kind"]), _mark(body, owned)
-                if trust_written and _trusted(written.get(typed), mark, deps.config.drift_check_seconds):
+                if trust_written and _trusted(written.get(typed), mark, deps.config.deep_check_seconds):
                     continue
                 meta = owned["metadata"]
                 live = deps.kube.get(*typed, meta["namespace"], meta["name"])
@@ -351,8 +351,10 @@ def _mark(owner: dict[str, Any], desired: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _trusted(written: tuple[tuple[Any, ...], float] | None, mark: tuple[Any, ...], seconds: float) -> bool:
-    """Written or read with this mark within a drift interval: spec passes that come more often than
-    drift passes (which they put off) read each object at least once an interval."""
+    """Written or read with this mark within a deep interval. Spec passes put the drift pass off,
+    so under spec changes that come faster than the drift interval some pass still reads each
+    object once a deep interval, as the deep pass does (a drift interval would make a change after
+    a quiet minute read both objects again: most changes)."""
     return written is not None and written[0] == mark and time.monotonic() - written[1] < seconds
 
 

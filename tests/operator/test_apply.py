@@ -55,7 +55,9 @@ def tradingmodel(kube: KubeApi, name: str) -> dict[str, Any]:
     return kube.request("POST", kube.tradingmodel_path(NAMESPACE), body) or {}
 
 
-def apply_version(kube: KubeApi, body: dict[str, Any], version: str, *, trust_written: bool) -> None:
+def apply_version(
+    kube: KubeApi, body: dict[str, Any], version: str, *, trust_written: bool, deps: Deps | None = None
+) -> None:
     """A spec pass's apply after S3 was brought to `version`."""
     body = copy.deepcopy(body)
     body["spec"]["version"] = version
@@ -64,7 +66,7 @@ def apply_version(kube: KubeApi, body: dict[str, Any], version: str, *, trust_wr
     move = {"id": version, "at": view.now, "action": "promote", "from_version": None, "to_version": version,
             "digest": DIGEST}  # fmt: skip
     outcome = StoreOutcome(result=PromotionResult(True, True, version, DIGEST, move))
-    deps = Deps(kube=kube, s3_for=lambda *_: None, config=OperatorConfig(), emit=lambda *_: None)
+    deps = deps or Deps(kube=kube, s3_for=lambda *_: None, config=OperatorConfig(), emit=lambda *_: None)
     _apply(view, decide(view, outcome), deps, trust_written)
 
 
@@ -87,6 +89,10 @@ def test_a_version_change_trusts_what_the_pass_wrote_and_a_drift_pass_restores_a
     assert after["services"] == before["services"] and after["networkpolicies"] == before["networkpolicies"]
     deployment = kube.get("apps/v1", "Deployment", NAMESPACE, "spy-apply") or {}
     assert deployment["spec"]["template"]["metadata"]["labels"]["trading.io/version"] == "v1.1"  # the rest is written
+
+    deps = Deps(kube=kube, s3_for=lambda *_: None, config=OperatorConfig(deep_check_seconds=0), emit=lambda *_: None)
+    apply_version(kube, body, "v1.1", trust_written=True, deps=deps)  # trusted for a deep interval only
+    assert reads(kube)["services"] == after["services"] + 1
 
     kube.delete("v1", "Service", NAMESPACE, "spy-apply")  # by hand
     apply_version(kube, body, "v1.2", trust_written=True)
