@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from crd_validation import cel as cel_rules
 from crd_validation import structural as schemas
 from crd_validation.structural import copy_json
@@ -249,7 +247,7 @@ class ObjectStore:
     ) -> WriteResult:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
-        obj = _copied(body)
+        obj = copy_json(body)
         self._check_type_meta(rt, obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -427,7 +425,7 @@ class ObjectStore:
                 composed.pop("status", None)
             else:
                 composed["status"] = status_source["status"]
-        result = _copied(composed)
+        result = copy_json(composed)
 
         meta = result.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -685,21 +683,6 @@ def _label_pairs(obj: Mapping[str, Any] | None) -> frozenset[LabelPair]:
     if not isinstance(labels, Mapping):
         return frozenset({None})
     return frozenset((key, value) for key, value in labels.items() if isinstance(value, str))
-
-
-def _copied(obj: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of a write's object, for admission to change: an orjson round trip (a third of
-    copy_json's time on a Deployment; every write copies its whole object), unless the object holds
-    what the round trip would not give back: orjson refuses ints beyond 64 bits, non-string keys and
-    lone surrogates, and writes NaN and infinities as null (so any null sends it to copy_json too)."""
-    try:
-        text = orjson.dumps(obj)
-    except TypeError:  # orjson.JSONEncodeError
-        return copy_json(obj)
-    if b"null" in text:
-        return copy_json(obj)
-    copied: dict[str, Any] = orjson.loads(text)
-    return copied
 
 
 def _restamped(obj: dict[str, Any]) -> dict[str, Any]:

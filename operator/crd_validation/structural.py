@@ -18,18 +18,32 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jsonschema
+import orjson
 
 _ROOT_META_FIELDS = ("apiVersion", "kind", "metadata")
 _J = TypeVar("_J")
+# What orjson would turn into something else is refused instead (copy_json then pickles it).
+_EXACT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
 def copy_json(value: _J) -> _J:
-    """A deep copy of JSON data (dicts, lists, strings, numbers), ~5x faster than copy.deepcopy:
-    the local API copies every object it patches, a status write included."""
+    """A deep copy of JSON data (dicts, lists, strings, numbers): the local API copies every object
+    it writes or patches. An orjson round trip where it gives back exactly what it was given (a
+    third of pickle's time on a Deployment, itself ~5x faster than copy.deepcopy), else pickle:
+    orjson refuses ints beyond 64 bits, non-string keys, lone surrogates and (passed through here)
+    dates, dataclasses and subclasses, and it writes NaN and infinities as null, so any null goes
+    to pickle too."""
     if not isinstance(value, (dict, list)):
         return value  # strings, numbers, booleans and None are immutable: patches copy many of them
+    try:
+        text = orjson.dumps(value, option=_EXACT)
+    except TypeError:  # orjson.JSONEncodeError
+        text = b"null"
+    if b"null" not in text:
+        fast: _J = orjson.loads(text)
+        return fast
     copied: _J = pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))  # our own bytes, never a peer's
     return copied
 
