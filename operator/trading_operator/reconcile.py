@@ -254,8 +254,8 @@ def _apply(view: View, plan: Plan, deps: Deps, trust_written: bool = False, fenc
         if plan.deployment is not None:
             _apply_owned(body, plan.deployment, view.deployment, deps)
         if not view.rollout_only:
+            written = _written.setdefault((view.namespace, view.name), {})
             for owned in [plan.service, *plan.extras] if plan.service is not None else plan.extras:
-                written = _written.setdefault((view.namespace, view.name), {})
                 typed, mark = (owned["apiVersion"], owned["kind"]), _mark(body, owned)
                 if trust_written and _trusted(written.get(typed), mark, deps.config.deep_check_seconds):
                     continue
@@ -294,7 +294,8 @@ def _write_status(view: View, plan: Plan, deps: Deps, fenced: bool) -> None:
         if fenced and exc.status in (404, 409):
             raise _Stale(view, plan) from exc
         raise
-    deps.bodies.wrote((view.namespace, view.name), written)
+    if written.get("metadata"):  # the API server answers with the object; a body of nothing is no body
+        deps.bodies.wrote((view.namespace, view.name), written)
 
 
 def _scale_to_zero(view: View, deps: Deps) -> None:
