@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
 
 from model_store.layout import MANIFEST_NAME
+from model_store.lean_s3 import lean
 from model_store.manifest import Manifest
 
 # Throttling and 5xx are retried by botocore itself with exponential backoff.
@@ -88,6 +89,7 @@ class _S3Timestamps:
         return parsed
 
 
+_TIMESTAMPS = _S3Timestamps()
 _session: boto3.Session | None = None
 _session_guard = threading.Lock()
 
@@ -99,7 +101,7 @@ def _shared_session() -> boto3.Session:
     with _session_guard:
         if _session is None:
             core = botocore.session.get_session()
-            core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_S3Timestamps())
+            core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_TIMESTAMPS)
             _session = boto3.Session(botocore_session=core)
         return _session
 
@@ -112,13 +114,16 @@ def make_client(
     the number of threads that use the client at once (more threads than that reconnect and log
     "Connection pool is full")."""
     config = _CLIENT_CONFIG if pool == POOL else _CLIENT_CONFIG.merge(Config(max_pool_connections=pool))
-    return _shared_session().client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        config=config,
+    return lean(
+        _shared_session().client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=config,
+        ),
+        _TIMESTAMPS,
     )
 
 

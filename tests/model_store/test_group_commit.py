@@ -117,11 +117,11 @@ def test_a_failed_write_is_not_remembered_as_written(s3_server: S3Server, bucket
     assert record_once(client, bucket, entry(1))
     failing = {"on": True}
 
-    def refuse(params: Any, **_: Any) -> None:
+    def refuse(**_: Any) -> None:
         if failing["on"]:
             raise ConnectionError("S3 went away")
 
-    client.meta.events.register("before-parameter-build.s3.PutObject", refuse)
+    client.meta.events.register("before-send.s3.PutObject", refuse)
     with pytest.raises(ConnectionError):
         record_once(client, bucket, entry(2))
     failing["on"] = False
