@@ -288,15 +288,44 @@ def record_once(client: Any, bucket: str, entry: dict[str, Any]) -> bool:
         entries = doc.setdefault("entries", [])
         if not isinstance(entries, list):
             raise RegistryError(f"s3://{bucket}/{DEPLOYMENT_HISTORY_KEY} 'entries' must be a list; fix it")
-        if any(isinstance(e, dict) and e.get("id") == entry["id"] for e in entries):
-            return False
-        entries.append(entry)
-        return True
+        return _append_entry(entries, entry)
 
     try:
         return update_document(client, bucket, DEPLOYMENT_HISTORY_KEY, append)
     except (ClientError, BotoCoreError) as exc:
         raise RegistryError(f"cannot update s3://{bucket}/{DEPLOYMENT_HISTORY_KEY}: {exc}") from None
+
+
+# The ids in the entries of the histories last appended to, so that an append does not walk the whole
+# log (thousands of entries, one walk per append): list id -> (the list, its length, its ids). The
+# committer hands every change the same document until it reads it anew, and only appends change it.
+_history_ids: dict[int, tuple[list[Any], int, set[Any]]] = {}
+_history_ids_guard = threading.Lock()
+_HISTORIES_KEPT = 8
+
+
+def _ids_of(entries: list[Any]) -> set[Any]:
+    with _history_ids_guard:
+        kept = _history_ids.pop(id(entries), None)
+        if kept is None or kept[0] is not entries or kept[1] != len(entries):
+            kept = (entries, len(entries), {e.get("id") for e in entries if isinstance(e, dict)})
+        _history_ids[id(entries)] = kept
+        while len(_history_ids) > _HISTORIES_KEPT:
+            _history_ids.pop(next(iter(_history_ids)))
+        return kept[2]
+
+
+def _append_entry(entries: list[Any], entry: dict[str, Any]) -> bool:
+    """Append `entry` unless an entry with its id is there; True when appended."""
+    ids = _ids_of(entries)
+    if entry["id"] in ids:
+        return False
+    entries.append(entry)
+    ids.add(entry["id"])
+    with _history_ids_guard:
+        if id(entries) in _history_ids:
+            _history_ids[id(entries)] = (entries, len(entries), ids)
+    return True
 
 
 def sync_registries(

@@ -187,3 +187,15 @@ def test_a_lone_update_and_a_read_do_not_wait_for_the_interval(
     assert registered(client, bucket, location, Stage.PRODUCTION) == {"version": "v1.1"}
     # A write each, a conditional GET each read, and the GET of the first write (nothing there yet).
     assert (sent["PutObject"], sent["GetObject"]) == (2, 3)
+
+
+def test_an_id_written_by_another_writer_is_not_appended_again(s3_server: S3Server, bucket: str) -> None:
+    """The ids an append checks are those of the document as S3 holds it, not of the one last
+    written here: after another writer's write, the document read anew decides."""
+    ours, theirs = s3_server.client(bucket), s3_server.client(bucket)
+    assert record_once(ours, bucket, entry(1))
+    assert record_once(theirs, bucket, entry(2))  # our kept document (and its ids) is stale now
+    assert not record_once(ours, bucket, entry(2))
+    assert record_once(ours, bucket, entry(3))
+    assert not record_once(ours, bucket, entry(3))
+    assert [e["id"] for e in deployment_history(ours, bucket)] == ["move-1", "move-2", "move-3"]
