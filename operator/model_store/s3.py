@@ -124,6 +124,7 @@ def make_client(
             config=config,
         ),
         _TIMESTAMPS,
+        endpoint_given=settings.endpoint_url is not None,
     )
 
 

@@ -132,7 +132,7 @@ class Scripted:
                 status, headers, body = owner.script[min(owner.requests, len(owner.script) - 1)]
                 owner.requests += 1
                 self.send_response(status)
-                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():  # a script may lie
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
@@ -166,27 +166,88 @@ REDIRECT = (301, {}, _error_body("PermanentRedirect"))
 
 @pytest.fixture
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("model_store.lean_s3._backoff", lambda attempt, throttled: 0.0)
+    monkeypatch.setattr("model_store.lean_s3._backoff", lambda *_: 0.0)
     monkeypatch.setattr("random.random", lambda: 0.0)  # botocore's jitter: no wait either
 
 
-@pytest.mark.parametrize("script", [[SLOW_DOWN, SLOW_DOWN, OK], [INTERNAL, OK], [INTERNAL], [REDIRECT]],
-                         ids=["throttled twice", "one 5xx", "5xx for good", "redirect"])  # fmt: skip
-def test_retries_and_failures_are_boto3s(script: list[tuple[int, dict[str, str], bytes]], no_backoff: None) -> None:
-    """The same answers, the same number of requests sent, the same outcome."""
+def _listing(
+    keys: list[str], namespace: str = "http://s3.amazonaws.com/doc/2006-03-01/", encoded: bool = False
+) -> bytes:
+    contents = "".join(f"<Contents><Key>{k}</Key><Size>1</Size><ETag>&quot;e&quot;</Ketag></Contents>".replace(
+        "</Ketag>", "</ETag>") for k in keys)  # fmt: skip
+    encoding = "<EncodingType>url</EncodingType>" if encoded else ""
+    return (f'<?xml version="1.0"?><ListBucketResult xmlns="{namespace}"><Name>models</Name><Prefix></Prefix>'
+            f"<KeyCount>{len(keys)}</KeyCount><MaxKeys>1000</MaxKeys>{encoding}<IsTruncated>false</IsTruncated>"
+            f"{contents}</ListBucketResult>").encode()  # fmt: skip
+
+
+def _get(client: Any) -> Any:
+    return client.get_object(Bucket="models", Key="doc.json")["Body"].read()
+
+
+def _copy(client: Any) -> Any:
+    return client.copy_object(Bucket="models", Key="b.json", CopySource={"Bucket": "models", "Key": "a.json"})[
+        "CopyObjectResult"]["ETag"]  # fmt: skip
+
+
+def _list(client: Any) -> Any:
+    return [o["Key"] for o in client.list_objects_v2(Bucket="models").get("Contents", [])]
+
+
+ERROR_AFTER_SPACES = b"<?xml version='1.0'?>\n" + b" " * 600 + _error_body("NoSuchKey")[21:]
+SCRIPTS = {
+    "throttled twice": (_get, [SLOW_DOWN, SLOW_DOWN, OK]),
+    "one 5xx": (_get, [INTERNAL, OK]),
+    "5xx for good": (_get, [INTERNAL]),
+    "redirect": (_get, [REDIRECT]),
+    "a body cut short": (_get, [(200, {"Content-Length": "10"}, b"abc")]),
+    "a wrong stored checksum": (_get, [(200, {"x-amz-checksum-crc32": "AAAAAA=="}, b"{}")]),
+    "a copy failing after its keep-alive spaces": (_copy, [(200, {}, ERROR_AFTER_SPACES)]),
+    "a listing answered with a 200 error": (_list, [(200, {}, _error_body("InternalError"))]),
+    "a listing cut short": (_list, [(200, {}, _listing(["a.json"])[:90])]),
+    "a listing not URL-encoded": (_list, [(200, {}, _listing(["a+b%41.json", "c d.json"]))]),
+    "a listing URL-encoded": (_list, [(200, {}, _listing(["a%2Bb%2541.json", "c+d.json"], encoded=True))]),
+    "a listing in another namespace": (_list, [(200, {}, _listing(["a.json"], "http://doc.s3.amazonaws.com/2006-03-01"))]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SCRIPTS))
+def test_rare_answers_end_as_in_boto3(case: str, no_backoff: None) -> None:
+    """The same answers, the same number of requests sent, the same outcome (what the call gives,
+    or the exception it raises with S3's error code)."""
+    call, script = SCRIPTS[case]
     outcomes = []
     for make in (lambda e: make_client(S3Settings("models", e), "k", "s"), plain_client):
         with Scripted(list(script)) as stand_in:
-            client = make(stand_in.endpoint)
             try:
-                outcome: Any = client.get_object(Bucket="models", Key="doc.json")["Body"].read()
-            except ClientError as exc:
-                outcome = (type(exc).__name__, exc.response["Error"]["Code"])
+                outcome: Any = call(make(stand_in.endpoint))
+            except Exception as exc:  # what boto3 raises, the lean client must raise
+                outcome = (type(exc).__name__, (getattr(exc, "response", None) or {}).get("Error", {}).get("Code"))
             sent = stand_in.requests
-        outcomes.append((outcome, sent if script[0] is not REDIRECT else None))
+        outcomes.append((outcome, sent if case != "redirect" else None))
+    if case == "a body cut short":  # both a BotoCoreError (what the store's callers catch), named apart
+        assert outcomes == [(("IncompleteReadError", None), 1), (("ResponseStreamingError", None), 1)]
+        return
     assert outcomes[0] == outcomes[1]
-    if script[0] is REDIRECT:  # lean saw the redirect and left the call to boto3, which sent its own
-        assert outcomes[0][0] == ("ClientError", "PermanentRedirect")
+    expected = {
+        "redirect": ("ClientError", "PermanentRedirect"),  # lean left the call to boto3, which sent its own
+        "a wrong stored checksum": ("FlexibleChecksumError", None),
+        "a copy failing after its keep-alive spaces": ("NoSuchKey", "NoSuchKey"),
+        "a listing not URL-encoded": ["a+b%41.json", "c d.json"],
+        "a listing URL-encoded": ["a+b%41.json", "c d.json"],
+    }
+    if case in expected:
+        assert outcomes[0][0] == expected[case]
+
+
+def test_what_boto3_would_refuse_is_boto3s_to_refuse(s3: Any, bucket: str) -> None:
+    plain_error = None
+    for client in (s3, plain_client(s3.meta.endpoint_url)):
+        with pytest.raises(Exception) as caught:
+            client.put_object(Bucket=bucket, Key="doc.json", Body=b"{}", Metadata={"note": "déjà vu"})
+        assert plain_error in (None, type(caught.value).__name__)
+        plain_error = type(caught.value).__name__
+    assert plain_error == "ParamValidationError"
 
 
 def test_a_store_that_does_not_answer_is_retried_then_reported_as_boto3_does(no_backoff: None) -> None:
