@@ -43,6 +43,21 @@ def test_make_client_sends_the_repeated_operations_lean() -> None:
     assert client.meta.region_name == "us-east-1"  # everything else is the boto3 client's
 
 
+@pytest.mark.parametrize(("setting", "lean_on_aws"), [(None, True), ("AWS_USE_FIPS_ENDPOINT", False),
+                                                    ("AWS_USE_DUALSTACK_ENDPOINT", False)])  # fmt: skip
+def test_aws_endpoints_resolved_per_request_stay_boto3s(
+    setting: str | None, lean_on_aws: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No endpoint given (AWS): lean on the plain regional endpoints only; FIPS and dualstack are
+    botocore's to resolve for each request."""
+    if setting:
+        monkeypatch.setenv(setting, "true")
+    for region in ("us-east-1", "eu-west-1", "cn-north-1"):
+        client = make_client(S3Settings("models", None, region), "k", "s")
+        assert isinstance(client, LeanS3) is lean_on_aws, (region, client.meta.endpoint_url)
+    assert isinstance(make_client(S3Settings("models", "http://127.0.0.1:9"), "k", "s"), LeanS3)  # given: lean
+
+
 @pytest.mark.s3_stores
 def test_each_operation_answers_as_boto3_does(s3_server: S3Server, s3: Any, bucket: str) -> None:
     plain = plain_client(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
