@@ -15,8 +15,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
 
+from model_store import lean_s3
 from model_store.layout import MANIFEST_NAME
-from model_store.lean_s3 import lean
 from model_store.manifest import Manifest
 
 # Throttling and 5xx are retried by botocore itself with exponential backoff.
@@ -107,25 +107,28 @@ def _shared_session() -> boto3.Session:
 
 
 def make_client(
-    settings: S3Settings, access_key: str | None = None, secret_key: str | None = None, *, pool: int = POOL
+    settings: S3Settings,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    *,
+    pool: int = POOL,
+    lean: bool = True,
 ) -> Any:
     """A boto3 S3 client; without explicit keys, credentials come from the usual AWS chain
     (environment, IRSA / instance role, profile). `pool`: connections kept for reuse, at least
     the number of threads that use the client at once (more threads than that reconnect and log
-    "Connection pool is full")."""
+    "Connection pool is full"). `lean`: the requests the store repeats skip botocore's per-request
+    pipeline (model_store.lean_s3); False gives the plain boto3 client."""
     config = _CLIENT_CONFIG if pool == POOL else _CLIENT_CONFIG.merge(Config(max_pool_connections=pool))
-    return lean(
-        _shared_session().client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=config,
-        ),
-        _TIMESTAMPS,
-        endpoint_given=settings.endpoint_url is not None,
+    client = _shared_session().client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=config,
     )
+    return lean_s3.lean(client, _TIMESTAMPS, endpoint_given=settings.endpoint_url is not None) if lean else client
 
 
 def error_code(exc: BaseException) -> str:

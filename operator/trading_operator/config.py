@@ -35,6 +35,9 @@ class OperatorConfig:
     standalone: bool = False
     peering_name: str = "tradingmodel-operator"
     peering_lifetime_seconds: int = 15
+    # The S3 requests the store repeats sent without botocore's per-request pipeline
+    # (model_store/lean_s3.py); false: every request through boto3, as a way back.
+    lean_s3: bool = True
 
     @classmethod
     def from_env(cls, source: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -60,6 +63,7 @@ class OperatorConfig:
             standalone=env.flag("STANDALONE", cls.standalone),
             peering_name=_object_name(env.text("PEERING_NAME", cls.peering_name), "PEERING_NAME"),
             peering_lifetime_seconds=env.integer("PEERING_LIFETIME_SECONDS", cls.peering_lifetime_seconds, 2, 600),
+            lean_s3=env.flag("S3_LEAN_REQUESTS", cls.lean_s3),
         )
 
 

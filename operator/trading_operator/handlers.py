@@ -87,7 +87,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             peering.ensure_peering_object(kube, CONFIG.peering_name, namespace or None)
         except peering.PeeringUnavailable as exc:
             raise kopf.PermanentError(str(exc)) from None
-    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads), config=CONFIG, emit=post_event)
+    memo.deps = Deps(kube=kube, s3_for=s3_factory(kube, threads, lean=CONFIG.lean_s3), config=CONFIG, emit=post_event)
     memo.periodic = Periodic()
     memo.specs = SpecQueue(functools.partial(_queued_spec_pass, memo), retry_delay)
     metrics.serve(CONFIG.metrics_port)

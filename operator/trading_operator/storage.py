@@ -20,12 +20,13 @@ S3Factory = Callable[[TradingModelSpec, str], Any]  # (spec, namespace) -> boto3
 CONNECTIONS_PER_PASS = 4
 
 
-def s3_factory(kube: KubeApi, workers: int = 8, secret_ttl: float = 10.0) -> S3Factory:
+def s3_factory(kube: KubeApi, workers: int = 8, secret_ttl: float = 10.0, lean: bool = True) -> S3Factory:
     """Clients shared by every pass: one per endpoint, region and keys, with CONNECTIONS_PER_PASS
     connections kept for each of the `workers` pass threads.
 
     A Secret read is kept `secret_ttl` seconds (a thousand TradingModels usually share one Secret:
-    not a GET per pass); a rotated key is used, a missing Secret reported, that much later at most."""
+    not a GET per pass); a rotated key is used, a missing Secret reported, that much later at most.
+    `lean`: see make_client."""
     clients: dict[tuple[Any, ...], Any] = {}
     secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
     guard = threading.Lock()
@@ -59,7 +60,7 @@ def s3_factory(kube: KubeApi, workers: int = 8, secret_ttl: float = 10.0) -> S3F
         with guard:
             if cache_key not in clients:
                 settings = S3Settings(bucket=model.bucket, endpoint_url=model.endpoint, region=model.region)
-                client = make_client(settings, *keys, pool=workers * CONNECTIONS_PER_PASS)
+                client = make_client(settings, *keys, pool=workers * CONNECTIONS_PER_PASS, lean=lean)
                 clients[cache_key] = metrics.count_s3_requests(client)
             return clients[cache_key]
 

@@ -21,6 +21,8 @@ from devstack.pod_runtime import free_port
 from helpers.s3_servers import S3Server
 from model_store.lean_s3 import LeanS3
 from model_store.s3 import _CLIENT_CONFIG, S3Settings, make_client
+from pod_contract.env import ConfigError
+from trading_operator.config import OperatorConfig
 
 KEYS = ["plain.json", "with space+plus/ü-é.json", "dir/a.bin", "dir/b.bin", "dir/sub/c.bin", "other/d.bin"]
 
@@ -41,6 +43,16 @@ def test_make_client_sends_the_repeated_operations_lean() -> None:
     client = make_client(S3Settings("models", "http://127.0.0.1:9"), "k", "s")
     assert isinstance(client, LeanS3)
     assert client.meta.region_name == "us-east-1"  # everything else is the boto3 client's
+
+
+def test_the_way_back_is_the_plain_boto3_client() -> None:
+    """S3_LEAN_REQUESTS=false (the operator's setting) gives every request to boto3."""
+    assert OperatorConfig.from_env({}).lean_s3 is True
+    assert OperatorConfig.from_env({"S3_LEAN_REQUESTS": "false"}).lean_s3 is False
+    with pytest.raises(ConfigError, match="S3_LEAN_REQUESTS must be"):
+        OperatorConfig.from_env({"S3_LEAN_REQUESTS": "maybe"})
+    client = make_client(S3Settings("models", "http://127.0.0.1:9"), "k", "s", lean=False)
+    assert not isinstance(client, LeanS3) and client.get_object.__self__ is client  # boto3's own method
 
 
 @pytest.mark.parametrize(("setting", "lean_on_aws"), [(None, True), ("AWS_USE_FIPS_ENDPOINT", False),
