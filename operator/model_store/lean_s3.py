@@ -6,12 +6,15 @@ operator's CPU for 13 requests per promotion. `LeanS3` sends the five operations
 repeats (GetObject, PutObject, DeleteObject, CopyObject, ListObjectsV2) with the boto3 client's
 own parts: its credentials (the usual chain, refreshed as botocore refreshes them), its SigV4
 signer for S3, its HTTP session (pool, TLS, proxies, timeouts), its retry rules and its modeled
-exceptions. It answers as boto3 does (the same keys; ClientError with the same codes), and sends
-botocore's `before-send`, `after-call` and `after-call-error` events, so hooks on
-`client.meta.events` (metrics, tests) see these requests as they see the others.
+exceptions, and its checks of an answer (an error in a 200, a body cut short, a stored checksum).
+It answers as boto3 does (the same keys; ClientError with the same codes), and sends botocore's
+`before-send`, `after-call` and `after-call-error` events, so hooks on `client.meta.events`
+(metrics, tests) see these requests as they see the others.
 
-Anything else goes to the boto3 client: other operations, parameters not listed below, and a
-request S3 answers with a redirect (another region: botocore follows it).
+Anything else goes to the boto3 client: other operations, parameters not listed below, non-ASCII
+metadata, bucket names boto3 refuses or signs its own way, AWS endpoints botocore resolves per
+request (see lean()), and a request S3 answers with a redirect (another region: botocore follows
+it). tests/model_store/test_lean_s3.py holds both clients side by side.
 """
 
 from __future__ import annotations
