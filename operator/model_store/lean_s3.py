@@ -19,6 +19,7 @@ it). tests/model_store/test_lean_s3.py holds both clients side by side.
 
 from __future__ import annotations
 
+import http.client
 import io
 import random
 import re
@@ -280,7 +281,7 @@ class LeanS3:
             return None, {"Code": _text(root, "Code") or ("500" if status < 300 else str(status)),
                           "Message": _text(root, "Message") or ""}  # fmt: skip
         if status >= 300:
-            return None, {"Code": str(status), "Message": _REASONS.get(status, "")}
+            return None, {"Code": str(status), "Message": http.client.responses.get(status, "")}  # as botocore
         if operation in ("ListObjectsV2", "CopyObject") and root is None:
             return None, {"Code": "500", "Message": "an empty answer"}
         return root, None
@@ -431,13 +432,6 @@ def _metadata_of(response: AWSResponse, attempts: int = 0) -> dict[str, Any]:
 def _status(response: AWSResponse, error: dict[str, str] | None) -> int:
     """The status that decides a retry: a 200 carrying an error counts as a 500, as in botocore."""
     return 500 if error is not None and response.status_code < 300 else int(response.status_code)
-
-
-_REASONS = {
-    304: "Not Modified", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 412: "Precondition Failed",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout",
-}  # fmt: skip
 
 
 def _xml(content: bytes) -> ElementTree.Element:
