@@ -130,7 +130,7 @@ class _Stale(Exception):
 
     def __init__(self, view: View, plan: Plan) -> None:
         super().__init__(f"{view.namespace}/{view.name} changed during the pass")
-        known = {h.get("id") for h in view.old.get("history") or []}
+        known = _recorded_ids(view)
         self.moves = [h for h in plan.status.get("history") or [] if h.get("id") not in known]
         self.events = [e for e in plan.events if e[1] in MOVE_EVENTS]
 
@@ -169,13 +169,18 @@ def _carry(view: View, plan: Plan, refused: _Stale, limit: int) -> None:
     history = plan.status.get("history")
     if history is None or not refused.moves:
         return
-    before = {h.get("id") for h in view.old.get("history") or []}
+    before = _recorded_ids(view)
     carried = [h for h in refused.moves if h.get("id") not in before]
     kept = [h for h in history if h.get("id") in before]
     for entry in [*carried, *(h for h in history if h.get("id") not in before)]:
         kept = append_history(kept, entry, limit)
     plan.status["history"] = kept
     plan.events[:0] = [e for e in refused.events if e not in plan.events]
+
+
+def _recorded_ids(view: View) -> set[Any]:
+    """The ids of the moves in the status the pass started from."""
+    return {h.get("id") for h in view.old.get("history") or []}
 
 
 def _observe(
