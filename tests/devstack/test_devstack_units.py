@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import math
 from typing import Any
 
 import pytest
@@ -148,6 +149,39 @@ SCHEMA = {
         },
     },
 }
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with the same types all the way down, NaN equal to NaN."""
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"spec": {"replicas": 2, "template": {"metadata": {"creationTimestamp": None}}}, "ok": True},
+        {"status": {"score": float("nan"), "other": None}},  # orjson writes NaN as null
+        {"limits": [float("inf"), -float("inf"), None, -0.0, 1.5]},
+        {"big": 2**70, "none": None},  # beyond orjson's 64 bits
+        {"text": "\ud800 lone surrogate", "none": None},
+        [None, {"a": [None, 1]}],
+        {"no nulls": [1, 2.5, "x", {"y": False}]},
+    ],
+)
+def test_copy_json_is_an_exact_and_independent_copy(value: Any) -> None:
+    copied = schemas.copy_json(value)
+    assert _same(copied, value)
+    copied_inner = copied[1] if isinstance(copied, list) else copied[next(iter(copied))]
+    original_inner = value[1] if isinstance(value, list) else value[next(iter(value))]
+    assert copied is not value and (copied_inner is not original_inner or not isinstance(original_inner, dict | list))
 
 
 def test_schema_prunes_defaults_and_validates() -> None:

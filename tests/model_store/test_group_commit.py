@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helpers.s3_servers import S3Server
+from devstack.s3_servers import S3Server
 from model_store import registry
 from model_store.errors import RegistryError
 from model_store.layout import DEPLOYMENT_HISTORY_KEY, MODEL_REGISTRY_KEY, ModelLocation, Stage

@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from devstack.pod_runtime import free_port
-from helpers.s3_servers import S3Server
+from devstack.s3_servers import S3Server
 from model_store.lean_s3 import LeanS3
 from model_store.s3 import _CLIENT_CONFIG, S3Settings, make_client
 from pod_contract.env import ConfigError

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
 
 from devstack.demo_model import DemoModel
-from helpers.s3_servers import S3Server
+from devstack.s3_servers import S3Server
 from model_store.errors import PromotionInProgress
 from model_store.layout import MODEL_REGISTRY_KEY, ModelLocation, Stage
 from model_store.promotion import promote

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from devstack.demo_model import DemoModel
+from devstack.s3_servers import S3Server
 from devstack.stack import NAMESPACE, predict_at, running_notes
 from devstack.stack import LocalStack as Stack
 from devstack.stack import tradingmodel as tradingmodel_object
 from helpers.gitops import argocd_health, kstatus
-from helpers.s3_servers import S3Server
 from model_store.layout import MANIFEST_NAME, METADATA, MODEL_NATIVE, ModelLocation, Stage
 from model_store.manifest import Manifest
 from model_store.promotion import stage_manifest

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from devstack.demo_model import DemoModel, train_demo_model
-from helpers.s3_servers import S3Server
+from devstack.s3_servers import S3Server
 from helpers.serving import S3Log, Server, server_env
 
 

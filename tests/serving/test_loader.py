@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from devstack.demo_model import STRATEGIES, DemoModel, train_demo_model
-from helpers.s3_servers import S3Server
+from devstack.s3_servers import S3Server
 from helpers.serving import S3Log, booster_predict, evil_pickle, feature_rows, publish, put_legacy_version, server_env
 from model_serving.errors import LoadError
 from model_serving.loading.disk_cache import DiskCache
