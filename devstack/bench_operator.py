@@ -436,6 +436,7 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
     try:
         pods = "hollow pods" if args.replicas else "no pods"
         say(f"\n=== N = {n} ({pods}, replicas {args.replicas}; S3: {S3_SERVERS[args.s3]}) ===")
+        (workdir / "api-url").unlink(missing_ok=True)  # an earlier run's in the same --dir: not this API's
         s3, endpoint, keys = _start_s3(args.s3, workdir, children, env)
         api_proc = children.start("api", [python, "-m", "devstack.bench_operator", "--serve", "api",
                                           "--dir", str(workdir)], env)  # fmt: skip
