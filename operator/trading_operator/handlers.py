@@ -169,6 +169,7 @@ class Periodic:
         self.deep = Sweep(CONFIG.deep_check_seconds, functools.partial(self._pass, "deep", deep=True))
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: Deps | None = None
+        self._specs: SpecQueue | None = None
         self.claims: Claims = NO_CLAIMS
         self._settled: dict[Any, bool] = {}  # from the watch: settled ones are checked at a pace (pacing.py)
         self._checked: dict[Any, float] = {}  # when a spec pass last checked it (time.monotonic)
@@ -195,9 +196,9 @@ class Periodic:
             self._settled.get(key, False), CONFIG.drift_check_seconds, len(self.drift), CONFIG.drift_checks_per_second
         )
 
-    def start(self, deps: Deps, claims: Claims) -> None:
+    def start(self, deps: Deps, claims: Claims, specs: SpecQueue) -> None:
         if not self._tasks:
-            self._deps, self.claims = deps, claims
+            self._deps, self.claims, self._specs = deps, claims, specs
             self._tasks = [asyncio.create_task(sweep.run()) for sweep in (self.drift, self.deep)]
 
     def stop(self) -> None:
@@ -213,6 +214,10 @@ class Periodic:
             # A spec pass converged it since (a mass change does that to all): due an interval after that.
             while (left := seconds_left(self._checked.get(key), self._drift_seconds(key))) > 0:
                 await asyncio.sleep(left)
+            if self._specs is not None and self._specs.in_pass(key):
+                # One is queued or running (a mass change longer than the interval): it reads and
+                # does all a drift pass would. The next drift pass comes an interval from now.
+                return
         await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self.claims, fresh=True, **options)
 
 
@@ -224,7 +229,7 @@ async def on_tradingmodel(
     and deep checks, and the models-by-phase gauge (no API call). One handler: kopf's handler
     machinery costs more per event than what each of these does."""
     periodic: Periodic = memo.periodic
-    periodic.start(memo.deps, tradingmodel_claims)
+    periodic.start(memo.deps, tradingmodel_claims, memo.specs)
     key = (body.metadata.namespace or "default", body.metadata.name or "")
     if type == "DELETED":
         memo.specs.forget(key)

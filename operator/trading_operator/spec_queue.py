@@ -52,6 +52,7 @@ class _State:
     passes: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    in_pass: bool = False  # a pass runs or waits for its turn (not: waits out a retry's backoff)
 
 
 class SpecQueue:
@@ -63,6 +64,11 @@ class SpecQueue:
     def __len__(self) -> int:
         """TradingModels with a pass running or a retry waiting."""
         return sum(state.task is not None for state in self._states.values())
+
+    def in_pass(self, key: Hashable) -> bool:
+        """A pass of this TradingModel runs or waits for its turn: it will read everything fresh."""
+        state = self._states.get(key)
+        return state is not None and state.in_pass
 
     def offer(self, key: Hashable, body: dict[str, Any]) -> None:
         """The watch showed this TradingModel (not deleted)."""
@@ -98,11 +104,14 @@ class SpecQueue:
                 state.wake.clear()
                 attempt = Attempt(first=state.passes == 0, retry=state.retry, body=state.body)
                 state.passes += 1
+                state.in_pass = True
                 try:
                     delay = await self._run_pass(key, attempt)
                 except Exception:  # as kopf did with a handler that raised: logged, tried again later
                     delay = self._failure_delay(attempt.retry)
                     log.exception("spec pass of %s failed; retrying in %.0f s", key, delay)
+                finally:
+                    state.in_pass = False
                 if state.generation != generation:
                     continue  # a newer spec arrived during the pass
                 if delay is None:

@@ -156,3 +156,27 @@ def test_tradingmodels_do_not_share_passes() -> None:
         return passes
 
     assert sorted(key for key, _ in asyncio.run(scenario()).attempts) == [("ns", "iwm"), ("ns", "qqq"), ("ns", "spy")]
+
+
+def test_in_pass_while_a_pass_runs_or_waits_its_turn_not_while_a_retry_waits() -> None:
+    """What the drift sweep asks before a drift pass: a spec pass in flight will read everything
+    fresh (so a drift pass then would only repeat it); one waiting out a backoff will not soon."""
+
+    async def scenario() -> list[bool]:
+        passes = Passes(3600.0)  # the first pass asks for a retry in an hour
+        queue = SpecQueue(passes.run, failure_delay=lambda retry: 3600)
+        seen = [queue.in_pass(KEY)]  # never offered
+        passes.release.clear()
+        queue.offer(KEY, tm(1))
+        await asyncio.wait_for(passes.started.wait(), 30)
+        seen.append(queue.in_pass(KEY))  # running
+        passes.release.set()
+        async with asyncio.timeout(30):
+            while queue.in_pass(KEY):
+                await asyncio.sleep(0.01)
+        seen.append(len(queue) == 1)  # waiting out its hour, no longer in a pass
+        queue.forget(KEY)
+        await settle(queue)
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True, True]
