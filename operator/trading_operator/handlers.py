@@ -170,6 +170,7 @@ class Periodic:
         self._tasks: list[asyncio.Task[None]] = []
         self._deps: Deps | None = None
         self._specs: SpecQueue | None = None
+        self._deferred: set[Any] = set()  # drift passes put off once for a spec pass (see _pass)
         self.claims: Claims = NO_CLAIMS
         self._settled: dict[Any, bool] = {}  # from the watch: settled ones are checked at a pace (pacing.py)
         self._checked: dict[Any, float] = {}  # when a spec pass last checked it (time.monotonic)
@@ -179,6 +180,7 @@ class Periodic:
         if body is None:
             self._settled.pop(key, None)
             self._checked.pop(key, None)
+            self._deferred.discard(key)
         else:
             self._settled[key] = settled(body)
         for sweep in (self.drift, self.deep):
@@ -214,10 +216,14 @@ class Periodic:
             # A spec pass converged it since (a mass change does that to all): due an interval after that.
             while (left := seconds_left(self._checked.get(key), self._drift_seconds(key))) > 0:
                 await asyncio.sleep(left)
-            if self._specs is not None and self._specs.in_pass(key):
-                # One is queued or running (a mass change longer than the interval): it reads and
-                # does all a drift pass would. The next drift pass comes an interval from now.
+            if self._specs is not None and self._specs.in_pass(key) and key not in self._deferred:
+                # Its spec pass is queued or running (a mass change longer than the interval): a drift
+                # pass now would wait for that pass's lock and repeat its S3 reads. Put off once,
+                # to an interval from now (a spec pass that converges puts it off again: checked);
+                # never twice in a row, so edits by hand are still repaired while specs keep changing.
+                self._deferred.add(key)
                 return
+            self._deferred.discard(key)
         await _in_lane(_timer_lane, _timed, trigger, namespace, name, self._deps, self.claims, fresh=True, **options)
 
 

@@ -66,7 +66,7 @@ class SpecQueue:
         return sum(state.task is not None for state in self._states.values())
 
     def in_pass(self, key: Hashable) -> bool:
-        """A pass of this TradingModel runs or waits for its turn: it will read everything fresh."""
+        """A pass of this TradingModel runs or waits for its turn (not: waits out a retry's backoff)."""
         state = self._states.get(key)
         return state is not None and state.in_pass
 

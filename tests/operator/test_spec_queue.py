@@ -159,8 +159,8 @@ def test_tradingmodels_do_not_share_passes() -> None:
 
 
 def test_in_pass_while_a_pass_runs_or_waits_its_turn_not_while_a_retry_waits() -> None:
-    """What the drift sweep asks before a drift pass: a spec pass in flight will read everything
-    fresh (so a drift pass then would only repeat it); one waiting out a backoff will not soon."""
+    """What the drift sweep asks before a drift pass: a spec pass in flight is about to read S3 and
+    the cluster (a drift pass then would mostly repeat it); one waiting out a backoff is not."""
 
     async def scenario() -> list[bool]:
         passes = Passes(3600.0)  # the first pass asks for a retry in an hour
