@@ -380,6 +380,7 @@ class Result:
     n: int
     replicas: int
     s3: str  # the S3 server: seaweedfs or moto
+    reference_seconds: float | None = None  # the machine's pace before the run (reference_loop_seconds)
     first_apply_seconds: float | None = None
     mass_change_seconds: float | None = None
     converged: int = 0
@@ -397,6 +398,24 @@ class Result:
     registry_at_target: int = 0
     api_detail: dict[str, int] = field(default_factory=dict)
     s3_detail: dict[str, int] = field(default_factory=dict)
+
+
+REFERENCE_ADDITIONS = 20_000_000
+
+
+def reference_loop_seconds(rounds: int = 3) -> float:
+    """Wall seconds of a fixed single-threaded Python loop (20 M additions), the fastest of `rounds`.
+
+    These machines are shared, and their pace changes by the hour (a loop like this one has taken
+    three times longer in a busy hour than in a quiet one): every figure of a run moves with it.
+    Taken before the run's processes start, it says which kind of hour a row was measured in."""
+    best = float("inf")
+    for _ in range(rounds):
+        started, total = time.perf_counter(), 0
+        for i in range(REFERENCE_ADDITIONS):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def tickers(n: int) -> list[str]:
@@ -437,6 +456,9 @@ def run_once(n: int, args: argparse.Namespace, root: Path) -> Result:
     try:
         pods = "hollow pods" if args.replicas else "no pods"
         say(f"\n=== N = {n} ({pods}, replicas {args.replicas}; S3: {S3_SERVERS[args.s3]}) ===")
+        result.reference_seconds = round(reference_loop_seconds(), 2)
+        millions = REFERENCE_ADDITIONS // 1_000_000
+        say(f"machine pace: {millions} M additions in Python took {result.reference_seconds:.2f} s")
         (workdir / "api-url").unlink(missing_ok=True)  # an earlier run's in the same --dir: not this API's
         s3, endpoint, keys = _start_s3(args.s3, workdir, children, env)
         api_proc = children.start("api", [python, "-m", "devstack.bench_operator", "--serve", "api",
@@ -653,6 +675,7 @@ def _reachable(url: str) -> bool:
 
 COLUMNS = (
     ("N", lambda r: f"{r.n}"),
+    ("ref loop", lambda r: _secs(r.reference_seconds, "-", 2)),
     ("first apply", lambda r: _secs(r.first_apply_seconds)),
     ("mass change", lambda r: _secs(r.mass_change_seconds)),
     ("passes", lambda r: f"{r.reconciles}"),
@@ -669,8 +692,8 @@ COLUMNS = (
 )
 
 
-def _secs(value: float | None) -> str:
-    return "timeout" if value is None else f"{value:.1f} s"
+def _secs(value: float | None, missing: str = "timeout", digits: int = 1) -> str:
+    return missing if value is None else f"{value:.{digits}f} s"
 
 
 def _cpu(result: Result, name: str) -> str:

@@ -24,9 +24,11 @@ def test_tickers_are_distinct_and_valid() -> None:
 
 
 def test_the_table_has_a_row_per_run() -> None:
-    text = table([Result(n=5, replicas=1, s3="moto", mass_change_seconds=1.5, cpu_seconds={"operator": 0.5})])
+    text = table([Result(n=5, replicas=1, s3="moto", reference_seconds=0.84, mass_change_seconds=1.5,
+                         cpu_seconds={"operator": 0.5})])  # fmt: skip
     header, _, row = text.splitlines()
     assert "mass change" in header and "API reads/pass" in header and "op peak RSS" in header
+    assert "ref loop" in header and "0.84 s" in row
     assert row.split("|")[0].strip() == "5" and "1.5 s" in row
 
 
@@ -43,6 +45,7 @@ def test_five_tradingmodels_converge_and_the_table_is_printed(tmp_path: Path) ->
     assert "Operator scale" in done.stdout and "API reads/pass" in done.stdout
     [result] = json.loads(figures.read_text())
     assert result["s3"] == ("seaweedfs" if find_weed() else "moto")  # the default: SeaweedFS where installed
+    assert result["reference_seconds"] > 0 and "machine pace:" in done.stdout
     assert result["n"] == 5 and result["converged"] == 5 and result["mass_change_seconds"] is not None
     assert result["audit_moves"] == 5 and result["audit_duplicates"] == 0  # each move v1.0 -> v1.1 once
     assert result["registry_at_target"] == 5
