@@ -23,7 +23,8 @@ CPU second and megabyte below belongs to one of them):
   - the operator (`tmctl operator`) through a kubeconfig, as on any cluster, with its
     /metrics (METRICS_PORT) giving reconcile passes and S3 requests.
 
-Steps: train ONE tiny demo model and publish it as v1.0 and v1.1 of N distinct ETF tickers;
+Steps: time a fixed Python loop (the machine's pace: `ref loop`, see reference_loop_seconds);
+train ONE tiny demo model and publish it as v1.0 and v1.1 of N distinct ETF tickers;
 apply N TradingModels at v1.0 and wait until every one is Ready at its generation; then set
 spec.version v1.1 on all N at once and time until every one is Ready with v1.1 again. The
 figures of that window: time, reconcile passes, API requests and S3 requests per pass, CPU
