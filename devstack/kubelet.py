@@ -41,7 +41,7 @@ import orjson
 from devstack import annotation_keys, autoscalers, deployments, kube_events
 from devstack.kube_client import KubeApiError, KubeClient, resource_path, retry_forever
 from devstack.pod_env import POD_IP, EnvError, resolve_env
-from devstack.pod_runtime import ContainerProcess, Probe, free_port
+from devstack.pod_runtime import ContainerProcess, Probe, free_ports
 from devstack.service_proxy import ServiceProxy
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,9 @@ class PodWorker:
                 log.info("event=container_stopped pod=%s/%s", self.namespace, self.name)
 
     async def _run_once(self, env: dict[str, str]) -> int:
-        self.port = self.port or free_port()
+        ports = free_ports(2)
+        self.port = self.port or ports[0]  # kept across restarts; the gRPC port is new each time
+        grpc_port = next(port for port in ports if port != self.port)
         cache_dir = self.kubelet.cache_dir_for(self.namespace, self.name)
         cache_dir.mkdir(parents=True, exist_ok=True)
         full_env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
@@ -330,7 +332,7 @@ class PodWorker:
         full_env.update({"HOSTNAME": self.name, "MODEL_CACHE_DIR": str(cache_dir)})
         full_env.update(env)
         full_env["PORT"] = str(self.port)  # the port we chose wins: pods share 127.0.0.1
-        full_env["GRPC_PORT"] = str(free_port())  # the contract's fixed gRPC port would collide the same way
+        full_env["GRPC_PORT"] = str(grpc_port)  # the contract's fixed gRPC port would collide the same way
         command = list(self.kubelet.command_factory(self.pod, self.container))
         workdir = self.kubelet.state_dir / "pods" / f"{self.namespace}_{self.name}"
         self.process = await ContainerProcess.start(command, env=full_env, log_file=self.log_file, cwd=workdir)

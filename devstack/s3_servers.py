@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.pod_runtime import DIE_WITH_PARENT, free_port
+from devstack.pod_runtime import DIE_WITH_PARENT, free_ports
 from model_store.s3 import S3Settings, make_client
 
 STOP_GRACE_SECONDS = 3.0
@@ -107,11 +107,11 @@ class SeaweedFS:
         """Start `weed server` and wait until its S3 gateway answers. `launch` runs the command line
         instead of this class, its output going to self.log (the benchmark: one of its children).
 
-        free_port() finds ports free at that instant only, and weed's own outgoing connections can
+        free_ports() finds ports free at that instant only, and weed's own outgoing connections can
         take one of its eight before it listens there (seen): then new ports, up to 3 times."""
         for attempt in range(1, _START_ATTEMPTS + 1):
             names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc"]
-            ports = {name: free_port() for name in names}
+            ports = dict(zip(names, free_ports(len(names)), strict=True))
             server = S3Server("seaweedfs", f"http://127.0.0.1:{ports['s3']}", self.ACCESS_KEY, self.SECRET_KEY)
             logged = self.log.stat().st_size if self.log.exists() else 0
             self._process = (launch or self._launch)(self._args(ports))

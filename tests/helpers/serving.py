@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.demo_model import DemoModel
-from devstack.pod_runtime import free_port
+from devstack.pod_runtime import free_ports
 from model_store.layout import ASSET_REGISTRY_KEY, ModelLocation, Stage
 from model_store.promotion import promote_and_register
 from model_store.publish import publish_version
@@ -74,6 +74,7 @@ def register_stocks(s3: Any, bucket: str, *tickers: str) -> None:
 
 def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dict[str, str]:
     """The pod contract's environment for a test server (compiled trees off unless asked for)."""
+    port, grpc_port = free_ports(2)
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "SERVING_"))},
         "S3_BUCKET": bucket,
@@ -83,8 +84,8 @@ def server_env(bucket: str, endpoint: str, cache_dir: Path, **extra: str) -> dic
         "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
         "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
         "MODEL_CACHE_DIR": str(cache_dir),
-        "PORT": str(free_port()),
-        "GRPC_PORT": str(free_port()),  # pods share 127.0.0.1 here: never the contract's fixed 8081
+        "PORT": str(port),
+        "GRPC_PORT": str(grpc_port),  # pods share 127.0.0.1 here: never the contract's fixed 8081
         "HOST": "127.0.0.1",
         "OMP_NUM_THREADS": "1",
         "SERVING_COMPILE_TREES": "0",
