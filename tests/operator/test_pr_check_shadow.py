@@ -16,8 +16,9 @@ import pytest
 from test_pr_check import manifest, published, run_check
 
 from devstack.demo_model import DemoModel
+from devstack.pod_runtime import free_port
 from devstack.prometheus import LocalPrometheus, find_prometheus
-from helpers.serving import Server, booster_predict, feature_rows, free_port, publish, server_env
+from helpers.serving import Server, booster_predict, feature_rows, publish, server_env
 
 __all__ = ["published"]  # the fixture: v1.0 in production, v1.1 staged
 

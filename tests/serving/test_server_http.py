@@ -17,12 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo_model import DemoModel
+from devstack.pod_runtime import free_port
 from helpers.serving import (
     S3Log,
     Server,
     booster_predict,
     feature_rows,
-    free_port,
     publish,
     register_stocks,
     server_env,
