@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -60,7 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devstack.pod_runtime import DIE_WITH_PARENT, free_port
+from devstack.pod_runtime import DIE_WITH_PARENT, free_port, stop_group
 
 USER_AGENT = "devstack-bench"  # the driver's own requests, kept apart from the operator's
 OPERATOR_CLIENTS = ("tradingmodel-operator", "kopf")  # the operator's two API clients (ours and kopf's)
@@ -110,22 +109,11 @@ class Children:
         held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         try:
             for name, proc in reversed(list(self.procs.items())):
-                if proc.poll() is None:
-                    _signal_group(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(self.grace[name])
-                except subprocess.TimeoutExpired:
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop_group(proc, self.grace[name])
             self.procs.clear()
         finally:
             for sig, handler in held.items():
                 signal.signal(sig, handler)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # its own group (start_new_session): the pgid is its pid
 
 
 def cpu_seconds(pid: int) -> float:

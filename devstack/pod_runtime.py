@@ -14,6 +14,7 @@ import os
 import pathlib
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,23 @@ DIE_WITH_PARENT = _parent_death_signal()
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the OS picks it); good enough on a laptop."""
     return free_ports(1, host)[0]
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group a child started with start_new_session leads (its pgid is its pid)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def stop_group(process: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    """SIGTERM the group `process` leads, SIGKILL it after the grace period, and reap `process`."""
+    if process.poll() is None:
+        signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -146,5 +164,4 @@ class ContainerProcess:
         return await self._process.wait()
 
     def _signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, sig)
+        signal_group(self._process.pid, sig)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.pod_runtime import DIE_WITH_PARENT, free_ports
+from devstack.pod_runtime import DIE_WITH_PARENT, free_ports, stop_group
 from model_store.s3 import S3Settings, make_client
 
 STOP_GRACE_SECONDS = 3.0
@@ -153,15 +151,8 @@ class SeaweedFS:
         return ""
 
     def stop(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        if self._process is not None:
+            stop_group(self._process, STOP_GRACE_SECONDS)
 
     def tail(self, lines: int = 30) -> str:
         try:
